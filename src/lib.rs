@@ -1,0 +1,28 @@
+//! portcullis: a deploy authorizer between CI pipelines and protected
+//! environments.
+//!
+//! The flow, module by module:
+//! - [`webhook`]: GitHub, GitLab and Slack ingress; signatures, dedup, parsing
+//!   into a [`domain::DeploymentRequest`].
+//! - [`identity`]: OIDC ID tokens of CI jobs, verified against trusted issuers
+//!   into [`domain::Attestation`]s.
+//! - [`decision`]: the pure engine: policy, request, attestation, verdict,
+//!   reviews and time in; approved, rejected or pending with reasons out.
+//! - [`gate`]: the orchestration: re-evaluates requests as inputs arrive,
+//!   takes the lease, audits durably, then answers the platform.
+//! - [`platform`]: GitHub and GitLab API calls.
+//! - [`audit`]: the hash-chained, append-only audit trail.
+//! - [`state`]: memory and Redis backends behind one async interface.
+//! - [`config`]: strict TOML configuration, validated as a whole.
+//! - [`server`]: the actix-web application and its routes.
+
+pub mod audit;
+pub mod config;
+pub mod crypto;
+pub mod decision;
+pub mod domain;
+pub mod identity;
+pub mod platform;
+pub mod state;
+pub mod time_fmt;
+pub mod webhook;

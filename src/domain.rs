@@ -1,0 +1,317 @@
+//! The values that flow through the gate: deployment requests, attestations,
+//! verdicts and reviews. Once one of these is held, it has been validated by
+//! whoever built it (the webhook parser, the OIDC verifier, the verdict route).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::decision::{Decision, Reason};
+
+/// Which CI/CD platform a request, run or token belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Github,
+    Gitlab,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Github => "github",
+            Platform::Gitlab => "gitlab",
+        }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One run of a pipeline: GitHub repository and workflow run id, or GitLab
+/// project path and pipeline id. Attestations are keyed by it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RunRef {
+    pub platform: Platform,
+    pub repository: String,
+    pub run: String,
+}
+
+impl RunRef {
+    /// The storage key. Repository names compare case-insensitively on both
+    /// platforms, so the key is lower-cased.
+    pub fn key(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.platform,
+            self.repository.to_ascii_lowercase(),
+            self.run
+        )
+    }
+}
+
+/// The key of the latest verdict for (repository, sha, environment).
+pub fn verdict_key(platform: Platform, repository: &str, sha: &str, environment: &str) -> String {
+    format!(
+        "{}:{}:{}:{}",
+        platform,
+        repository.to_ascii_lowercase(),
+        sha.to_ascii_lowercase(),
+        environment
+    )
+}
+
+/// A full commit id: 40 hex digits (SHA-1) or 64 (SHA-256 repositories).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CommitSha(String);
+
+impl CommitSha {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok = (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if ok {
+            Ok(CommitSha(s.to_ascii_lowercase()))
+        } else {
+            Err(format!("`{s}` is not a full commit sha (40 or 64 hex digits)"))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for CommitSha {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        CommitSha::parse(&s)
+    }
+}
+
+impl From<CommitSha> for String {
+    fn from(s: CommitSha) -> String {
+        s.0
+    }
+}
+
+impl std::fmt::Display for CommitSha {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Verified claims of a CI job's OIDC ID token: the triggering identity.
+/// Holds the token's SHA-256, never the token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attestation {
+    pub id: String,
+    /// Name of the trusted issuer entry (`[[issuers]].name`).
+    pub issuer_name: String,
+    pub issuer: String,
+    pub platform: Platform,
+    pub subject: String,
+    pub actor: String,
+    pub repository: String,
+    pub run: String,
+    pub sha: Option<String>,
+    /// Every claim of the token (none of them is secret; the token is).
+    pub claims: BTreeMap<String, Value>,
+    pub token_sha256: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub verified_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+impl Attestation {
+    pub fn run_ref(&self) -> RunRef {
+        RunRef {
+            platform: self.platform,
+            repository: self.repository.clone(),
+            run: self.run.clone(),
+        }
+    }
+}
+
+/// How a verdict came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerdictSource {
+    /// The policy-gate job asserted `allow`.
+    Asserted,
+    /// portcullis evaluated its own Rego policy over posted evidence.
+    Evaluated,
+    /// An OPA server evaluated the evidence.
+    Opa,
+}
+
+/// Who posted a verdict: the verified identity of the policy-gate job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Producer {
+    pub issuer: String,
+    pub subject: String,
+    pub actor: String,
+    pub claims: BTreeMap<String, Value>,
+    pub token_sha256: String,
+}
+
+/// The latest policy decision for (repository, sha, environment).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub platform: Platform,
+    pub repository: String,
+    pub sha: String,
+    pub environment: String,
+    pub allow: bool,
+    pub source: VerdictSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_revision: Option<String>,
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    pub producer: Producer,
+    #[serde(with = "time::serde::rfc3339")]
+    pub recorded_at: OffsetDateTime,
+}
+
+/// A human reviewer's vote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Review {
+    /// The verified identity (an email address) of the reviewer.
+    pub reviewer: String,
+    /// Other names the same person is known by (a platform login), used to
+    /// refuse self-review.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    pub approve: bool,
+    /// How the identity was verified: `slack` (Slack user's email) or `sso`.
+    pub via: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// Where a request's answer goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Target {
+    Github {
+        owner: String,
+        repo: String,
+        run_id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        installation_id: Option<u64>,
+        callback_url: String,
+    },
+    Gitlab {
+        project_id: u64,
+        deployment_id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job_id: Option<u64>,
+    },
+}
+
+/// Where a request is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    /// Waiting for an input (attestation, verdict, reviews) or its deadline.
+    Pending,
+    /// Decided and durably audited; the platform call is being made.
+    Deciding,
+    /// The platform was answered (or the answer was skipped under dry run).
+    Done,
+    /// Decided elsewhere (a human on the platform approved or rejected it).
+    Superseded,
+}
+
+/// What the platform said to our answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlatformOutcome {
+    pub ok: bool,
+    /// HTTP status of the last attempt, if one was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub detail: String,
+    pub dry_run: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// The Slack message that mirrors a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlackRef {
+    pub channel: String,
+    pub ts: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permalink: Option<String>,
+}
+
+/// A platform's ask to deploy `sha` to `environment` for one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentRequest {
+    pub id: String,
+    pub platform: Platform,
+    pub repository: String,
+    pub run: String,
+    pub environment: String,
+    pub sha: String,
+    pub target: Target,
+    pub delivery: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub deadline: OffsetDateTime,
+    /// Problems found when the request was received (a callback URL on a
+    /// foreign host, say); any of them rejects the request.
+    #[serde(default)]
+    pub intake_problems: Vec<Reason>,
+    #[serde(default)]
+    pub reviews: Vec<Review>,
+    pub status: RequestStatus,
+    /// The last evaluation: pending with what is missing, or the final decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_result: Option<PlatformOutcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack: Option<SlackRef>,
+    /// Bumped by every write; compare-and-set uses it.
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl DeploymentRequest {
+    pub fn run_ref(&self) -> RunRef {
+        RunRef {
+            platform: self.platform,
+            repository: self.repository.clone(),
+            run: self.run.clone(),
+        }
+    }
+
+    pub fn verdict_key(&self) -> String {
+        verdict_key(self.platform, &self.repository, &self.sha, &self.environment)
+    }
+
+    /// The stable id of the request for (platform, repository, run,
+    /// environment): every replica derives the same one, so a redelivered or
+    /// concurrently delivered webhook lands on the same record.
+    pub fn derive_id(platform: Platform, repository: &str, run: &str, environment: &str) -> String {
+        let key = format!(
+            "{}\n{}\n{}\n{}",
+            platform,
+            repository.to_ascii_lowercase(),
+            run,
+            environment
+        );
+        let digest = crate::crypto::sha256_hex(key.as_bytes());
+        format!("req_{}", &digest[..24])
+    }
+}

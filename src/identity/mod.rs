@@ -1,0 +1,1 @@
+//! OIDC ID token verification.

@@ -1,0 +1,1 @@
+//! GitHub App client: App JWT, installation tokens, the review call.

@@ -1,0 +1,1 @@
+//! The Redis state backend (several replicas).

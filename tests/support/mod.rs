@@ -1,0 +1,7 @@
+//! Shared test support: the real parts the integration tests run (an OpenID
+//! Provider, GitHub API mocks, Redis servers, the portcullis binary).
+//! Each test binary includes this with `mod support;` and uses what it needs.
+#![allow(dead_code)]
+
+pub mod github_mock;
+pub mod oidc;
