@@ -278,6 +278,12 @@ pub struct DeploymentRequest {
     /// The last evaluation: pending with what is missing, or the final decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
+    /// The id of the durable `decision` audit record, once written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_record: Option<String>,
+    /// Platform calls made so far (transient failures are re-driven).
+    #[serde(default)]
+    pub platform_attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform_result: Option<PlatformOutcome>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -26,3 +26,4 @@ pub mod platform;
 pub mod state;
 pub mod time_fmt;
 pub mod webhook;
+// INTEGRATION-PENDING: cli, gate, server are enabled once identity/audit/platform land.

@@ -1,1 +1,2 @@
+//! The `portcullis` binary: everything lives in the library.
 fn main() {}

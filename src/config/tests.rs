@@ -1,0 +1,173 @@
+use super::*;
+
+fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+    move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match Config::from_toml(text, &env_of(&[("SECRET", "s3cr3t")])) {
+        Ok(_) => vec![],
+        Err(e) => e.0.iter().map(|x| x.to_string()).collect(),
+    }
+}
+
+const MINIMAL: &str = r#"
+[[issuers]]
+name = "gha"
+kind = "github"
+issuer = "https://token.actions.githubusercontent.com"
+audience = "portcullis"
+
+[environments.production]
+approvers = ["octocat"]
+[environments.production.verdict]
+producers = [{ job_workflow_ref = "octo-org/compliance/.github/workflows/gate.yml@refs/heads/main" }]
+"#;
+
+#[test]
+fn a_minimal_file_takes_the_embedded_defaults() {
+    let c = Config::from_toml(MINIMAL, &|_| None).unwrap();
+    assert!(matches!(c.state.backend, StateBackend::Memory));
+    assert!(matches!(&c.audit.backend, AuditBackend::File { path } if path == Path::new("var/audit.jsonl")));
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    let p = c.environment("production").unwrap();
+    assert_eq!(p.pending_timeout, Duration::from_secs(1800));
+    assert!(p.verdict.required);
+    assert_eq!(p.verdict.max_age, Duration::from_secs(86400));
+    assert_eq!(p.reviews.required, 0);
+}
+
+#[test]
+fn unknown_keys_fail_and_name_the_key() {
+    let errs = errors(&format!("{MINIMAL}\n[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("unknown field `lisen`"), "{errs:?}");
+}
+
+#[test]
+fn unknown_keys_in_environments_fail() {
+    let errs = errors(&MINIMAL.replace("approvers = [\"octocat\"]", "approvers = [\"octocat\"]\napprover = [\"x\"]"));
+    assert!(errs[0].contains("unknown field `approver`"), "{errs:?}");
+}
+
+#[test]
+fn every_validation_error_is_reported_with_its_key() {
+    let text = r#"
+[server]
+listen = "nowhere"
+[state]
+backend = "etcd"
+[github]
+api_url = "http://api.github.com"
+webhook_secrets = ["inline-secret"]
+[[issuers]]
+kind = "bitbucket"
+issuer = "http://issuer.example"
+[environments.production]
+pending_timeout = "soon"
+[environments.production.verdict]
+mode = "evaluated"
+[environments.production.reviews]
+required = 3
+reviewers = ["a@example.com"]
+"#;
+    let errs = errors(text);
+    let expect = [
+        "server.listen: `nowhere` is not an address",
+        "state.backend: `etcd` is not one of",
+        "github.app_id: is required unless server.dry_run = true",
+        "github.private_key: is required",
+        "github.webhook_secrets[0]: secrets are never written inline",
+        "github.api_url: must be https",
+        "issuers[0].kind: `bitbucket` is not one of",
+        "issuers[0].issuer: must be https",
+        "issuers[0].audience: is required",
+        "environments.production.approvers: at least one approver",
+        "environments.production.pending_timeout: `soon` is not a duration",
+        "environments.production.verdict.policy: is required for modes",
+        "environments.production.verdict.producers: a required verdict needs at least one trusted producer",
+        "environments.production.reviews.required: requires 3 reviews but lists 1 reviewer(s)",
+        "slack: an environment requires reviews via Slack",
+        "policies.paths: an environment evaluates Rego verdicts",
+    ];
+    for e in expect {
+        assert!(errs.iter().any(|x| x.starts_with(e)), "missing `{e}` in {errs:#?}");
+    }
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+}
+
+#[test]
+fn secrets_come_from_env_or_file_and_never_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hook");
+    std::fs::write(&file, "from-file\n").unwrap();
+    let text = format!(
+        "{MINIMAL}\n[server]\ndry_run = true\n[github]\nwebhook_secrets = [{{ env = \"SECRET\" }}, {{ file = \"{}\" }}]\n",
+        file.display()
+    );
+    let c = Config::from_toml(&text, &env_of(&[("SECRET", "s3cr3t")])).unwrap();
+    let gh = c.github.unwrap();
+    assert_eq!(gh.webhook_secrets[0].expose(), "s3cr3t");
+    assert_eq!(gh.webhook_secrets[1].expose(), "from-file");
+    let debug = format!("{:?}", gh.webhook_secrets);
+    assert!(!debug.contains("s3cr3t") && !debug.contains("from-file"), "{debug}");
+}
+
+#[test]
+fn a_missing_secret_names_the_variable_not_a_value() {
+    let text = format!("{MINIMAL}\n[server]\ndry_run = true\n[github]\nwebhook_secrets = [{{ env = \"NOPE\" }}]\n");
+    let errs = errors(&text);
+    assert_eq!(errs, vec!["github.webhook_secrets[0]: environment variable `NOPE` is not set".to_string()]);
+}
+
+#[test]
+fn http_is_allowed_only_on_loopback() {
+    let ok = MINIMAL.replace("https://token.actions.githubusercontent.com", "http://127.0.0.1:9000");
+    assert!(errors(&ok).is_empty());
+    let ok6 = MINIMAL.replace("https://token.actions.githubusercontent.com", "http://[::1]:9000");
+    assert!(errors(&ok6).is_empty());
+    let bad = MINIMAL.replace("https://token.actions.githubusercontent.com", "http://10.0.0.1:9000");
+    assert_eq!(errors(&bad), vec!["issuers[0].issuer: must be https (plain http is allowed only on loopback addresses)".to_string()]);
+}
+
+#[test]
+fn claim_matchers_are_anchored_and_compile_lists() {
+    let text = MINIMAL.replace(
+        "approvers = [\"octocat\"]",
+        "approvers = [\"octocat\"]\nrequire_claims = { ref = { pattern = \"refs/heads/(main|release/.*)\" }, runner_environment = [\"self-hosted\", \"github-hosted\"], ref_protected = true }",
+    );
+    let c = Config::from_toml(&text, &|_| None).unwrap();
+    let rule = &c.environment("production").unwrap().require_claims;
+    let m = &rule["ref"];
+    assert!(m.matches(&serde_json::json!("refs/heads/main")));
+    assert!(m.matches(&serde_json::json!("refs/heads/release/1.2")));
+    assert!(!m.matches(&serde_json::json!("xrefs/heads/main")), "must be anchored at the start");
+    assert!(!m.matches(&serde_json::json!("refs/heads/mainx")), "must be anchored at the end");
+    assert!(rule["runner_environment"].matches(&serde_json::json!("github-hosted")));
+    assert!(!rule["runner_environment"].matches(&serde_json::json!("hosted")));
+    // GitLab sends booleans as strings, GitHub as JSON booleans: both match.
+    assert!(rule["ref_protected"].matches(&serde_json::json!("true")));
+    assert!(rule["ref_protected"].matches(&serde_json::json!(true)));
+    assert!(!rule["ref_protected"].matches(&serde_json::json!(false)));
+}
+
+#[test]
+fn a_bad_pattern_is_named() {
+    let text = MINIMAL.replace("approvers = [\"octocat\"]", "approvers = [\"octocat\"]\nrequire_claims = { ref = { pattern = \"(\" } }");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("environments.production.require_claims.ref: invalid pattern"), "{errs:?}");
+}
+
+#[test]
+fn an_empty_producer_rule_is_refused() {
+    let text = MINIMAL.replace("producers = [{ job_workflow_ref", "producers = [{}, { job_workflow_ref");
+    assert_eq!(errors(&text), vec!["environments.production.verdict.producers[0]: an empty producer rule would trust every token".to_string()]);
+}
+
+#[test]
+fn the_example_configuration_is_valid() {
+    let text = include_str!("../../config/portcullis.example.toml");
+    let c = Config::from_toml(text, &env_of(&[("PORTCULLIS_GITHUB_WEBHOOK_SECRET", "dev")]));
+    assert!(c.is_ok(), "{}", c.err().map(|e| e.to_string()).unwrap_or_default());
+}

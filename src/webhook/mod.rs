@@ -1,8 +1,51 @@
-//! Webhook ingress.
+//! Webhook ingress: verifying that a delivery comes from the platform, and
+//! parsing it into the few fields the gate uses.
+//!
+//! Parsing goes into small serde types of our own, not a full SDK model:
+//! SDK models demand many fields, fail on trimmed payloads and drop fields
+//! they do not know, and a typed parse of only what the gate reads is several
+//! times cheaper than building a `serde_json::Value` of the whole body.
+
+pub mod github;
+
+/// Why a delivery was refused before it reached the gate.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WebhookError {
+    #[error("the signature header is missing")]
+    MissingSignature,
+    #[error("the signature does not match any configured secret")]
+    BadSignature,
+    #[error("the signature timestamp is outside the allowed window")]
+    StaleTimestamp,
+    #[error("a required header is missing: {0}")]
+    MissingHeader(&'static str),
+    #[error("the payload is malformed: {0}")]
+    Malformed(String),
+}
+
+impl WebhookError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            WebhookError::MissingSignature => "signature_missing",
+            WebhookError::BadSignature => "signature_invalid",
+            WebhookError::StaleTimestamp => "signature_stale",
+            WebhookError::MissingHeader(_) => "header_missing",
+            WebhookError::Malformed(_) => "payload_malformed",
+        }
+    }
+}
 
 /// Decodes a Standard Webhooks secret (`whsec_<base64>`) into its key bytes.
 pub fn standard_webhooks_key(secret: &str) -> Option<Vec<u8>> {
     use base64::Engine;
     let b64 = secret.strip_prefix("whsec_")?;
     base64::engine::general_purpose::STANDARD.decode(b64).ok().filter(|k| !k.is_empty())
+}
+
+/// Shortens serde's message to something safe and useful for a 400 body: it
+/// names the field and position, and never echoes the payload.
+pub(crate) fn parse_error(e: &serde_json::Error) -> WebhookError {
+    let msg = e.to_string();
+    let msg: String = msg.chars().take(200).collect();
+    WebhookError::Malformed(msg)
 }

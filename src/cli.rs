@@ -1,0 +1,291 @@
+//! The command line: `serve`, `check-config`, `decide`, `audit verify`,
+//! `audit query`. Every failure prints one clear line on stderr and exits
+//! non-zero; nothing here panics on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use time::OffsetDateTime;
+
+use crate::config::{AuditBackend, Config, LogFormat};
+use crate::decision::{self, Inputs, Outcome};
+use crate::domain::{Producer, Verdict, VerdictSource};
+use crate::server::Application;
+
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about = "A deploy authorizer for GitHub and GitLab protected environments")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// The configuration file (TOML).
+    #[arg(long, env = "PORTCULLIS_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the service.
+    Serve(ConfigArg),
+    /// Validates the configuration and prints a summary of it.
+    CheckConfig(ConfigArg),
+    /// Offline dry run: decides one webhook with an optional token and
+    /// verdict, prints the decision and its reasons, and calls no platform.
+    /// Exit status: 0 approved, 2 rejected, 3 pending, 1 error.
+    Decide {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A webhook payload (GitHub `deployment_protection_rule`).
+        #[arg(long)]
+        webhook: PathBuf,
+        /// A file holding the CI job's OIDC ID token (verified against the
+        /// configured issuers, which needs their keys).
+        #[arg(long)]
+        token: Option<PathBuf>,
+        /// A verdict as posted to /v1/verdicts (`allow` form); taken as from
+        /// a trusted producer.
+        #[arg(long)]
+        verdict: Option<PathBuf>,
+    },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walks the hash chain; exits 1 naming the first broken record.
+    Verify(ConfigArg),
+    /// Prints matching records as JSON lines.
+    Query {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        environment: Option<String>,
+        #[arg(long)]
+        sha: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        request: Option<String>,
+        /// RFC 3339 time, e.g. 2026-11-01T00:00:00Z.
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("portcullis: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Config, String> {
+    Config::load(path).map_err(|e| {
+        let lines: Vec<String> = e.0.iter().map(|x| x.to_string()).collect();
+        format!("invalid configuration {}:\n  {}", path.display(), lines.join("\n  "))
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Serve(a) => {
+            let config = load(&a.config)?;
+            init_tracing(config.server.log_format);
+            let rt = runtime()?;
+            rt.block_on(async {
+                let app = Application::build(config).await.map_err(|e| e.to_string())?;
+                app.run_until_stopped().await.map_err(|e| format!("the server failed: {e}"))
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig(a) => {
+            let config = load(&a.config)?;
+            print!("{}", config.summary());
+            println!("configuration OK");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Decide { config, webhook, token, verdict } => {
+            let config = load(&config.config)?;
+            runtime()?.block_on(decide(config, &webhook, token.as_deref(), verdict.as_deref()))
+        }
+        Command::Audit { command: AuditCommand::Verify(a) } => {
+            let config = load(&a.config)?;
+            let path = audit_path(&config)?;
+            let file = std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            match crate::audit::verify_lines(std::io::BufReader::new(file)) {
+                Ok(report) => {
+                    println!("audit chain OK: {} record(s), head {}", report.records, report.head);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Err(format!("audit chain broken in {}: {e}", path.display())),
+            }
+        }
+        Command::Audit { command: AuditCommand::Query { config, environment, sha, actor, request, since } } => {
+            let config = load(&config.config)?;
+            let since = match since.as_deref() {
+                Some(s) => Some(crate::time_fmt::parse_rfc3339(s).ok_or_else(|| format!("--since `{s}` is not an RFC 3339 time"))?),
+                None => None,
+            };
+            let path = audit_path(&config)?;
+            let filter = crate::audit::AuditFilter { environment, sha, actor, request, since, limit: None };
+            let file = std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            let records = crate::audit::query_lines(std::io::BufReader::new(file), &filter).map_err(|e| e.to_string())?;
+            for r in records {
+                println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn audit_path(config: &Config) -> Result<PathBuf, String> {
+    match &config.audit.backend {
+        AuditBackend::File { path } => Ok(path.clone()),
+        AuditBackend::Redis => Err("the audit trail is in Redis; this command reads the file backend".into()),
+    }
+}
+
+fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    if meta.len() > 16 * 1024 * 1024 {
+        return Err(format!("{what} {} is larger than 16 MiB", path.display()));
+    }
+    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+}
+
+async fn decide(config: Config, webhook: &Path, token: Option<&Path>, verdict: Option<&Path>) -> Result<ExitCode, String> {
+    let now = OffsetDateTime::now_utc();
+    let body = read_file(webhook, "webhook")?;
+    let api_url = config
+        .github
+        .as_ref()
+        .map(|g| g.api_url.clone())
+        .unwrap_or_else(|| url::Url::parse("https://api.github.com").expect("static URL"));
+    let parsed = match crate::webhook::github::parse("deployment_protection_rule", &body, &api_url) {
+        Ok(crate::webhook::github::GithubEvent::ProtectionRule(p)) => p,
+        Ok(_) => return Err("the webhook is not a requested deployment_protection_rule".into()),
+        Err(e) => return Err(format!("webhook {}: {e}", webhook.display())),
+    };
+    let request = crate::gate::github_request(&config, "offline", &parsed, now);
+
+    let attestation = match token {
+        None => None,
+        Some(path) => {
+            let text = String::from_utf8(read_file(path, "token")?).map_err(|_| "the token file is not text".to_string())?;
+            let http = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            let verifier = crate::identity::Verifier::new(config.issuers.clone(), http);
+            let v = verifier.verify(text.trim(), now).await.map_err(|e| format!("token refused ({}): {e}", e.code()))?;
+            Some(crate::domain::Attestation {
+                id: "offline".into(),
+                issuer_name: v.issuer_name,
+                issuer: v.issuer,
+                platform: v.platform,
+                subject: v.subject,
+                actor: v.actor,
+                repository: v.repository,
+                run: v.run,
+                sha: v.sha,
+                claims: v.claims,
+                token_sha256: v.token_sha256,
+                verified_at: now,
+                expires_at: v.expires_at,
+            })
+        }
+    };
+
+    let mut policy = config.environment(&request.environment).cloned();
+    let verdict = match verdict {
+        None => None,
+        Some(path) => {
+            let body: crate::gate::VerdictBody =
+                serde_json::from_slice(&read_file(path, "verdict")?).map_err(|e| format!("verdict {}: {e}", path.display()))?;
+            let allow = body.allow.ok_or("the verdict file needs `allow` (evidence is evaluated by the service)")?;
+            // The file stands for a trusted producer's post: accept any producer.
+            if let Some(p) = policy.as_mut() {
+                p.verdict.producers = vec![Default::default()];
+            }
+            Some(Verdict {
+                platform: request.platform,
+                repository: request.repository.clone(),
+                sha: body.sha.to_ascii_lowercase(),
+                environment: body.environment,
+                allow,
+                source: VerdictSource::Asserted,
+                policy: body.policy,
+                evidence_digest: body.evidence_digest,
+                policy_revision: None,
+                reasons: body.reasons,
+                producer: Producer {
+                    issuer: "file".into(),
+                    subject: path.display().to_string(),
+                    actor: String::new(),
+                    claims: Default::default(),
+                    token_sha256: String::new(),
+                },
+                recorded_at: now,
+            })
+        }
+    };
+    let decision = decision::evaluate(&Inputs {
+        policy: policy.as_ref(),
+        request: &request,
+        attestation: attestation.as_ref(),
+        verdict: verdict.as_ref(),
+        reviews: &[],
+        now,
+    });
+    let out = serde_json::json!({
+        "request": request.id,
+        "repository": request.repository,
+        "run": request.run,
+        "environment": request.environment,
+        "sha": request.sha,
+        "decision": decision.outcome,
+        "reasons": decision.reasons,
+    });
+    println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+    Ok(match decision.outcome {
+        Outcome::Approved => ExitCode::SUCCESS,
+        Outcome::Rejected => ExitCode::from(2),
+        Outcome::Pending => ExitCode::from(3),
+    })
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,683 @@
+//! The gate: turns inputs (deployment requests, attestations, verdicts,
+//! reviews, the clock) into decisions, and decisions into platform answers,
+//! exactly once per request and never before the decision is durably audited.
+//!
+//! Every input re-evaluates the requests it may unblock. A final decision is
+//! acted on by the holder of the request's lease only: it writes `Deciding`
+//! (compare-and-set), appends the `decision` record (durable), calls the
+//! platform, appends `platform_result`, writes `Done`. A replica that dies
+//! anywhere in between leaves `Deciding` behind with an expiring lease; the
+//! sweeper of any replica re-drives it, reusing the recorded decision, and the
+//! platform's "already reviewed" answer makes a repeated call harmless.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::audit::{AuditEvent, AuditLog, EventKind};
+use crate::config::{Config, rule_matches};
+use crate::decision::{self, Decision, Inputs, Outcome};
+use crate::domain::{
+    Attestation, DeploymentRequest, Platform, PlatformOutcome, Producer, RequestStatus, Review, Target, Verdict, VerdictSource,
+    verdict_key,
+};
+use crate::identity::{TokenError, VerifiedToken, Verifier};
+use crate::platform::{CallResult, PlatformClient};
+use crate::state::{Cas, Lease, SharedStore, StateError};
+
+/// How long a lease lets one replica act on a request before another may
+/// take over. Longer than a platform call with its retries.
+const LEASE_TTL: Duration = Duration::from_secs(60);
+/// Transient platform failures are retried this many times (by re-driving).
+const MAX_PLATFORM_ATTEMPTS: u32 = 5;
+/// How often the sweeper looks for timed-out and abandoned requests.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How long delivery ids are remembered for dedup.
+pub const DELIVERY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The platform clients the gate answers through.
+#[derive(Clone, Default)]
+pub struct Platforms {
+    pub github: Option<Arc<dyn PlatformClient>>,
+    pub gitlab: Option<Arc<dyn PlatformClient>>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    pub webhooks_accepted: AtomicU64,
+    pub webhooks_duplicate: AtomicU64,
+    pub webhooks_rejected: AtomicU64,
+    pub attestations_accepted: AtomicU64,
+    pub attestations_rejected: AtomicU64,
+    pub verdicts_recorded: AtomicU64,
+    pub decisions_approved: AtomicU64,
+    pub decisions_rejected: AtomicU64,
+    pub platform_calls_ok: AtomicU64,
+    pub platform_calls_failed: AtomicU64,
+    pub internal_errors: AtomicU64,
+}
+
+/// Why the gate could not take an input. Each maps to an HTTP answer.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("{0}")]
+    State(#[from] StateError),
+    #[error("the audit trail is unavailable: {0}")]
+    Audit(String),
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+}
+
+/// The body of `POST /v1/verdicts`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictBody {
+    pub environment: String,
+    pub sha: String,
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub allow: Option<bool>,
+    #[serde(default)]
+    pub evidence: Option<serde_json::Value>,
+    #[serde(default)]
+    pub evidence_digest: Option<String>,
+    #[serde(default)]
+    pub reasons: Vec<String>,
+}
+
+pub struct Gate {
+    pub config: Arc<Config>,
+    pub store: SharedStore,
+    pub audit: Arc<dyn AuditLog>,
+    pub verifier: Arc<Verifier>,
+    platforms: Platforms,
+    /// This replica's name in leases.
+    holder: String,
+    tasks: TaskTracker,
+    runtime: tokio::runtime::Handle,
+    pub metrics: Metrics,
+}
+
+impl Gate {
+    pub fn new(
+        config: Arc<Config>,
+        store: SharedStore,
+        audit: Arc<dyn AuditLog>,
+        verifier: Arc<Verifier>,
+        platforms: Platforms,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Gate> {
+        Arc::new(Gate {
+            config,
+            store,
+            audit,
+            verifier,
+            platforms,
+            holder: format!("replica-{}", uuid::Uuid::new_v4().simple()),
+            tasks: TaskTracker::new(),
+            runtime,
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// Runs `evaluate(id)` in the background, tracked so that shutdown waits
+    /// for decisions in flight.
+    pub fn spawn_evaluate(self: &Arc<Self>, id: String) {
+        let gate = Arc::clone(self);
+        self.tasks.spawn_on(
+            async move {
+                if let Err(e) = gate.evaluate(&id, OffsetDateTime::now_utc()).await {
+                    gate.metrics.internal_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(request = %id, error = %e, "could not decide; the request stays open and is retried");
+                }
+            },
+            &self.runtime,
+        );
+    }
+
+    /// Stops taking background work and waits (bounded) for work in flight.
+    pub async fn drain(&self, timeout: Duration) {
+        self.tasks.close();
+        if tokio::time::timeout(timeout, self.tasks.wait()).await.is_err() {
+            warn!("shutdown: decisions still in flight after {:?}; their leases will expire and another replica re-drives them", timeout);
+        }
+    }
+
+    /// Re-drives due work every second until `stop` fires.
+    pub async fn run_sweeper(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.sweep(OffsetDateTime::now_utc()).await {
+                warn!(error = %e, "sweep failed; retrying");
+            }
+        }
+    }
+
+    /// One sweep: evaluates every request past its deadline and every
+    /// abandoned `Deciding` request. Public so tests drive it step by step.
+    pub async fn sweep(self: &Arc<Self>, now: OffsetDateTime) -> Result<usize, GateError> {
+        let due = self.store.due_requests(now, 256).await?;
+        let n = due.len();
+        for id in due {
+            if let Err(e) = self.evaluate(&id, now).await {
+                warn!(request = %id, error = %e, "sweep: could not decide");
+            }
+        }
+        Ok(n)
+    }
+
+    // ----- inputs -----------------------------------------------------------
+
+    /// Stores a new deployment request (idempotent on its id) and schedules
+    /// its evaluation. Returns the request id and whether it was new.
+    pub async fn receive_request(self: &Arc<Self>, req: DeploymentRequest) -> Result<(String, bool), GateError> {
+        let created = self.store.insert_request(&req).await?;
+        if created {
+            let mut ev = AuditEvent::new(EventKind::RequestReceived);
+            ev.request = Some(req.id.clone());
+            ev.platform = Some(req.platform);
+            ev.repository = Some(req.repository.clone());
+            ev.environment = Some(req.environment.clone());
+            ev.sha = Some(req.sha.clone());
+            ev.run = Some(req.run.clone());
+            ev.reasons = (!req.intake_problems.is_empty()).then(|| req.intake_problems.clone());
+            ev.detail = Some(json!({ "delivery": req.delivery, "target": req.target }));
+            self.audit.append_nowait(ev);
+            info!(request = %req.id, environment = %req.environment, repository = %req.repository, run = %req.run, "deployment request received");
+        }
+        self.spawn_evaluate(req.id.clone());
+        Ok((req.id, created))
+    }
+
+    /// Verifies a CI job's token and keeps its claims as the attestation of
+    /// its run; re-evaluates that run's pending requests.
+    pub async fn attest(self: &Arc<Self>, token: &str) -> Result<Attestation, GateError> {
+        let now = OffsetDateTime::now_utc();
+        let verified = match self.verifier.verify(token, now).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.metrics.attestations_rejected.fetch_add(1, Ordering::Relaxed);
+                self.audit_token_rejected(token, &e, "attestation");
+                return Err(e.into());
+            }
+        };
+        let att = Attestation {
+            id: format!("att_{}", &verified.token_sha256[..20]),
+            issuer_name: verified.issuer_name.clone(),
+            issuer: verified.issuer.clone(),
+            platform: verified.platform,
+            subject: verified.subject.clone(),
+            actor: verified.actor.clone(),
+            repository: verified.repository.clone(),
+            run: verified.run.clone(),
+            sha: verified.sha.clone(),
+            claims: verified.claims.clone(),
+            token_sha256: verified.token_sha256.clone(),
+            verified_at: now,
+            expires_at: verified.expires_at,
+        };
+        let run_key = att.run_ref().key();
+        self.store.put_attestation(&run_key, &att, self.config.state.attestation_ttl).await?;
+        let mut ev = AuditEvent::new(EventKind::AttestationAccepted);
+        ev.platform = Some(att.platform);
+        ev.repository = Some(att.repository.clone());
+        ev.run = Some(att.run.clone());
+        ev.sha = att.sha.clone();
+        ev.actor = Some(att.actor.clone());
+        ev.claims = Some(att.claims.clone());
+        ev.token_sha256 = Some(att.token_sha256.clone());
+        ev.detail = Some(json!({ "attestation_id": att.id, "issuer": att.issuer, "subject": att.subject }));
+        self.audit.append_nowait(ev);
+        self.metrics.attestations_accepted.fetch_add(1, Ordering::Relaxed);
+        info!(repository = %att.repository, run = %att.run, actor = %att.actor, "attestation accepted");
+        for id in self.store.requests_for_run(&run_key).await? {
+            self.spawn_evaluate(id);
+        }
+        Ok(att)
+    }
+
+    /// Records a verdict posted by a policy-gate job, after checking the
+    /// poster against the environment's producers.
+    pub async fn record_verdict(self: &Arc<Self>, token: &str, body: VerdictBody) -> Result<Verdict, GateError> {
+        let now = OffsetDateTime::now_utc();
+        let verified = match self.verifier.verify(token, now).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.audit_token_rejected(token, &e, "verdict");
+                return Err(e.into());
+            }
+        };
+        let invalid = |code: &'static str, message: String| GateError::Invalid { code, message };
+        let policy = self
+            .config
+            .environment(&body.environment)
+            .ok_or_else(|| invalid("environment_not_configured", format!("environment `{}` is not configured", body.environment)))?;
+        let sha = crate::domain::CommitSha::parse(&body.sha).map_err(|m| invalid("invalid_sha", format!("sha: {m}")))?;
+        if !policy.verdict.producers.iter().any(|rule| rule_matches(rule, &verified.claims)) {
+            self.audit_producer_refused(&verified, &body);
+            return Err(GateError::Forbidden {
+                code: "producer_not_trusted",
+                message: format!("{} is not a trusted verdict producer for {}", verified.subject, body.environment),
+            });
+        }
+        let (allow, source, reasons) = match (body.allow, &body.evidence) {
+            (Some(allow), None) => (allow, VerdictSource::Asserted, body.reasons.clone()),
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "evidence_not_supported",
+                    format!("environment `{}` takes asserted verdicts (`allow`), not evidence", body.environment),
+                ));
+            }
+            _ => return Err(invalid("invalid_verdict", "exactly one of `allow` or `evidence` is required".into())),
+        };
+        if let Some(d) = &body.evidence_digest
+            && !is_sha256_digest(d)
+        {
+            return Err(invalid("invalid_evidence_digest", "evidence_digest must be `sha256:` followed by 64 hex digits".into()));
+        }
+        let verdict = Verdict {
+            platform: verified.platform,
+            repository: verified.repository.clone(),
+            sha: sha.to_string(),
+            environment: body.environment.clone(),
+            allow,
+            source,
+            policy: body.policy.clone(),
+            evidence_digest: body.evidence_digest.clone(),
+            policy_revision: None,
+            reasons,
+            producer: producer_of(&verified),
+            recorded_at: now,
+        };
+        self.store_verdict(verdict).await
+    }
+
+    /// Stores a verdict as the latest for its key, audits it and re-evaluates
+    /// the requests waiting on it.
+    pub async fn store_verdict(self: &Arc<Self>, verdict: Verdict) -> Result<Verdict, GateError> {
+        let key = verdict_key(verdict.platform, &verdict.repository, &verdict.sha, &verdict.environment);
+        self.store.put_verdict(&key, &verdict, self.config.state.verdict_ttl).await?;
+        let mut ev = AuditEvent::new(EventKind::VerdictRecorded);
+        ev.platform = Some(verdict.platform);
+        ev.repository = Some(verdict.repository.clone());
+        ev.environment = Some(verdict.environment.clone());
+        ev.sha = Some(verdict.sha.clone());
+        ev.actor = Some(verdict.producer.actor.clone());
+        ev.token_sha256 = Some(verdict.producer.token_sha256.clone());
+        ev.verdict = Some(verdict_summary(&verdict));
+        self.audit.append_nowait(ev);
+        self.metrics.verdicts_recorded.fetch_add(1, Ordering::Relaxed);
+        info!(repository = %verdict.repository, sha = %verdict.sha, environment = %verdict.environment, allow = verdict.allow, "verdict recorded");
+        for id in self.store.requests_for_verdict(&key).await? {
+            self.spawn_evaluate(id);
+        }
+        Ok(verdict)
+    }
+
+    /// Adds a human review to a request and re-evaluates it. Returns `false`
+    /// when the request was already decided (the review changes nothing).
+    pub async fn add_review(self: &Arc<Self>, id: &str, review: Review) -> Result<bool, GateError> {
+        for _ in 0..8 {
+            let Some(mut req) = self.store.get_request(id).await? else {
+                return Err(GateError::Invalid { code: "request_not_found", message: format!("no request `{id}`") });
+            };
+            if req.status != RequestStatus::Pending {
+                return Ok(false);
+            }
+            req.reviews.retain(|r| !r.reviewer.eq_ignore_ascii_case(&review.reviewer));
+            req.reviews.push(review.clone());
+            if let Cas::Written(_) = self.store.update_request(&req).await? {
+                let mut ev = AuditEvent::new(EventKind::ReviewRecorded);
+                ev.request = Some(req.id.clone());
+                ev.platform = Some(req.platform);
+                ev.repository = Some(req.repository.clone());
+                ev.environment = Some(req.environment.clone());
+                ev.sha = Some(req.sha.clone());
+                ev.run = Some(req.run.clone());
+                ev.reviews = Some(json!([{ "reviewer": review.reviewer, "approve": review.approve, "via": review.via }]));
+                ev.slack = req.slack.clone();
+                self.audit.append(ev).await.map_err(|e| GateError::Audit(e.to_string()))?;
+                self.evaluate(id, OffsetDateTime::now_utc()).await?;
+                return Ok(true);
+            }
+        }
+        Err(GateError::State(StateError("the request kept changing; try again".into())))
+    }
+
+    // ----- deciding -----------------------------------------------------------
+
+    /// Evaluates one request at `now`. Pending stays pending (with what is
+    /// missing written down); a final decision is acted on under the lease.
+    pub async fn evaluate(self: &Arc<Self>, id: &str, now: OffsetDateTime) -> Result<(), GateError> {
+        let span = info_span!("evaluate", request = %id);
+        async move {
+            for _ in 0..8 {
+                let Some(req) = self.store.get_request(id).await? else { return Ok(()) };
+                match req.status {
+                    RequestStatus::Done | RequestStatus::Superseded => return Ok(()),
+                    RequestStatus::Deciding => return self.redrive(req).await,
+                    RequestStatus::Pending => {}
+                }
+                let decision = self.decide(&req, now).await?;
+                if !decision.is_final() {
+                    if req.decision.as_ref() != Some(&decision) {
+                        let mut next = req.clone();
+                        next.decision = Some(decision);
+                        if let Cas::Conflict(_) = self.store.update_request(&next).await? {
+                            continue;
+                        }
+                    }
+                    return Ok(());
+                }
+                let Some(lease) = self.store.acquire_lease(id, &self.holder, LEASE_TTL).await? else {
+                    // Another replica is acting on it.
+                    return Ok(());
+                };
+                let mut next = req.clone();
+                next.status = RequestStatus::Deciding;
+                next.decision = Some(decision);
+                match self.store.update_request(&next).await? {
+                    Cas::Written(v) => {
+                        next.version = v;
+                        let result = self.act(next, &lease).await;
+                        self.store.release_lease(&lease).await?;
+                        return result;
+                    }
+                    Cas::Conflict(_) => {
+                        self.store.release_lease(&lease).await?;
+                        continue;
+                    }
+                }
+            }
+            Err(GateError::State(StateError("the request kept changing while being decided".into())))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Reads the inputs of a request and runs the pure engine.
+    pub async fn decide(&self, req: &DeploymentRequest, now: OffsetDateTime) -> Result<Decision, GateError> {
+        let policy = self.config.environment(&req.environment);
+        let attestation = self.store.get_attestation(&req.run_ref().key()).await?;
+        let verdict = match policy {
+            Some(p) if p.verdict.required => self.store.get_verdict(&req.verdict_key()).await?,
+            _ => None,
+        };
+        Ok(decision::evaluate(&Inputs {
+            policy,
+            request: req,
+            attestation: attestation.as_ref(),
+            verdict: verdict.as_ref(),
+            reviews: &req.reviews,
+            now,
+        }))
+    }
+
+    /// Takes over a `Deciding` request whose lease lapsed (its replica died
+    /// or its platform call failed transiently).
+    async fn redrive(self: &Arc<Self>, req: DeploymentRequest) -> Result<(), GateError> {
+        let Some(lease) = self.store.acquire_lease(&req.id, &self.holder, LEASE_TTL).await? else { return Ok(()) };
+        // Re-read under the lease: the previous holder may have finished.
+        let result = match self.store.get_request(&req.id).await? {
+            Some(fresh) if fresh.status == RequestStatus::Deciding => {
+                info!(request = %fresh.id, "re-driving a decision left in flight");
+                self.act(fresh, &lease).await
+            }
+            _ => Ok(()),
+        };
+        self.store.release_lease(&lease).await?;
+        result
+    }
+
+    /// Audits the decision durably, answers the platform, audits the result
+    /// and closes the request. Fenced: every step after a write checks the
+    /// lease is still ours.
+    async fn act(self: &Arc<Self>, mut req: DeploymentRequest, lease: &Lease) -> Result<(), GateError> {
+        let Some(decision) = req.decision.clone() else {
+            return Err(GateError::State(StateError("a deciding request has no decision".into())));
+        };
+        let approve = decision.outcome == Outcome::Approved;
+
+        if req.decision_record.is_none() {
+            if !self.store.lease_valid(lease).await? {
+                return Ok(());
+            }
+            let record = self.audit_decision(&req, &decision).await?;
+            req.decision_record = Some(record);
+            match self.store.update_request(&req).await? {
+                Cas::Written(v) => req.version = v,
+                Cas::Conflict(_) => return Ok(()),
+            }
+            match decision.outcome {
+                Outcome::Approved => self.metrics.decisions_approved.fetch_add(1, Ordering::Relaxed),
+                _ => self.metrics.decisions_rejected.fetch_add(1, Ordering::Relaxed),
+            };
+            info!(request = %req.id, environment = %req.environment, outcome = decision.outcome.as_str(),
+                  reasons = %decision.reasons.iter().map(|r| r.code.as_str()).collect::<Vec<_>>().join(","), "decided");
+        }
+        let record_id = req.decision_record.clone().unwrap_or_default();
+        let comment = self.comment(&req, &decision, &record_id);
+
+        let dry_run = self.config.server.dry_run;
+        let callback_trusted = !req
+            .intake_problems
+            .iter()
+            .any(|p| p.code == decision::ReasonCode::CallbackHostMismatch);
+        let call = if dry_run {
+            CallResult { ok: true, status: None, detail: "dry run: the platform was not called".into() }
+        } else if !callback_trusted {
+            CallResult { ok: true, status: None, detail: "not called: the callback URL is not on the configured API host".into() }
+        } else {
+            match self.platform_for(req.platform) {
+                Some(client) => client.answer(&req, approve, &comment).await,
+                None => CallResult { ok: false, status: None, detail: format!("{} is not configured", req.platform) },
+            }
+        };
+        req.platform_attempts += 1;
+        let transient = !call.ok && call.status.is_none_or(|s| s >= 500 || s == 429);
+        if call.ok {
+            self.metrics.platform_calls_ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.metrics.platform_calls_failed.fetch_add(1, Ordering::Relaxed);
+        }
+
+        if !self.store.lease_valid(lease).await? {
+            warn!(request = %req.id, "lost the lease during the platform call; the new holder finishes");
+            return Ok(());
+        }
+        let give_up = transient && req.platform_attempts >= MAX_PLATFORM_ATTEMPTS;
+        let outcome = PlatformOutcome { ok: call.ok, status: call.status, detail: call.detail.clone(), dry_run, at: OffsetDateTime::now_utc() };
+        let mut ev = self.request_event(EventKind::PlatformResult, &req);
+        ev.decision = Some(decision.outcome.as_str().to_string());
+        ev.detail = Some(json!({
+            "ok": call.ok, "status": call.status, "detail": call.detail, "dry_run": dry_run,
+            "attempt": req.platform_attempts, "retrying": transient && !give_up, "decision_record": record_id,
+        }));
+        self.audit.append(ev).await.map_err(|e| GateError::Audit(e.to_string()))?;
+
+        req.platform_result = Some(outcome);
+        if !transient || give_up {
+            req.status = RequestStatus::Done;
+        }
+        if let Cas::Conflict(_) = self.store.update_request(&req).await? {
+            warn!(request = %req.id, "the request changed while answering the platform");
+        }
+        if call.ok {
+            info!(request = %req.id, status = ?call.status, "platform answered");
+        } else {
+            warn!(request = %req.id, status = ?call.status, detail = %call.detail, retrying = transient && !give_up, "platform call failed");
+        }
+        Ok(())
+    }
+
+    fn platform_for(&self, platform: Platform) -> Option<&Arc<dyn PlatformClient>> {
+        match platform {
+            Platform::Github => self.platforms.github.as_ref(),
+            Platform::Gitlab => self.platforms.gitlab.as_ref(),
+        }
+    }
+
+    /// The comment posted with the answer: outcome, reasons, audit link;
+    /// the platform client caps it at the platform's limit.
+    fn comment(&self, req: &DeploymentRequest, decision: &Decision, record_id: &str) -> String {
+        let mut out = format!("portcullis {} the deployment of {} to {}.", decision.outcome.as_str(), short(&req.sha), req.environment);
+        for r in &decision.reasons {
+            out.push_str(&format!("\n- {}: {}", r.code.as_str(), r.message));
+        }
+        out.push_str(&format!("\nAudit: {}", self.audit_link(record_id)));
+        // Keep the link whole even when reasons are long: cut the reasons.
+        if out.chars().count() > 1024 {
+            let link = format!("\n…\nAudit: {}", self.audit_link(record_id));
+            let keep = 1024usize.saturating_sub(link.chars().count());
+            out = out.chars().take(keep).collect::<String>() + &link;
+        }
+        out
+    }
+
+    pub fn audit_link(&self, record_id: &str) -> String {
+        let base = self.config.server.public_url.as_str().trim_end_matches('/');
+        format!("{base}/v1/audit/{record_id}")
+    }
+
+    async fn audit_decision(&self, req: &DeploymentRequest, decision: &Decision) -> Result<String, GateError> {
+        let attestation = self.store.get_attestation(&req.run_ref().key()).await?;
+        let verdict = self.store.get_verdict(&req.verdict_key()).await?;
+        let mut ev = self.request_event(EventKind::Decision, req);
+        ev.decision = Some(decision.outcome.as_str().to_string());
+        ev.reasons = Some(decision.reasons.clone());
+        if let Some(a) = &attestation {
+            ev.actor = Some(a.actor.clone());
+            ev.claims = Some(a.claims.clone());
+            ev.token_sha256 = Some(a.token_sha256.clone());
+        }
+        ev.verdict = verdict.as_ref().map(verdict_summary);
+        if !req.reviews.is_empty() {
+            ev.reviews = Some(json!(req.reviews.iter().map(|r| json!({"reviewer": r.reviewer, "approve": r.approve, "via": r.via})).collect::<Vec<_>>()));
+        }
+        let record = self.audit.append(ev).await.map_err(|e| GateError::Audit(e.to_string()))?;
+        Ok(record.id)
+    }
+
+    fn request_event(&self, kind: EventKind, req: &DeploymentRequest) -> AuditEvent {
+        let mut ev = AuditEvent::new(kind);
+        ev.request = Some(req.id.clone());
+        ev.platform = Some(req.platform);
+        ev.repository = Some(req.repository.clone());
+        ev.environment = Some(req.environment.clone());
+        ev.sha = Some(req.sha.clone());
+        ev.run = Some(req.run.clone());
+        ev.slack = req.slack.clone();
+        ev
+    }
+
+    fn audit_token_rejected(&self, token: &str, err: &TokenError, purpose: &str) {
+        let mut ev = AuditEvent::new(EventKind::AttestationRejected);
+        ev.token_sha256 = Some(crate::crypto::sha256_hex(token.as_bytes()));
+        ev.reasons = Some(vec![decision::Reason::new(decision::ReasonCode::IdentityMismatch, err.to_string())]);
+        ev.detail = Some(json!({ "code": err.code(), "purpose": purpose }));
+        self.audit.append_nowait(ev);
+        info!(code = err.code(), purpose, "token refused");
+    }
+
+    fn audit_producer_refused(&self, v: &VerifiedToken, body: &VerdictBody) {
+        let mut ev = AuditEvent::new(EventKind::AttestationRejected);
+        ev.repository = Some(v.repository.clone());
+        ev.environment = Some(body.environment.clone());
+        ev.sha = Some(body.sha.clone());
+        ev.actor = Some(v.actor.clone());
+        ev.claims = Some(v.claims.clone());
+        ev.token_sha256 = Some(v.token_sha256.clone());
+        ev.detail = Some(json!({ "code": "producer_not_trusted", "purpose": "verdict", "subject": v.subject }));
+        self.audit.append_nowait(ev);
+        info!(subject = %v.subject, environment = %body.environment, "verdict refused: producer not trusted");
+    }
+}
+
+/// Builds the GitHub deployment request from a verified, parsed delivery.
+pub fn github_request(
+    config: &Config,
+    delivery: &str,
+    p: &crate::webhook::github::ProtectionRuleRequest,
+    now: OffsetDateTime,
+) -> DeploymentRequest {
+    let run = p.run_id.to_string();
+    let timeout = config
+        .environment(&p.environment)
+        .map(|e| e.pending_timeout)
+        .unwrap_or(Duration::from_secs(0));
+    DeploymentRequest {
+        id: DeploymentRequest::derive_id(Platform::Github, &p.repository, &run, &p.environment),
+        platform: Platform::Github,
+        repository: p.repository.clone(),
+        run,
+        environment: p.environment.clone(),
+        sha: p.sha.clone(),
+        target: Target::Github {
+            owner: p.owner.clone(),
+            repo: p.repo.clone(),
+            run_id: p.run_id,
+            installation_id: p.installation_id,
+            callback_url: p.callback_url.clone(),
+        },
+        delivery: delivery.to_string(),
+        received_at: now,
+        deadline: now + time::Duration::try_from(timeout).unwrap_or(time::Duration::ZERO),
+        intake_problems: p.problems.clone(),
+        reviews: Vec::new(),
+        status: RequestStatus::Pending,
+        decision: None,
+        decision_record: None,
+        platform_attempts: 0,
+        platform_result: None,
+        slack: None,
+        version: 0,
+    }
+}
+
+fn producer_of(v: &VerifiedToken) -> Producer {
+    Producer {
+        issuer: v.issuer.clone(),
+        subject: v.subject.clone(),
+        actor: v.actor.clone(),
+        claims: v.claims.clone(),
+        token_sha256: v.token_sha256.clone(),
+    }
+}
+
+fn verdict_summary(v: &Verdict) -> serde_json::Value {
+    json!({
+        "allow": v.allow,
+        "source": v.source,
+        "policy": v.policy,
+        "policy_revision": v.policy_revision,
+        "evidence_digest": v.evidence_digest,
+        "reasons": v.reasons,
+        "producer": v.producer.subject,
+        "recorded_at": crate::time_fmt::rfc3339(v.recorded_at),
+    })
+}
+
+fn is_sha256_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}

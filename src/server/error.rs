@@ -1,0 +1,91 @@
+//! One error body everywhere: `{"error": {"code", "message"}}`, with a stable
+//! `code`. Upstream error text and secrets never reach a caller; internal
+//! causes go to the log.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::gate::GateError;
+use crate::identity::TokenError;
+use crate::webhook::WebhookError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(json!({"error": {"code": self.code, "message": self.message}}))
+    }
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> Self {
+        let status = match e {
+            WebhookError::Malformed(_) | WebhookError::MissingHeader(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        let status = match e {
+            TokenError::IssuerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        let message = match &e {
+            // The cause (a network error) is for the log, not the caller.
+            TokenError::IssuerUnavailable(_) => "the issuer's keys could not be fetched; try again".to_string(),
+            other => other.to_string(),
+        };
+        ApiError::new(status, e.code(), message)
+    }
+}
+
+impl From<GateError> for ApiError {
+    fn from(e: GateError) -> Self {
+        match e {
+            GateError::Token(t) => t.into(),
+            GateError::State(s) => {
+                tracing::error!(error = %s, "state backend error");
+                ApiError::unavailable("the state backend is unavailable; try again")
+            }
+            GateError::Audit(s) => {
+                tracing::error!(error = %s, "audit error");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", "the audit trail is unavailable; try again")
+            }
+            GateError::Invalid { code, message } => {
+                let status = if code == "request_not_found" { StatusCode::NOT_FOUND } else { StatusCode::BAD_REQUEST };
+                ApiError::new(status, code, message)
+            }
+            GateError::Forbidden { code, message } => ApiError::new(StatusCode::FORBIDDEN, code, message),
+        }
+    }
+}

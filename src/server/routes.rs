@@ -1,0 +1,283 @@
+//! HTTP routes. Handlers are thin: authenticate, parse, hand to the gate,
+//! map the result to the contract's answer.
+
+use std::sync::atomic::Ordering;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+use tracing::{Instrument, info, info_span};
+
+use super::ApiError;
+use crate::audit::AuditFilter;
+use crate::gate::{DELIVERY_TTL, Gate, VerdictBody, github_request};
+use crate::webhook::github::{GithubEvent, parse as parse_github, verify_signature};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/webhooks/github", web::post().to(github_webhook))
+        .route("/v1/attestations", web::post().to(post_attestation))
+        .route("/v1/verdicts", web::post().to(post_verdict))
+        .route("/v1/requests/{id}", web::get().to(get_request))
+        .route("/v1/audit", web::get().to(list_audit))
+        .route("/v1/audit/{id}", web::get().to(get_audit))
+        .default_service(web::to(not_found));
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// Reads the whole body, refusing more than the configured limit with 413.
+pub(crate) async fn read_body(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body exceeds {limit} bytes"));
+    if let Some(len) = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(too_large());
+    }
+    match payload.to_bytes_limited(limit).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::bad_request("payload_unreadable", "the body could not be read")),
+        Err(_) => Err(too_large()),
+    }
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    let v = header(req, "authorization")?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(gate: web::Data<Gate>) -> HttpResponse {
+    let state = gate.store.ping().await;
+    let audit = gate.audit.ping().await;
+    let body = json!({
+        "state": if state.is_ok() { "ok" } else { "unavailable" },
+        "audit": if audit.is_ok() { "ok" } else { "unavailable" },
+    });
+    if state.is_ok() && audit.is_ok() { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+}
+
+async fn metrics(gate: web::Data<Gate>) -> HttpResponse {
+    let m = &gate.metrics;
+    let open = gate.store.open_requests().await.ok();
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, labels: &[(&str, u64)]| {
+        out.push_str(&format!("# HELP portcullis_{name} {help}\n# TYPE portcullis_{name} counter\n"));
+        for (l, v) in labels {
+            out.push_str(&format!("portcullis_{name}{{{l}}} {v}\n"));
+        }
+    };
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    counter(
+        "webhooks_total",
+        "Webhook deliveries by result.",
+        &[
+            ("result=\"accepted\"", g(&m.webhooks_accepted)),
+            ("result=\"duplicate\"", g(&m.webhooks_duplicate)),
+            ("result=\"rejected\"", g(&m.webhooks_rejected)),
+        ],
+    );
+    counter(
+        "attestations_total",
+        "OIDC attestations by result.",
+        &[("result=\"accepted\"", g(&m.attestations_accepted)), ("result=\"rejected\"", g(&m.attestations_rejected))],
+    );
+    counter("verdicts_total", "Verdicts recorded.", &[("result=\"recorded\"", g(&m.verdicts_recorded))]);
+    counter(
+        "decisions_total",
+        "Final decisions by outcome.",
+        &[("outcome=\"approved\"", g(&m.decisions_approved)), ("outcome=\"rejected\"", g(&m.decisions_rejected))],
+    );
+    counter(
+        "platform_calls_total",
+        "Platform answers by result.",
+        &[("result=\"ok\"", g(&m.platform_calls_ok)), ("result=\"failed\"", g(&m.platform_calls_failed))],
+    );
+    counter("internal_errors_total", "Evaluations that could not decide.", &[("kind=\"evaluate\"", g(&m.internal_errors))]);
+    if let Some(open) = open {
+        out.push_str(&format!("# HELP portcullis_open_requests Requests not yet answered.\n# TYPE portcullis_open_requests gauge\nportcullis_open_requests {open}\n"));
+    }
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out)
+}
+
+async fn github_webhook(req: HttpRequest, payload: web::Payload, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
+    let Some(gh) = gate.config.github.as_ref() else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "platform_not_configured", "GitHub is not configured"));
+    };
+    let body = read_body(&req, payload, gate.config.server.max_body_bytes).await?;
+    if let Err(e) = verify_signature(&gh.webhook_secrets, header(&req, "x-hub-signature-256"), &body) {
+        gate.metrics.webhooks_rejected.fetch_add(1, Ordering::Relaxed);
+        info!(code = e.code(), "github webhook refused");
+        return Err(e.into());
+    }
+    let event = header(&req, "x-github-event").ok_or_else(|| ApiError::bad_request("header_missing", "X-GitHub-Event is required"))?;
+    let delivery =
+        header(&req, "x-github-delivery").ok_or_else(|| ApiError::bad_request("header_missing", "X-GitHub-Delivery is required"))?;
+    if delivery.len() > 128 {
+        return Err(ApiError::bad_request("header_invalid", "X-GitHub-Delivery is too long"));
+    }
+    let span = info_span!("webhook", platform = "github", delivery = %delivery, event = %event);
+    async {
+        match parse_github(event, &body, &gh.api_url)? {
+            GithubEvent::Ping => Ok(HttpResponse::Ok().json(json!({"status": "pong"}))),
+            GithubEvent::Ignored(what) => Ok(HttpResponse::Accepted().json(json!({"status": "ignored", "event": what}))),
+            GithubEvent::ProtectionRule(p) => {
+                let dedup_key = format!("github:{delivery}");
+                if !gate.store.mark_delivery(&dedup_key, DELIVERY_TTL).await.map_err(|e| ApiError::from(crate::gate::GateError::from(e)))? {
+                    gate.metrics.webhooks_duplicate.fetch_add(1, Ordering::Relaxed);
+                    info!("duplicate delivery ignored");
+                    return Ok(HttpResponse::Accepted().json(json!({"status": "duplicate"})));
+                }
+                let request = github_request(&gate.config, delivery, &p, OffsetDateTime::now_utc());
+                let span = info_span!("request", request = %request.id, environment = %request.environment);
+                let gate2 = gate.clone().into_inner();
+                match gate2.receive_request(request).instrument(span).await {
+                    Ok((id, _)) => {
+                        gate.metrics.webhooks_accepted.fetch_add(1, Ordering::Relaxed);
+                        Ok(HttpResponse::Accepted().json(json!({"status": "accepted", "request": id})))
+                    }
+                    Err(e) => {
+                        // Let a redelivery be processed: it is the only copy.
+                        let _ = gate.store.forget_delivery(&dedup_key).await;
+                        Err(e.into())
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn token_of(req: &HttpRequest) -> Result<&str, ApiError> {
+    bearer(req).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "token_malformed", "an `Authorization: Bearer <OIDC ID token>` header is required"))
+}
+
+async fn post_attestation(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
+    let token = token_of(&req)?;
+    if token.len() > 16 * 1024 {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "token_malformed", "the token is too long"));
+    }
+    let att = gate.clone().into_inner().attest(token).await?;
+    Ok(HttpResponse::Created().json(json!({
+        "attestation_id": att.id,
+        "issuer": att.issuer,
+        "subject": att.subject,
+        "actor": att.actor,
+        "repository": att.repository,
+        "run": att.run,
+        "expires_at": crate::time_fmt::rfc3339(att.expires_at),
+    })))
+}
+
+async fn post_verdict(req: HttpRequest, payload: web::Payload, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
+    let token = token_of(&req)?.to_string();
+    let body = read_body(&req, payload, gate.config.server.max_body_bytes).await?;
+    let body: VerdictBody = serde_json::from_slice(&body).map_err(|e| {
+        let msg: String = e.to_string().chars().take(200).collect();
+        ApiError::bad_request("invalid_verdict", format!("the verdict body is malformed: {msg}"))
+    })?;
+    let verdict = gate.clone().into_inner().record_verdict(&token, body).await?;
+    Ok(HttpResponse::Created().json(json!({
+        "repository": verdict.repository,
+        "sha": verdict.sha,
+        "environment": verdict.environment,
+        "allow": verdict.allow,
+        "source": verdict.source,
+        "policy": verdict.policy,
+        "policy_revision": verdict.policy_revision,
+        "evidence_digest": verdict.evidence_digest,
+        "reasons": verdict.reasons,
+        "recorded_at": crate::time_fmt::rfc3339(verdict.recorded_at),
+    })))
+}
+
+/// The read endpoints need the read token; without one configured they are
+/// open only when the service listens on loopback (local trials).
+fn authorize_read(req: &HttpRequest, gate: &Gate) -> Result<(), ApiError> {
+    match &gate.config.server.read_token {
+        Some(t) => match bearer(req) {
+            Some(given) if crate::crypto::secrets_equal(given.as_bytes(), t.expose().as_bytes()) => Ok(()),
+            _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "read_token_invalid", "a valid read token is required")),
+        },
+        None if gate.config.server.listen.ip().is_loopback() => Ok(()),
+        None => Err(ApiError::new(StatusCode::FORBIDDEN, "read_token_required", "server.read_token must be configured to read requests and audit records")),
+    }
+}
+
+async fn get_request(req: HttpRequest, path: web::Path<String>, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
+    authorize_read(&req, &gate)?;
+    let id = path.into_inner();
+    match gate.store.get_request(&id).await.map_err(|e| ApiError::from(crate::gate::GateError::from(e)))? {
+        Some(r) => {
+            let audit = r.decision_record.as_ref().map(|id| gate.audit_link(id));
+            let mut body = serde_json::to_value(&r).unwrap_or_else(|_| json!({}));
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert("audit_url".into(), json!(audit));
+            }
+            Ok(HttpResponse::Ok().json(body))
+        }
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "request_not_found", format!("no request `{id}`"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    environment: Option<String>,
+    sha: Option<String>,
+    actor: Option<String>,
+    request: Option<String>,
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_audit(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
+    authorize_read(&req, &gate)?;
+    let q: AuditQuery = web::Query::<AuditQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
+        .into_inner();
+    let since = match q.since.as_deref() {
+        Some(s) => Some(crate::time_fmt::parse_rfc3339(s).ok_or_else(|| ApiError::bad_request("invalid_query", "since must be an RFC 3339 time"))?),
+        None => None,
+    };
+    let filter = AuditFilter {
+        environment: q.environment,
+        sha: q.sha,
+        actor: q.actor,
+        request: q.request,
+        since,
+        limit: Some(q.limit.unwrap_or(100).min(1000)),
+    };
+    let records = gate.audit.query(&filter).await.map_err(|e| {
+        tracing::error!(error = %e, "audit query failed");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", "the audit trail is unavailable; try again")
+    })?;
+    Ok(HttpResponse::Ok().json(json!({"records": records})))
+}
+
+async fn get_audit(req: HttpRequest, path: web::Path<String>, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
+    authorize_read(&req, &gate)?;
+    let id = path.into_inner();
+    match gate.audit.get(&id).await.map_err(|e| {
+        tracing::error!(error = %e, "audit read failed");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", "the audit trail is unavailable; try again")
+    })? {
+        Some(r) => Ok(HttpResponse::Ok().json(r)),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "audit_record_not_found", format!("no audit record `{id}`"))),
+    }
+}
