@@ -137,10 +137,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Audit { command: AuditCommand::Verify(a) } => {
             let config = load(&a.config)?;
             let path = audit_path(&config)?;
-            let file = std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-            match crate::audit::verify_lines(std::io::BufReader::new(file)) {
+            match crate::audit::verify_file(&path) {
                 Ok(report) => {
-                    println!("audit chain OK: {} record(s), head {}", report.records, report.head);
+                    println!("audit chain OK: {} record(s), last seq {}, head {}", report.records, report.last_seq, report.head_hash);
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => Err(format!("audit chain broken in {}: {e}", path.display())),
@@ -154,8 +153,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             let path = audit_path(&config)?;
             let filter = crate::audit::AuditFilter { environment, sha, actor, request, since, limit: None };
-            let file = std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-            let records = crate::audit::query_lines(std::io::BufReader::new(file), &filter).map_err(|e| e.to_string())?;
+            let records = crate::audit::query_file(&path, &filter).map_err(|e| e.to_string())?;
             for r in records {
                 println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
             }

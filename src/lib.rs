@@ -26,4 +26,6 @@ pub mod platform;
 pub mod state;
 pub mod time_fmt;
 pub mod webhook;
-// INTEGRATION-PENDING: cli, gate, server are enabled once identity/audit/platform land.
+pub mod cli;
+pub mod gate;
+pub mod server;

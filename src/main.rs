@@ -1,2 +1,4 @@
 //! The `portcullis` binary: everything lives in the library.
-fn main() {}
+fn main() -> std::process::ExitCode {
+    portcullis::cli::main()
+}

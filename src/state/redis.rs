@@ -1,1 +1,354 @@
-//! The Redis state backend (several replicas).
+//! The Redis state backend, for several replicas sharing one Redis.
+//!
+//! Every multi-key change is one Lua script, so it is atomic on the server:
+//! request creation with its indexes, compare-and-set on a request's version,
+//! and lease grant/release with a fencing counter. Connections go through a
+//! [`ConnectionManager`], which reconnects; each command has a response
+//! timeout, so an unreachable Redis turns into a [`StateError`] quickly
+//! (webhooks then answer 503) instead of a hung request.
+//!
+//! Keys, under the configured prefix `P`:
+//! - `P d:{delivery}`: delivery dedup, `SET NX EX`.
+//! - `P a:{run}` / `P v:{verdict key}`: latest attestation / verdict (JSON, TTL).
+//! - `P r:{id}`: a request, a hash of `v` (version) and `j` (JSON).
+//! - `P ir:{run}`, `P iv:{verdict key}`: sets of pending request ids.
+//! - `P deadlines`: sorted set of pending request ids by deadline.
+//! - `P deciding`: set of request ids being acted on.
+//! - `P l:{id}`: a lease, `holder|fence`, with a TTL; `P fence`: the counter.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use time::OffsetDateTime;
+
+use super::{Cas, Lease, StateError, StateResult, Store};
+use crate::domain::{Attestation, DeploymentRequest, RequestStatus, Verdict};
+
+/// Requests that are done are kept this long for `GET /v1/requests/{id}`.
+const DONE_TTL_SECS: i64 = 30 * 24 * 3600;
+
+const INSERT_REQUEST: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'j', ARGV[2])
+if ARGV[3] == 'pending' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+  redis.call('SADD', KEYS[3], ARGV[5])
+  redis.call('SADD', KEYS[4], ARGV[5])
+end
+return 1
+"#;
+
+/// KEYS: request, deadlines, run index, verdict index, deciding set.
+/// ARGV: expected version, new version, new JSON, new status, id, done TTL.
+/// Returns {1} when written, {0, json} on conflict, {0} when absent.
+const UPDATE_REQUEST: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'v')
+if not cur then return {0} end
+if cur ~= ARGV[1] then return {0, redis.call('HGET', KEYS[1], 'j')} end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'j', ARGV[3])
+if ARGV[4] ~= 'pending' then
+  redis.call('ZREM', KEYS[2], ARGV[5])
+  redis.call('SREM', KEYS[3], ARGV[5])
+  redis.call('SREM', KEYS[4], ARGV[5])
+end
+if ARGV[4] == 'deciding' then
+  redis.call('SADD', KEYS[5], ARGV[5])
+else
+  redis.call('SREM', KEYS[5], ARGV[5])
+end
+if ARGV[4] == 'done' or ARGV[4] == 'superseded' then
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+end
+return {1}
+"#;
+
+/// KEYS: lease, fence counter. ARGV: holder, ttl ms.
+const ACQUIRE_LEASE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local fence = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. fence, 'PX', ARGV[2])
+return fence
+"#;
+
+/// KEYS: lease. ARGV: holder|fence.
+const RELEASE_LEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    insert_request: Script,
+    update_request: Script,
+    acquire_lease: Script,
+    release_lease: Script,
+}
+
+fn err(e: redis::RedisError) -> StateError {
+    // The error's text names the failure (connection refused, timeout), never
+    // the URL's password, which the client does not echo.
+    StateError(format!("redis: {e}"))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> StateResult<String> {
+    serde_json::to_string(v).map_err(|e| StateError(format!("cannot encode state: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(s: &str) -> StateResult<T> {
+    serde_json::from_str(s).map_err(|e| StateError(format!("cannot decode state: {e}")))
+}
+
+fn status_word(s: RequestStatus) -> &'static str {
+    match s {
+        RequestStatus::Pending => "pending",
+        RequestStatus::Deciding => "deciding",
+        RequestStatus::Done => "done",
+        RequestStatus::Superseded => "superseded",
+    }
+}
+
+fn ttl_secs(ttl: Duration) -> u64 {
+    ttl.as_secs().max(1)
+}
+
+impl RedisStore {
+    /// Connects lazily: the service starts even while Redis is down, and
+    /// `/readyz` says so until it is back.
+    pub fn connect(url: &str, prefix: &str) -> StateResult<RedisStore> {
+        let client = redis::Client::open(url).map_err(|e| StateError(format!("invalid redis URL ({:?})", e.kind())))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(err)?;
+        Ok(RedisStore {
+            conn,
+            prefix: prefix.to_string(),
+            insert_request: Script::new(INSERT_REQUEST),
+            update_request: Script::new(UPDATE_REQUEST),
+            acquire_lease: Script::new(ACQUIRE_LEASE),
+            release_lease: Script::new(RELEASE_LEASE),
+        })
+    }
+
+    /// A connection for other Redis-backed parts (the audit chain).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn key(&self, kind: &str, rest: &str) -> String {
+        format!("{}{}:{}", self.prefix, kind, rest)
+    }
+
+    fn request_keys(&self, req: &DeploymentRequest) -> [String; 5] {
+        [
+            self.key("r", &req.id),
+            format!("{}deadlines", self.prefix),
+            self.key("ir", &req.run_ref().key()),
+            self.key("iv", &req.verdict_key()),
+            format!("{}deciding", self.prefix),
+        ]
+    }
+
+    /// The `appendonly` and `appendfsync` settings, for the audit backend's
+    /// persistence check at start.
+    pub async fn persistence(&self) -> StateResult<(String, String)> {
+        let mut c = self.conn.clone();
+        let aof: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut c).await.map_err(err)?;
+        let fsync: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("appendfsync").query_async(&mut c).await.map_err(err)?;
+        Ok((aof.get(1).cloned().unwrap_or_default(), fsync.get(1).cloned().unwrap_or_default()))
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn mark_delivery(&self, id: &str, ttl: Duration) -> StateResult<bool> {
+        let mut c = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.key("d", id))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl_secs(ttl))
+            .query_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(set.is_some())
+    }
+
+    async fn forget_delivery(&self, id: &str) -> StateResult<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = c.del(self.key("d", id)).await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn put_attestation(&self, run_key: &str, att: &Attestation, ttl: Duration) -> StateResult<()> {
+        let mut c = self.conn.clone();
+        let _: () = c.set_ex(self.key("a", run_key), encode(att)?, ttl_secs(ttl)).await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn get_attestation(&self, run_key: &str) -> StateResult<Option<Attestation>> {
+        let mut c = self.conn.clone();
+        let s: Option<String> = c.get(self.key("a", run_key)).await.map_err(err)?;
+        s.as_deref().map(decode).transpose()
+    }
+
+    async fn put_verdict(&self, key: &str, verdict: &Verdict, ttl: Duration) -> StateResult<()> {
+        let mut c = self.conn.clone();
+        let _: () = c.set_ex(self.key("v", key), encode(verdict)?, ttl_secs(ttl)).await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn get_verdict(&self, key: &str) -> StateResult<Option<Verdict>> {
+        let mut c = self.conn.clone();
+        let s: Option<String> = c.get(self.key("v", key)).await.map_err(err)?;
+        s.as_deref().map(decode).transpose()
+    }
+
+    async fn insert_request(&self, req: &DeploymentRequest) -> StateResult<bool> {
+        let mut c = self.conn.clone();
+        let [r, deadlines, ir, iv, _] = self.request_keys(req);
+        let created: i64 = self
+            .insert_request
+            .key(r)
+            .key(deadlines)
+            .key(ir)
+            .key(iv)
+            .arg(req.version)
+            .arg(encode(req)?)
+            .arg(status_word(req.status))
+            .arg(req.deadline.unix_timestamp())
+            .arg(&req.id)
+            .invoke_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(created == 1)
+    }
+
+    async fn get_request(&self, id: &str) -> StateResult<Option<DeploymentRequest>> {
+        let mut c = self.conn.clone();
+        let s: Option<String> = c.hget(self.key("r", id), "j").await.map_err(err)?;
+        s.as_deref().map(decode).transpose()
+    }
+
+    async fn update_request(&self, req: &DeploymentRequest) -> StateResult<Cas> {
+        let mut c = self.conn.clone();
+        let mut next = req.clone();
+        next.version = req.version + 1;
+        let [r, deadlines, ir, iv, deciding] = self.request_keys(req);
+        let reply: Vec<redis::Value> = self
+            .update_request
+            .key(r)
+            .key(deadlines)
+            .key(ir)
+            .key(iv)
+            .key(deciding)
+            .arg(req.version)
+            .arg(next.version)
+            .arg(encode(&next)?)
+            .arg(status_word(next.status))
+            .arg(&req.id)
+            .arg(DONE_TTL_SECS)
+            .invoke_async(&mut c)
+            .await
+            .map_err(err)?;
+        let written = matches!(reply.first(), Some(redis::Value::Int(1)));
+        if written {
+            return Ok(Cas::Written(next.version));
+        }
+        let current = match reply.get(1) {
+            Some(v) => {
+                let s: String = redis::FromRedisValue::from_redis_value(v.clone()).map_err(|e| StateError(format!("redis: {e}")))?;
+                Some(decode(&s)?)
+            }
+            None => None,
+        };
+        Ok(Cas::Conflict(current))
+    }
+
+    async fn requests_for_run(&self, run_key: &str) -> StateResult<Vec<String>> {
+        let mut c = self.conn.clone();
+        c.smembers(self.key("ir", run_key)).await.map_err(err)
+    }
+
+    async fn requests_for_verdict(&self, verdict_key: &str) -> StateResult<Vec<String>> {
+        let mut c = self.conn.clone();
+        c.smembers(self.key("iv", verdict_key)).await.map_err(err)
+    }
+
+    async fn due_requests(&self, now: OffsetDateTime, limit: usize) -> StateResult<Vec<String>> {
+        let mut c = self.conn.clone();
+        let mut out: Vec<String> = c
+            .zrangebyscore_limit(format!("{}deadlines", self.prefix), "-inf", now.unix_timestamp(), 0, limit as isize)
+            .await
+            .map_err(err)?;
+        let deciding: Vec<String> = c.smembers(format!("{}deciding", self.prefix)).await.map_err(err)?;
+        if !deciding.is_empty() && out.len() < limit {
+            let mut pipe = redis::pipe();
+            for id in &deciding {
+                pipe.exists(self.key("l", id));
+            }
+            let held: Vec<bool> = pipe.query_async(&mut c).await.map_err(err)?;
+            out.extend(deciding.into_iter().zip(held).filter(|(_, h)| !h).map(|(id, _)| id).take(limit - out.len()));
+        }
+        Ok(out)
+    }
+
+    async fn open_requests(&self) -> StateResult<u64> {
+        let mut c = self.conn.clone();
+        let (pending, deciding): (u64, u64) = redis::pipe()
+            .zcard(format!("{}deadlines", self.prefix))
+            .scard(format!("{}deciding", self.prefix))
+            .query_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(pending + deciding)
+    }
+
+    async fn acquire_lease(&self, request: &str, holder: &str, ttl: Duration) -> StateResult<Option<Lease>> {
+        let mut c = self.conn.clone();
+        let fence: i64 = self
+            .acquire_lease
+            .key(self.key("l", request))
+            .key(format!("{}fence", self.prefix))
+            .arg(holder)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok((fence > 0).then(|| Lease { request: request.to_string(), holder: holder.to_string(), fence: fence as u64 }))
+    }
+
+    async fn lease_valid(&self, lease: &Lease) -> StateResult<bool> {
+        let mut c = self.conn.clone();
+        let v: Option<String> = c.get(self.key("l", &lease.request)).await.map_err(err)?;
+        Ok(v.as_deref() == Some(format!("{}|{}", lease.holder, lease.fence).as_str()))
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> StateResult<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = self
+            .release_lease
+            .key(self.key("l", &lease.request))
+            .arg(format!("{}|{}", lease.holder, lease.fence))
+            .invoke_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StateResult<()> {
+        let mut c = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut c).await.map_err(err)?;
+        Ok(())
+    }
+}

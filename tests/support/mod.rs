@@ -3,5 +3,6 @@
 //! Each test binary includes this with `mod support;` and uses what it needs.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod github_mock;
 pub mod oidc;
