@@ -7,6 +7,7 @@
 //! times cheaper than building a `serde_json::Value` of the whole body.
 
 pub mod github;
+pub mod gitlab;
 
 /// Why a delivery was refused before it reached the gate.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
