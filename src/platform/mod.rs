@@ -3,6 +3,7 @@
 //! only after the decision is durably audited, and only as lease holder.
 
 pub mod github;
+pub mod gitlab;
 
 use async_trait::async_trait;
 
