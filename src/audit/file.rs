@@ -1,0 +1,620 @@
+//! The file backend: one JSON-lines file, appended by one writer thread with
+//! group commit.
+//!
+//! # Group commit
+//! Every append goes through one channel to a dedicated thread. The thread
+//! takes whatever is queued (up to [`MAX_BATCH`] records), chains the records
+//! in arrival order, writes them with one `write_all` and makes them durable
+//! with one `fsync` (`File::sync_data`), then answers each waiting
+//! [`append`](AuditLog::append). Appends that arrive while an `fsync` runs
+//! form the next batch, so concurrent decisions share the cost of one `fsync`
+//! and no latency is added when the log is idle. A std thread rather than a
+//! tokio task: the work is blocking file I/O from start to end.
+//!
+//! # Failure
+//! If the write or the `fsync` of a batch fails, every append of that batch
+//! fails, the file is cut back (`set_len`) to the end of the last durable
+//! record, and the log **stops**: every later append fails with
+//! [`AuditError::Stopped`] and [`ping`](AuditLog::ping) fails, so readiness
+//! drops and an operator (or the orchestrator's restart) looks at the disk. It
+//! does not retry in place, because after a failed `fsync` the kernel may have
+//! dropped the dirty pages and the state on disk is unknown, and because
+//! going on would let an [`append_nowait`](AuditLog::append_nowait) record
+//! vanish while later records succeed. A restart re-verifies the whole file.
+//!
+//! # One writer per file
+//! The writer holds an exclusive `flock` on the file (on Unix), so a second
+//! process (or a second `FileAudit` in this one) configured with the same path
+//! refuses to start instead of forking the chain. Readers take no lock. The
+//! file must not be rotated or moved while the service runs: the writer checks
+//! before each batch that the path still names its file, and stops if not.
+//!
+//! # Reading
+//! [`get`](AuditLog::get), [`query`](AuditLog::query) and the free functions
+//! [`get_file`], [`query_file`], [`verify_file`] read the file from the start
+//! through a separate handle: O(records) per call, fine for the volumes of a
+//! deploy gate (thousands of records a day); an index is the next step if
+//! that changes. They ignore an unterminated last line (a batch being
+//! written), so the CLI's `audit verify` and `audit query` work while the
+//! service runs.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+
+use super::chain::{self, Lines, MAX_LINE_BYTES, VerifyReport, verify_lines};
+use super::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditRecord, monotonic_now, new_id};
+use crate::time_fmt::{parse_rfc3339, rfc3339};
+
+/// The most records one `write_all` + `fsync` carries.
+pub const MAX_BATCH: usize = 512;
+
+type Reply = oneshot::Sender<Result<AuditRecord, AuditError>>;
+
+enum Job {
+    // Boxed: an event is a few hundred bytes, a close request one pointer.
+    Append {
+        event: Box<AuditEvent>,
+        reply: Option<Reply>,
+    },
+    Close(oneshot::Sender<Result<(), AuditError>>),
+}
+
+/// Counters and the stop flag, shared by the handle and the writer thread.
+#[derive(Default)]
+struct Shared {
+    fsyncs: AtomicU64,
+    records: AtomicU64,
+    batches: AtomicU64,
+    largest_batch: AtomicU64,
+    closed: AtomicBool,
+    stopped: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn stopped(&self) -> Option<String> {
+        self.stopped.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn stop(&self, reason: String) {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+}
+
+/// The file-backed audit log. See the module documentation for group commit,
+/// failure handling and the cost of reads.
+pub struct FileAudit {
+    path: PathBuf,
+    tx: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl FileAudit {
+    /// Opens (creating it and its parent directories if needed) the log at
+    /// `path` and starts its writer.
+    ///
+    /// The existing file is verified from the first line; if it does not
+    /// verify, opening fails with [`AuditError::Chain`] naming the first
+    /// broken record, and nothing is written. An unterminated last line (a
+    /// batch cut short by a crash, which no caller was told was durable) is
+    /// cut off, with a warning, and the chain resumes after the last complete
+    /// record. Fails with [`AuditError::Locked`] if another writer holds the
+    /// file.
+    pub async fn open(path: &Path) -> Result<Self, AuditError> {
+        let path = path.to_path_buf();
+        let shown = path.display().to_string();
+        tokio::task::spawn_blocking(move || open_blocking(path))
+            .await
+            .map_err(|e| AuditError::Io {
+                path: shown,
+                message: format!("opening task failed: {e}"),
+            })?
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Successful `fsync`s so far: one per committed batch.
+    pub fn fsync_count(&self) -> u64 {
+        self.shared.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Records made durable by this handle.
+    pub fn records_written(&self) -> u64 {
+        self.shared.records.load(Ordering::Relaxed)
+    }
+
+    /// The most records one batch (one `fsync`) carried.
+    pub fn largest_batch(&self) -> u64 {
+        self.shared.largest_batch.load(Ordering::Relaxed)
+    }
+
+    fn refusal(&self) -> Option<AuditError> {
+        if let Some(reason) = self.shared.stopped() {
+            return Some(AuditError::Stopped(reason));
+        }
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Some(AuditError::Closed);
+        }
+        None
+    }
+
+    fn shown(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+#[async_trait]
+impl AuditLog for FileAudit {
+    async fn append(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
+        if let Some(err) = self.refusal() {
+            return Err(err);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Job::Append {
+                event: Box::new(event),
+                reply: Some(reply),
+            })
+            .map_err(|_| AuditError::Closed)?;
+        answer.await.map_err(|_| AuditError::Closed)?
+    }
+
+    fn append_nowait(&self, event: AuditEvent) {
+        let kind = event.event;
+        if let Some(err) = self.refusal() {
+            tracing::error!(path = %self.shown(), event = ?kind, error = %err, "audit record dropped");
+            return;
+        }
+        if self
+            .tx
+            .send(Job::Append {
+                event: Box::new(event),
+                reply: None,
+            })
+            .is_err()
+        {
+            tracing::error!(path = %self.shown(), event = ?kind, "audit record dropped: the writer is gone");
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<AuditRecord>, AuditError> {
+        let (path, id) = (self.path.clone(), id.to_string());
+        blocking(&self.path, move || get_file(&path, &id)).await
+    }
+
+    async fn query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, AuditError> {
+        let (path, filter) = (self.path.clone(), filter.clone());
+        blocking(&self.path, move || query_file(&path, &filter)).await
+    }
+
+    async fn ping(&self) -> Result<(), AuditError> {
+        if let Some(err) = self.refusal() {
+            return Err(err);
+        }
+        let finished = self
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_none_or(JoinHandle::is_finished);
+        if finished {
+            return Err(AuditError::Closed);
+        }
+        let path = self.path.clone();
+        blocking(&self.path, move || {
+            fs::metadata(&path).map(|_| ()).map_err(|e| AuditError::Io {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<(), AuditError> {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Job::Close(reply)).is_err() {
+            return Ok(()); // already closed
+        }
+        let result = answer.await.unwrap_or(Ok(()));
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            // The writer has answered and is returning; joining is immediate.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        result
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, AuditError> + Send + 'static,
+) -> Result<T, AuditError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| AuditError::Io {
+        path: path.display().to_string(),
+        message: format!("reading task failed: {e}"),
+    })?
+}
+
+fn io_error(path: &Path, what: &str, e: io::Error) -> AuditError {
+    AuditError::Io {
+        path: path.display().to_string(),
+        message: format!("{what}: {e}"),
+    }
+}
+
+fn open_blocking(path: PathBuf) -> Result<FileAudit, AuditError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(|e| io_error(&path, "creating its directory", e))?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(&path)
+        .map_err(|e| io_error(&path, "opening", e))?;
+    lock_exclusive(&file, &path)?;
+
+    let report = verify_lines(BufReader::new(&file)).map_err(|source| AuditError::Chain {
+        path: path.display().to_string(),
+        source,
+    })?;
+    if report.partial_tail_bytes > 0 {
+        tracing::warn!(
+            path = %path.display(),
+            bytes = report.partial_tail_bytes,
+            after_seq = report.last_seq,
+            "cutting off an unterminated last line (a write interrupted by a crash)"
+        );
+        file.set_len(report.complete_bytes)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| io_error(&path, "cutting off an unterminated last line", e))?;
+    }
+    sync_parent_dir(&path);
+
+    let shared = Arc::new(Shared::default());
+    let writer = Writer {
+        identity: identity(&file).map_err(|e| io_error(&path, "reading metadata", e))?,
+        file,
+        path: path.clone(),
+        seq: report.last_seq,
+        head: report.head_hash.clone(),
+        last_at: report.last_at.as_deref().and_then(parse_rfc3339),
+        good_len: report.complete_bytes,
+        shared: Arc::clone(&shared),
+    };
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("portcullis-audit".into())
+        .spawn(move || writer.run(rx))
+        .map_err(|e| io_error(&path, "starting the writer thread", e))?;
+    tracing::info!(path = %path.display(), records = report.records, "audit log open");
+    Ok(FileAudit {
+        path,
+        tx,
+        shared,
+        thread: Mutex::new(Some(thread)),
+    })
+}
+
+/// Makes the file's directory entry durable (a new log would otherwise be
+/// able to vanish in a crash). Best effort: some filesystems refuse to sync a
+/// directory.
+fn sync_parent_dir(path: &Path) {
+    #[cfg(unix)]
+    {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if let Err(e) = File::open(parent).and_then(|d| d.sync_all()) {
+            tracing::warn!(path = %path.display(), error = %e, "could not sync the audit log's directory");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+#[cfg(unix)]
+fn lock_exclusive(file: &File, path: &Path) -> Result<(), AuditError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock takes a file descriptor that `file` keeps open for the
+    // duration of the call; it touches no memory of ours.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::WouldBlock {
+        Err(AuditError::Locked {
+            path: path.display().to_string(),
+        })
+    } else {
+        Err(io_error(path, "locking", e))
+    }
+}
+
+#[cfg(not(unix))]
+fn lock_exclusive(_file: &File, _path: &Path) -> Result<(), AuditError> {
+    Ok(())
+}
+
+/// Which file a handle or a path refers to, to notice the path being moved
+/// or deleted under the writer.
+#[cfg(unix)]
+fn identity(file: &File) -> io::Result<Option<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata()?;
+    Ok(Some((m.dev(), m.ino())))
+}
+
+#[cfg(not(unix))]
+fn identity(_file: &File) -> io::Result<Option<(u64, u64)>> {
+    Ok(None)
+}
+
+#[cfg(unix)]
+fn path_identity(path: &Path) -> io::Result<Option<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path)?;
+    Ok(Some((m.dev(), m.ino())))
+}
+
+#[cfg(not(unix))]
+fn path_identity(_path: &Path) -> io::Result<Option<(u64, u64)>> {
+    Ok(None)
+}
+
+/// The writer thread's state: the chain head and the durable length.
+struct Writer {
+    file: File,
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+    seq: u64,
+    head: String,
+    last_at: Option<OffsetDateTime>,
+    /// The end of the last durable record: where the file is cut back to if
+    /// a batch fails.
+    good_len: u64,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        // Ends when every sender is gone (the handle was dropped) or on Close.
+        while let Ok(first) = rx.recv() {
+            let mut batch = Vec::new();
+            let mut close = None;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Append { event, reply } => batch.push((*event, reply)),
+                    Job::Close(reply) => {
+                        close = Some(reply);
+                        break;
+                    }
+                }
+                if batch.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit(batch);
+            if let Some(reply) = close {
+                self.shared.closed.store(true, Ordering::Release);
+                let outcome = match self.shared.stopped() {
+                    Some(reason) => Err(AuditError::Stopped(reason)),
+                    None => Ok(()),
+                };
+                // Release the file (and its lock) before answering, so a
+                // caller may reopen it at once.
+                drop(self.file);
+                while let Ok(job) = rx.try_recv() {
+                    match job {
+                        Job::Append { reply, .. } => answer(reply, Err(AuditError::Closed)),
+                        Job::Close(r) => {
+                            let _ = r.send(Ok(()));
+                        }
+                    }
+                }
+                let _ = reply.send(outcome);
+                return;
+            }
+        }
+    }
+
+    /// Chains, writes and fsyncs one batch, then answers each append.
+    fn commit(&mut self, batch: Vec<(AuditEvent, Option<Reply>)>) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Some(reason) = self.shared.stopped() {
+            for (event, reply) in batch {
+                refuse(&self.path, event, reply, AuditError::Stopped(reason.clone()));
+            }
+            return;
+        }
+
+        let (mut seq, mut head, mut last_at) = (self.seq, self.head.clone(), self.last_at);
+        let mut buf = Vec::with_capacity(batch.len() * 1024);
+        let mut sealed = Vec::with_capacity(batch.len());
+        for (event, reply) in batch {
+            let at = monotonic_now(last_at);
+            let kind = event.event;
+            match chain::seal(seq + 1, new_id(), rfc3339(at), event, &head) {
+                Ok(s) if s.line.len() <= MAX_LINE_BYTES => {
+                    seq += 1;
+                    head.clone_from(&s.record.hash);
+                    last_at = Some(at);
+                    buf.extend_from_slice(&s.line);
+                    sealed.push((s.record, reply));
+                }
+                Ok(s) => {
+                    let err = AuditError::Invalid(format!(
+                        "the record is {} bytes, over the {MAX_LINE_BYTES}-byte limit",
+                        s.line.len()
+                    ));
+                    refuse(&self.path, s.record.event, reply, err);
+                }
+                Err(e) => {
+                    let err = AuditError::Invalid(format!("{kind:?} event cannot be encoded: {e}"));
+                    refuse(&self.path, AuditEvent::new(kind), reply, err);
+                }
+            }
+        }
+        if sealed.is_empty() {
+            return;
+        }
+
+        match self.write_durably(&buf) {
+            Ok(()) => {
+                let n = sealed.len() as u64;
+                self.seq = seq;
+                self.head = head;
+                self.last_at = last_at;
+                self.good_len += buf.len() as u64;
+                self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.shared.records.fetch_add(n, Ordering::Relaxed);
+                self.shared.batches.fetch_add(1, Ordering::Relaxed);
+                self.shared.largest_batch.fetch_max(n, Ordering::Relaxed);
+                for (record, reply) in sealed {
+                    answer(reply, Ok(record));
+                }
+            }
+            Err(message) => {
+                let reason = self.stop(&message);
+                for (record, reply) in sealed {
+                    refuse(&self.path, record.event, reply, AuditError::WriteFailed(reason.clone()));
+                }
+            }
+        }
+    }
+
+    fn write_durably(&mut self, buf: &[u8]) -> Result<(), String> {
+        match path_identity(&self.path) {
+            Ok(id) if id == self.identity => {}
+            Ok(_) => return Err("the path no longer names the file this log writes (moved or replaced?)".into()),
+            Err(e) => return Err(format!("the log file is gone ({e})")),
+        }
+        self.file.write_all(buf).map_err(|e| format!("write failed: {e}"))?;
+        self.file.sync_data().map_err(|e| format!("fsync failed: {e}"))
+    }
+
+    /// Cuts the file back to the last durable record and stops the log.
+    /// Returns the reason every later append is refused with.
+    fn stop(&mut self, message: &str) -> String {
+        let cut = self.file.set_len(self.good_len).and_then(|()| self.file.sync_data());
+        let reason = match cut {
+            Ok(()) => format!(
+                "{message}; the log was cut back to its last durable record (seq {}); restart to resume",
+                self.seq
+            ),
+            Err(e) => format!(
+                "{message}; cutting the log back to its last durable record (seq {}) also failed ({e}); \
+                 run `portcullis audit verify` before restarting",
+                self.seq
+            ),
+        };
+        tracing::error!(path = %self.path.display(), error = %reason, "audit log stopped");
+        self.shared.stop(reason.clone());
+        reason
+    }
+}
+
+fn answer(reply: Option<Reply>, result: Result<AuditRecord, AuditError>) {
+    if let Some(reply) = reply {
+        // The caller may have gone away; the record's fate is the same.
+        let _ = reply.send(result);
+    }
+}
+
+/// Fails one append; an `append_nowait` has no one to tell, so it is logged.
+fn refuse(path: &Path, event: AuditEvent, reply: Option<Reply>, err: AuditError) {
+    match reply {
+        Some(reply) => {
+            let _ = reply.send(Err(err));
+        }
+        None => tracing::error!(
+            path = %path.display(),
+            event = ?event.event,
+            request = event.request.as_deref().unwrap_or(""),
+            error = %err,
+            "audit record dropped"
+        ),
+    }
+}
+
+fn open_for_reading(path: &Path) -> Result<BufReader<File>, AuditError> {
+    File::open(path)
+        .map(|f| BufReader::with_capacity(64 * 1024, f))
+        .map_err(|e| io_error(path, "opening for reading", e))
+}
+
+/// Verifies the log at `path` (see [`verify_lines`]). Safe while a writer
+/// appends: an unterminated last line is ignored.
+pub fn verify_file(path: &Path) -> Result<VerifyReport, AuditError> {
+    verify_lines(open_for_reading(path)?).map_err(|source| AuditError::Chain {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Reads records in chain order, handing each to `visit` until it returns
+/// `false`. Does not check hashes (that is [`verify_file`]'s job).
+fn scan(path: &Path, mut visit: impl FnMut(AuditRecord) -> Result<bool, AuditError>) -> Result<(), AuditError> {
+    let mut lines = Lines::new(open_for_reading(path)?);
+    let corrupt = |line: u64, why: String| AuditError::Corrupt {
+        path: path.display().to_string(),
+        line,
+        why,
+    };
+    loop {
+        let (line, bytes) = match lines.next_line() {
+            Ok(Some(next)) => next,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(corrupt(e.line(), e.to_string())),
+        };
+        let record: AuditRecord = serde_json::from_slice(bytes).map_err(|e| corrupt(line, e.to_string()))?;
+        if !visit(record)? {
+            return Ok(());
+        }
+    }
+}
+
+/// Records of the log at `path` matching `filter`, oldest first, at most
+/// `filter.limit`. Reads the whole file (stopping early at the limit).
+pub fn query_file(path: &Path, filter: &AuditFilter) -> Result<Vec<AuditRecord>, AuditError> {
+    let mut out = Vec::new();
+    if filter.limit == Some(0) {
+        return Ok(out);
+    }
+    scan(path, |record| {
+        let at = filter.since.and_then(|_| parse_rfc3339(&record.at));
+        if filter.matches(&record, at) {
+            out.push(record);
+        }
+        Ok(filter.limit.is_none_or(|limit| out.len() < limit))
+    })?;
+    Ok(out)
+}
+
+/// The record with `id` in the log at `path`. Reads the file up to it.
+pub fn get_file(path: &Path, id: &str) -> Result<Option<AuditRecord>, AuditError> {
+    let mut found = None;
+    scan(path, |record| {
+        if record.id == id {
+            found = Some(record);
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    Ok(found)
+}
