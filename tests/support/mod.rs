@@ -6,3 +6,4 @@
 pub mod app;
 pub mod github_mock;
 pub mod oidc;
+pub mod prism;
