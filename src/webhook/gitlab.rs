@@ -405,6 +405,9 @@ mod tests {
         format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac))
     }
 
+    /// A named case: the headers sent, and what `verify` must say.
+    type Case = (&'static str, Vec<(&'static str, String)>, Result<(), WebhookError>);
+
     fn headers(pairs: &[(&str, String)]) -> impl Fn(&str) -> Option<String> + use<> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
         move |name: &str| map.get(&name.to_ascii_lowercase()).cloned()
@@ -424,7 +427,7 @@ mod tests {
         let id = "msg_2mZBp0BK2Zz7qXvu1cN2Rj3vD9a";
         let cfg = config(None, Some(SIGNING));
         let sig = |secret, id, ts| sign(secret, id, ts, body);
-        let cases: Vec<(&str, Vec<(&str, String)>, Result<(), WebhookError>)> = vec![
+        let cases: Vec<Case> = vec![
             ("valid", signed_headers(SIGNING, id, NOW, body), Ok(())),
             ("valid, 299 s old", signed_headers(SIGNING, id, NOW - 299, body), Ok(())),
             (
@@ -546,7 +549,7 @@ mod tests {
     fn gitlab_token() {
         let body = b"{}";
         let cfg = config(Some("s3cr3t-token"), None);
-        let cases: Vec<(&str, Vec<(&str, String)>, Result<(), WebhookError>)> = vec![
+        let cases: Vec<Case> = vec![
             ("right", vec![("X-Gitlab-Token", "s3cr3t-token".into())], Ok(())),
             (
                 "wrong",
@@ -586,7 +589,7 @@ mod tests {
             v.push(extra);
             v
         };
-        let cases: Vec<(&str, Vec<(&str, String)>, Result<(), WebhookError>)> = vec![
+        let cases: Vec<Case> = vec![
             ("signature only", good_sig.clone(), Ok(())),
             ("token only", vec![token("s3cr3t-token")], Ok(())),
             ("both right", with(good_sig.clone(), token("s3cr3t-token")), Ok(())),

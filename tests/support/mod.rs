@@ -5,5 +5,6 @@
 
 pub mod app;
 pub mod github_mock;
+pub mod gitlab_mock;
 pub mod oidc;
 pub mod prism;
