@@ -105,6 +105,13 @@ fn load(path: &Path) -> Result<Config, String> {
     })
 }
 
+fn load_for_audit(path: &Path) -> Result<Config, String> {
+    Config::load_without_secrets(path).map_err(|e| {
+        let lines: Vec<String> = e.0.iter().map(|x| x.to_string()).collect();
+        format!("invalid configuration {}:\n  {}", path.display(), lines.join("\n  "))
+    })
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -135,7 +142,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             runtime()?.block_on(decide(config, &webhook, token.as_deref(), verdict.as_deref()))
         }
         Command::Audit { command: AuditCommand::Verify(a) } => {
-            let config = load(&a.config)?;
+            let config = load_for_audit(&a.config)?;
             let path = audit_path(&config)?;
             match crate::audit::verify_file(&path) {
                 Ok(report) => {
@@ -146,7 +153,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Command::Audit { command: AuditCommand::Query { config, environment, sha, actor, request, since } } => {
-            let config = load(&config.config)?;
+            let config = load_for_audit(&config.config)?;
             let since = match since.as_deref() {
                 Some(s) => Some(crate::time_fmt::parse_rfc3339(s).ok_or_else(|| format!("--since `{s}` is not an RFC 3339 time"))?),
                 None => None,

@@ -270,13 +270,6 @@ impl Gate {
             .environment(&body.environment)
             .ok_or_else(|| invalid("environment_not_configured", format!("environment `{}` is not configured", body.environment)))?;
         let sha = crate::domain::CommitSha::parse(&body.sha).map_err(|m| invalid("invalid_sha", format!("sha: {m}")))?;
-        if !policy.verdict.producers.iter().any(|rule| rule_matches(rule, &verified.claims)) {
-            self.audit_producer_refused(&verified, &body);
-            return Err(GateError::Forbidden {
-                code: "producer_not_trusted",
-                message: format!("{} is not a trusted verdict producer for {}", verified.subject, body.environment),
-            });
-        }
         let (allow, source, reasons) = match (body.allow, &body.evidence) {
             (Some(allow), None) => (allow, VerdictSource::Asserted, body.reasons.clone()),
             (None, Some(_)) => {
@@ -291,6 +284,13 @@ impl Gate {
             && !is_sha256_digest(d)
         {
             return Err(invalid("invalid_evidence_digest", "evidence_digest must be `sha256:` followed by 64 hex digits".into()));
+        }
+        if !policy.verdict.producers.iter().any(|rule| rule_matches(rule, &verified.claims)) {
+            self.audit_producer_refused(&verified, &body);
+            return Err(GateError::Forbidden {
+                code: "producer_not_trusted",
+                message: format!("{} is not a trusted verdict producer for {}", verified.subject, body.environment),
+            });
         }
         let verdict = Verdict {
             platform: verified.platform,

@@ -289,16 +289,33 @@ impl Config {
         Self::from_toml(&text, &|name| std::env::var(name).ok())
     }
 
+    /// Reads and validates `path` without resolving secrets (each becomes an
+    /// empty placeholder). For commands that read only the audit trail, so
+    /// an auditor needs the file but not the service's secrets.
+    pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                key: path.display().to_string(),
+                message: format!("cannot read the configuration file: {e}"),
+            }])
+        })?;
+        Self::parse(&text, &|_| None, true)
+    }
+
     /// Parses and validates TOML text; `env` looks up environment variables
     /// (a parameter so tests need not touch the process environment).
     pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        Self::parse(text, env, false)
+    }
+
+    fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>, skip_secrets: bool) -> Result<Config, ConfigErrors> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 key: toml_error_key(&e),
                 message: e.message().to_string(),
             }])
         })?;
-        let mut v = Validator { errors: Vec::new(), env };
+        let mut v = Validator { errors: Vec::new(), env, skip_secrets };
         let config = v.config(raw);
         if v.errors.is_empty() {
             Ok(config)
@@ -373,6 +390,7 @@ fn toml_error_key(e: &toml::de::Error) -> String {
 struct Validator<'a> {
     errors: Vec<ConfigError>,
     env: &'a dyn Fn(&str) -> Option<String>,
+    skip_secrets: bool,
 }
 
 impl Validator<'_> {
@@ -386,6 +404,7 @@ impl Validator<'_> {
                 self.err(key, "secrets are never written inline; use { env = \"VAR\" } or { file = \"path\" }");
                 None
             }
+            RawSecret::Env(_) | RawSecret::File(_) if self.skip_secrets => Some(Secret(String::new())),
             RawSecret::Env(r) => match (self.env)(&r.env) {
                 Some(v) if !v.is_empty() => Some(Secret(v)),
                 _ => {
@@ -565,7 +584,7 @@ impl Validator<'_> {
                 self.err("github.private_key", "is required unless server.dry_run = true");
             }
         }
-        if let Some(key) = &private_key
+        if let Some(key) = private_key.as_ref().filter(|_| !self.skip_secrets)
             && jsonwebtoken::EncodingKey::from_rsa_pem(key.expose().as_bytes()).is_err()
         {
             self.err("github.private_key", "is not an RSA private key in PEM form");
@@ -619,7 +638,7 @@ impl Validator<'_> {
         if raw.webhook_token.is_none() && raw.signing_token.is_none() {
             self.err("gitlab.webhook_token", "one of webhook_token or signing_token is required");
         }
-        if let Some(s) = &signing_token
+        if let Some(s) = signing_token.as_ref().filter(|_| !self.skip_secrets)
             && crate::webhook::standard_webhooks_key(s.expose()).is_none()
         {
             self.err("gitlab.signing_token", "must be `whsec_` followed by base64");

@@ -8,3 +8,4 @@ pub mod github_mock;
 pub mod gitlab_mock;
 pub mod oidc;
 pub mod prism;
+pub mod redis;

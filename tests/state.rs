@@ -1,0 +1,168 @@
+//! The state backends' contract, run against the memory backend and a real
+//! Redis server: insert-if-absent, compare-and-set, indexes, leases.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis::domain::*;
+use portcullis::state::{Cas, MemoryStore, Store, redis::RedisStore};
+use support::redis::RedisServer;
+use time::OffsetDateTime;
+
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn request(id: &str, run: &str, deadline: OffsetDateTime) -> DeploymentRequest {
+    DeploymentRequest {
+        id: id.into(),
+        platform: Platform::Github,
+        repository: "octo-org/payments".into(),
+        run: run.into(),
+        environment: "production".into(),
+        sha: SHA.into(),
+        target: Target::Github {
+            owner: "octo-org".into(),
+            repo: "payments".into(),
+            run_id: run.parse().unwrap(),
+            installation_id: None,
+            callback_url: "https://api.github.com/x".into(),
+        },
+        delivery: "d".into(),
+        received_at: deadline - time::Duration::minutes(30),
+        deadline,
+        intake_problems: vec![],
+        reviews: vec![],
+        status: RequestStatus::Pending,
+        decision: None,
+        decision_record: None,
+        platform_attempts: 0,
+        platform_result: None,
+        slack: None,
+        version: 0,
+    }
+}
+
+async fn contract(store: Arc<dyn Store>) {
+    let now = OffsetDateTime::now_utc();
+    // Delivery dedup: insert-if-absent.
+    assert!(store.mark_delivery("g:1", Duration::from_secs(60)).await.unwrap());
+    assert!(!store.mark_delivery("g:1", Duration::from_secs(60)).await.unwrap());
+    store.forget_delivery("g:1").await.unwrap();
+    assert!(store.mark_delivery("g:1", Duration::from_secs(60)).await.unwrap());
+
+    // Requests: create once, indexed by run and verdict key and deadline.
+    let r1 = request("req_a", "11", now + time::Duration::minutes(5));
+    let r2 = request("req_b", "12", now - time::Duration::seconds(1));
+    assert!(store.insert_request(&r1).await.unwrap());
+    assert!(!store.insert_request(&r1).await.unwrap());
+    assert!(store.insert_request(&r2).await.unwrap());
+    assert_eq!(store.get_request("req_a").await.unwrap(), Some(r1.clone()));
+    assert_eq!(store.requests_for_run(&r1.run_ref().key()).await.unwrap(), vec!["req_a".to_string()]);
+    let mut by_verdict = store.requests_for_verdict(&r1.verdict_key()).await.unwrap();
+    by_verdict.sort();
+    assert_eq!(by_verdict, vec!["req_a".to_string(), "req_b".to_string()]);
+    assert_eq!(store.due_requests(now, 10).await.unwrap(), vec!["req_b".to_string()]);
+    assert_eq!(store.open_requests().await.unwrap(), 2);
+
+    // Compare-and-set on the version.
+    let mut next = r1.clone();
+    next.reviews.push(Review { reviewer: "a@example.com".into(), aliases: vec![], approve: true, via: "slack".into(), at: now });
+    assert_eq!(store.update_request(&next).await.unwrap(), Cas::Written(1));
+    let stale = r1.clone();
+    match store.update_request(&stale).await.unwrap() {
+        Cas::Conflict(Some(current)) => assert_eq!(current.version, 1),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(store.update_request(&request("req_none", "13", now)).await.unwrap(), Cas::Conflict(None));
+
+    // Leaving pending leaves the indexes; deciding without a lease is due.
+    let mut deciding = store.get_request("req_a").await.unwrap().unwrap();
+    deciding.status = RequestStatus::Deciding;
+    assert_eq!(store.update_request(&deciding).await.unwrap(), Cas::Written(2));
+    assert!(store.requests_for_run(&r1.run_ref().key()).await.unwrap().is_empty());
+    let mut due = store.due_requests(now, 10).await.unwrap();
+    due.sort();
+    assert_eq!(due, vec!["req_a".to_string(), "req_b".to_string()]);
+
+    // Leases: one holder at a time, fenced, released only by the holder.
+    let l1 = store.acquire_lease("req_a", "r1", Duration::from_secs(5)).await.unwrap().expect("first lease");
+    assert!(store.acquire_lease("req_a", "r2", Duration::from_secs(5)).await.unwrap().is_none());
+    assert!(store.lease_valid(&l1).await.unwrap());
+    assert_eq!(store.due_requests(now, 10).await.unwrap(), vec!["req_b".to_string()], "a leased request is not due");
+    let forged = portcullis::state::Lease { holder: "r2".into(), ..l1.clone() };
+    store.release_lease(&forged).await.unwrap();
+    assert!(store.lease_valid(&l1).await.unwrap(), "only the holder releases");
+    store.release_lease(&l1).await.unwrap();
+    let l2 = store.acquire_lease("req_a", "r2", Duration::from_millis(200)).await.unwrap().expect("second lease");
+    assert!(l2.fence > l1.fence, "fences grow");
+    assert!(!store.lease_valid(&l1).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!store.lease_valid(&l2).await.unwrap(), "an expired lease is not valid");
+    assert!(store.acquire_lease("req_a", "r3", Duration::from_secs(5)).await.unwrap().is_some());
+
+    // Done requests leave every index.
+    let mut done = store.get_request("req_a").await.unwrap().unwrap();
+    done.status = RequestStatus::Done;
+    assert_eq!(store.update_request(&done).await.unwrap(), Cas::Written(3));
+    assert_eq!(store.open_requests().await.unwrap(), 1);
+
+    // Attestations and verdicts: latest wins.
+    assert_eq!(store.get_attestation("github:octo-org/payments:11").await.unwrap(), None);
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn memory_backend_keeps_the_contract() {
+    contract(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn redis_backend_keeps_the_contract() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url(), "t1:").unwrap();
+    contract(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn concurrent_lease_grants_give_exactly_one_holder() {
+    let redis = RedisServer::start();
+    let mut handles = Vec::new();
+    for i in 0..16 {
+        let url = redis.url();
+        handles.push(tokio::spawn(async move {
+            let store = RedisStore::connect(&url, "t2:").unwrap();
+            store.acquire_lease("req_x", &format!("replica-{i}"), Duration::from_secs(30)).await.unwrap()
+        }));
+    }
+    let mut granted = 0;
+    for h in handles {
+        if h.await.unwrap().is_some() {
+            granted += 1;
+        }
+    }
+    assert_eq!(granted, 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_an_error_not_a_hang() {
+    let mut redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url(), "t3:").unwrap();
+    store.ping().await.unwrap();
+    redis.kill();
+    let started = std::time::Instant::now();
+    let err = store.mark_delivery("x", Duration::from_secs(5)).await.unwrap_err();
+    assert!(err.to_string().starts_with("state backend unavailable: redis:"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    redis.restart();
+    // The connection manager reconnects.
+    let mut ok = false;
+    for _ in 0..50 {
+        if store.ping().await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "reconnected after the restart");
+}
