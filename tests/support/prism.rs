@@ -127,6 +127,10 @@ impl Drop for Prism {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Keep the log of a failed test for reading; drop the rest.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
         let handle = self.proxy.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move { handle.stop(false).await });
