@@ -48,6 +48,15 @@ pub struct Platforms {
     pub gitlab: Option<Arc<dyn PlatformClient>>,
 }
 
+/// Told whenever a request changes (received, pending with other reasons,
+/// decided, answered, reviewed), to mirror it elsewhere (Slack). Called in
+/// the background: a slow or failing notifier never delays or changes a
+/// decision. Implementations re-read the request, so calls may coalesce.
+#[async_trait::async_trait]
+pub trait Notifier: Send + Sync + 'static {
+    async fn request_changed(&self, gate: Arc<Gate>, request_id: String);
+}
+
 /// Counters for `/metrics`.
 #[derive(Default)]
 pub struct Metrics {
@@ -108,6 +117,7 @@ pub struct Gate {
     tasks: TaskTracker,
     runtime: tokio::runtime::Handle,
     pub metrics: Metrics,
+    notifier: std::sync::OnceLock<Arc<dyn Notifier>>,
 }
 
 impl Gate {
@@ -129,7 +139,36 @@ impl Gate {
             tasks: TaskTracker::new(),
             runtime,
             metrics: Metrics::default(),
+            notifier: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the notifier (once, at start).
+    pub fn set_notifier(&self, notifier: Arc<dyn Notifier>) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    /// Tells the notifier, in the background, that a request changed.
+    pub fn notify(self: &Arc<Self>, id: &str) {
+        if let Some(n) = self.notifier.get() {
+            let (n, gate, id) = (n.clone(), Arc::clone(self), id.to_string());
+            self.tasks.spawn_on(async move { n.request_changed(gate, id).await }, &self.runtime);
+        }
+    }
+
+    /// Records the Slack message mirroring a request (compare-and-set, retried).
+    pub async fn set_slack_ref(&self, id: &str, slack: crate::domain::SlackRef) -> Result<(), GateError> {
+        for _ in 0..8 {
+            let Some(mut req) = self.store.get_request(id).await? else { return Ok(()) };
+            if req.slack.as_ref() == Some(&slack) {
+                return Ok(());
+            }
+            req.slack = Some(slack.clone());
+            if let Cas::Written(_) = self.store.update_request(&req).await? {
+                return Ok(());
+            }
+        }
+        Err(GateError::State(StateError("the request kept changing; the Slack reference was not recorded".into())))
     }
 
     /// Runs `evaluate(id)` in the background, tracked so that shutdown waits
@@ -201,6 +240,7 @@ impl Gate {
             ev.detail = Some(json!({ "delivery": req.delivery, "target": req.target }));
             self.audit.append_nowait(ev);
             info!(request = %req.id, environment = %req.environment, repository = %req.repository, run = %req.run, "deployment request received");
+            self.notify(&req.id);
         }
         self.spawn_evaluate(req.id.clone());
         Ok((req.id, created))
@@ -354,6 +394,7 @@ impl Gate {
                 ev.reviews = Some(json!([{ "reviewer": review.reviewer, "approve": review.approve, "via": review.via }]));
                 ev.slack = req.slack.clone();
                 self.audit.append(ev).await.map_err(|e| GateError::Audit(e.to_string()))?;
+                self.notify(id);
                 self.evaluate(id, OffsetDateTime::now_utc()).await?;
                 return Ok(true);
             }
@@ -383,6 +424,7 @@ impl Gate {
                         if let Cas::Conflict(_) = self.store.update_request(&next).await? {
                             continue;
                         }
+                        self.notify(id);
                     }
                     return Ok(());
                 }
@@ -519,6 +561,7 @@ impl Gate {
         if let Cas::Conflict(_) = self.store.update_request(&req).await? {
             warn!(request = %req.id, "the request changed while answering the platform");
         }
+        self.notify(&req.id);
         if call.ok {
             info!(request = %req.id, status = ?call.status, "platform answered");
         } else {
