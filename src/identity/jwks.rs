@@ -26,7 +26,7 @@ const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 /// More keys than any issuer publishes; bounds the work a JWKS can cause.
 const MAX_KEYS: usize = 64;
 /// Rate limit of refetches caused by unknown key ids.
-pub(crate) const KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+const KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 /// Keys are refreshed this long after they were fetched, so a key the issuer
 /// withdrew stops being trusted within this time.
 const KEYS_MAX_AGE: Duration = Duration::from_secs(15 * 60);
@@ -34,6 +34,21 @@ const KEYS_MAX_AGE: Duration = Duration::from_secs(15 * 60);
 /// get the failure at once instead of queueing behind a fetch that will
 /// likely time out again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+/// The three intervals above, as values, so unit tests can shrink them
+/// instead of waiting minutes.
+#[derive(Debug, Clone, Copy)]
+struct Intervals {
+    kid_refetch: Duration,
+    keys_max_age: Duration,
+    retry_after_failure: Duration,
+}
+
+const INTERVALS: Intervals = Intervals {
+    kid_refetch: KID_REFETCH_INTERVAL,
+    keys_max_age: KEYS_MAX_AGE,
+    retry_after_failure: RETRY_AFTER_FAILURE,
+};
 
 /// One usable public key of an issuer.
 pub(crate) struct VerifyingKey {
@@ -46,6 +61,14 @@ pub(crate) struct VerifyingKey {
 pub(crate) struct KeySet {
     pub(crate) keys: Vec<VerifyingKey>,
     fetched_at: Instant,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.keys.iter().map(|k| (&k.kid, k.alg)))
+            .finish()
+    }
 }
 
 impl KeySet {
@@ -80,14 +103,20 @@ pub(crate) struct IssuerKeys {
     /// clone an `Arc`, never across an await.
     current: RwLock<Option<Arc<KeySet>>>,
     fetch: Mutex<FetchState>,
+    intervals: Intervals,
 }
 
 impl IssuerKeys {
     pub(crate) fn new(config: IssuerConfig) -> Self {
+        Self::with_intervals(config, INTERVALS)
+    }
+
+    fn with_intervals(config: IssuerConfig, intervals: Intervals) -> Self {
         IssuerKeys {
             config,
             current: RwLock::new(None),
             fetch: Mutex::new(FetchState::default()),
+            intervals,
         }
     }
 
@@ -114,7 +143,8 @@ impl IssuerKeys {
     /// another task is refreshing them, so an issuer outage stalls at most
     /// the one verification that attempts the refresh.
     pub(crate) async fn keys(&self, http: &reqwest::Client) -> Result<Arc<KeySet>, String> {
-        let fresh = |set: &Arc<KeySet>| set.fetched_at.elapsed() < KEYS_MAX_AGE;
+        let max_age = self.intervals.keys_max_age;
+        let fresh = |set: &Arc<KeySet>| set.fetched_at.elapsed() < max_age;
         let (mut state, stale) = match self.cached() {
             Some(set) if fresh(&set) => return Ok(set),
             Some(stale) => match self.fetch.try_lock() {
@@ -130,7 +160,7 @@ impl IssuerKeys {
         if let Some((_, why)) = state
             .last_failure
             .as_ref()
-            .filter(|(at, _)| at.elapsed() < RETRY_AFTER_FAILURE)
+            .filter(|(at, _)| at.elapsed() < self.intervals.retry_after_failure)
         {
             return stale.ok_or_else(|| why.clone());
         }
@@ -159,7 +189,7 @@ impl IssuerKeys {
         }
         if state
             .last_kid_refetch
-            .is_some_and(|at| at.elapsed() < KID_REFETCH_INTERVAL)
+            .is_some_and(|at| at.elapsed() < self.intervals.kid_refetch)
         {
             return Ok(seen.clone());
         }
@@ -430,5 +460,90 @@ mod tests {
         assert!(loopback.is_ok());
         let v6 = jwks_uri_from_discovery(&doc("http://[::1]:9", "http://[::1]:9/jwks"), "http://[::1]:9");
         assert!(v6.is_ok());
+    }
+
+    fn rsa_set() -> Arc<KeySet> {
+        let body = json!({"keys": [{"kty": "RSA", "kid": "a", "n": RSA_N, "e": "AQAB"}]});
+        Arc::new(KeySet {
+            keys: parse_jwks(&serde_json::to_vec(&body).unwrap()).unwrap(),
+            fetched_at: Instant::now(),
+        })
+    }
+
+    const SHORT: Duration = Duration::from_millis(200);
+
+    /// An issuer on a loopback port where nothing listens, with intervals
+    /// short enough to wait out; keys are stale as soon as they are stored.
+    fn unreachable_issuer() -> IssuerKeys {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = IssuerConfig {
+            name: "down".into(),
+            kind: crate::domain::Platform::Github,
+            issuer: format!("http://127.0.0.1:{port}"),
+            audience: "portcullis".into(),
+            jwks_url: None,
+        };
+        let intervals = Intervals {
+            kid_refetch: SHORT,
+            keys_max_age: Duration::ZERO,
+            retry_after_failure: SHORT,
+        };
+        IssuerKeys::with_intervals(config, intervals)
+    }
+
+    async fn last_failure_at(issuer: &IssuerKeys) -> Option<Instant> {
+        issuer.fetch.lock().await.last_failure.as_ref().map(|(at, _)| *at)
+    }
+
+    #[tokio::test]
+    async fn old_keys_stay_in_use_while_a_refresh_fails() {
+        let issuer = unreachable_issuer();
+        let http = reqwest::Client::new();
+        let old = rsa_set();
+        issuer.store(old.clone());
+
+        let got = issuer.keys(&http).await.expect("stale keys, not an error");
+
+        assert!(Arc::ptr_eq(&got, &old));
+        assert!(last_failure_at(&issuer).await.is_some(), "a refresh was attempted");
+    }
+
+    #[tokio::test]
+    async fn without_keys_a_failure_is_returned_and_retried_only_after_the_backoff() {
+        let issuer = unreachable_issuer();
+        let http = reqwest::Client::new();
+
+        let first = issuer.keys(&http).await.unwrap_err();
+        let failed_at = last_failure_at(&issuer).await;
+        let second = issuer.keys(&http).await.unwrap_err();
+        let unchanged = last_failure_at(&issuer).await;
+        tokio::time::sleep(SHORT).await;
+        let third = issuer.keys(&http).await.unwrap_err();
+        let retried = last_failure_at(&issuer).await;
+
+        assert_eq!(first, "could not connect to fetch the discovery document");
+        assert_eq!((&second, &third), (&first, &first));
+        assert_eq!(failed_at, unchanged, "no new attempt within the backoff");
+        assert_ne!(failed_at, retried, "a new attempt after it");
+    }
+
+    #[tokio::test]
+    async fn unknown_kid_refetch_is_rate_limited() {
+        let issuer = unreachable_issuer();
+        let http = reqwest::Client::new();
+        let seen = rsa_set();
+        issuer.store(seen.clone());
+
+        // The first refetch is attempted (and fails: the issuer is down).
+        assert!(issuer.refetch_for_unknown_kid(&http, &seen).await.is_err());
+        // Within the interval, no attempt: the known keys come back.
+        let again = issuer.refetch_for_unknown_kid(&http, &seen).await.unwrap();
+        assert!(Arc::ptr_eq(&again, &seen));
+        tokio::time::sleep(SHORT).await;
+        assert!(issuer.refetch_for_unknown_kid(&http, &seen).await.is_err());
     }
 }
