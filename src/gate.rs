@@ -46,6 +46,9 @@ pub const DELIVERY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub struct Platforms {
     pub github: Option<Arc<dyn PlatformClient>>,
     pub gitlab: Option<Arc<dyn PlatformClient>>,
+    /// GitLab's read API (deployment lookups, the blocked-deployment poller);
+    /// present whenever a GitLab token is configured, dry run or not.
+    pub gitlab_api: Option<Arc<crate::platform::gitlab::GitlabClient>>,
 }
 
 /// Told whenever a request changes (received, pending with other reasons,
@@ -402,6 +405,110 @@ impl Gate {
         Err(GateError::State(StateError("the request kept changing; try again".into())))
     }
 
+    /// Records a GitLab deployment's later status (approved or rejected by
+    /// someone, running, finished). It never approves anything: a request
+    /// still pending whose deployment went ahead, failed or was canceled is
+    /// closed as superseded; an approval or rejection by a person is recorded
+    /// as such, and portcullis still gives its own answer.
+    pub async fn gitlab_status(self: &Arc<Self>, hook: &crate::webhook::gitlab::DeploymentHook) -> Result<(), GateError> {
+        use crate::webhook::gitlab::DeploymentStatus as S;
+        let id = gitlab_request_id(hook.project_id, hook.deployment_id, &hook.environment);
+        let mut ev = AuditEvent::new(EventKind::PlatformResult);
+        ev.request = Some(id.clone());
+        ev.platform = Some(Platform::Gitlab);
+        ev.repository = Some(hook.project_path.clone());
+        ev.environment = Some(hook.environment.clone());
+        ev.actor = hook.approver_username().map(str::to_string);
+        ev.detail = Some(json!({
+            "source": "gitlab_deployment_hook",
+            "status": hook.status.as_str(),
+            "deployment_id": hook.deployment_id,
+            "approver": hook.approver.as_ref().map(|u| &u.username),
+            "approval": hook.approval.as_ref().map(|a| json!({
+                "status": a.status, "comment": a.comment, "created_at": a.created_at,
+                "rule": a.approval_rule.as_ref().map(|r| json!({"id": r.id, "required_approvals": r.required_approvals})),
+            })),
+        }));
+        let closes = matches!(hook.status, S::Running | S::Success | S::Failed | S::Canceled | S::Skipped);
+        for _ in 0..8 {
+            let Some(mut req) = self.store.get_request(&id).await? else { break };
+            ev.sha = Some(req.sha.clone());
+            ev.run = Some(req.run.clone());
+            ev.slack = req.slack.clone();
+            if !(closes && req.status == RequestStatus::Pending) {
+                break;
+            }
+            req.status = RequestStatus::Superseded;
+            if let Cas::Written(_) = self.store.update_request(&req).await? {
+                info!(request = %id, status = hook.status.as_str(), "closed: the deployment moved on without portcullis");
+                self.notify(&id);
+                break;
+            }
+        }
+        self.audit.append(ev).await.map_err(|e| GateError::Audit(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Polls one GitLab project for blocked deployments (older GitLab sends
+    /// no `blocked` hook) every `poll.interval` until `stop`. One replica
+    /// polls a project at a time (a lease per project).
+    pub async fn run_gitlab_poller(self: Arc<Self>, poll: crate::config::GitlabPoll, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(poll.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.poll_gitlab_once(&poll.project, poll.interval).await {
+                Ok(n) if n > 0 => info!(project = %poll.project, new = n, "poller found blocked deployments"),
+                Ok(_) => {}
+                Err(e) => warn!(project = %poll.project, error = %e, "poll failed; retrying at the next interval"),
+            }
+        }
+    }
+
+    /// One poll: feeds every blocked deployment of `project` into the same
+    /// path as a `blocked` hook. Returns how many requests were new.
+    pub async fn poll_gitlab_once(self: &Arc<Self>, project: &str, interval: Duration) -> Result<usize, GateError> {
+        let Some(api) = self.gitlab_api().cloned() else { return Ok(0) };
+        let Some(lease) = self.store.acquire_lease(&format!("poll:{project}"), &self.holder, interval).await? else {
+            return Ok(0);
+        };
+        let blocked = api.blocked_deployments(project).await.map_err(|e| GateError::Invalid {
+            code: "platform_unavailable",
+            message: format!("listing blocked deployments failed: {e}"),
+        });
+        let mut created = 0;
+        for info in blocked.unwrap_or_default() {
+            let Some(path) = info.project_path.clone() else { continue };
+            let hook = crate::webhook::gitlab::DeploymentHook {
+                status: crate::webhook::gitlab::DeploymentStatus::Blocked,
+                status_changed_at: None,
+                deployment_id: info.id,
+                job_id: info.job_id,
+                job_url: None,
+                environment: info.environment.clone(),
+                project_id: info.project_id,
+                project_path: path,
+                project_url: None,
+                short_sha: None,
+                commit_url: None,
+                git_ref: Some(info.git_ref.clone()),
+                user: None,
+                approver: None,
+                approval: None,
+            };
+            let req = gitlab_request(&self.config, &format!("poll:{}", info.id), &hook, &info, OffsetDateTime::now_utc());
+            if self.store.get_request(&req.id).await?.is_none() {
+                let (_, new) = self.receive_request(req).await?;
+                created += usize::from(new);
+            }
+        }
+        let _ = lease; // held until its TTL: one poll per interval across replicas
+        Ok(created)
+    }
+
     // ----- deciding -----------------------------------------------------------
 
     /// Evaluates one request at `now`. Pending stays pending (with what is
@@ -570,6 +677,10 @@ impl Gate {
         Ok(())
     }
 
+    pub fn gitlab_api(&self) -> Option<&Arc<crate::platform::gitlab::GitlabClient>> {
+        self.platforms.gitlab_api.as_ref()
+    }
+
     fn platform_for(&self, platform: Platform) -> Option<&Arc<dyn PlatformClient>> {
         match platform {
             Platform::Github => self.platforms.github.as_ref(),
@@ -651,6 +762,66 @@ impl Gate {
         self.audit.append_nowait(ev);
         info!(subject = %v.subject, environment = %body.environment, "verdict refused: producer not trusted");
     }
+}
+
+/// Builds the GitLab deployment request from a `blocked` Deployment Hook and
+/// what the deployments API says of it (the full sha and the pipeline).
+pub fn gitlab_request(
+    config: &Config,
+    delivery: &str,
+    hook: &crate::webhook::gitlab::DeploymentHook,
+    info: &crate::platform::gitlab::DeploymentInfo,
+    now: OffsetDateTime,
+) -> DeploymentRequest {
+    let timeout = config
+        .environment(&hook.environment)
+        .map(|e| e.pending_timeout)
+        .unwrap_or(Duration::from_secs(0));
+    let mut intake_problems = Vec::new();
+    if info.environment != hook.environment {
+        intake_problems.push(decision::Reason::new(
+            decision::ReasonCode::IdentityMismatch,
+            format!("the hook names environment `{}`, the deployment `{}`", hook.environment, info.environment),
+        ));
+    }
+    let run = match info.pipeline_id {
+        Some(p) => p.to_string(),
+        None => {
+            intake_problems.push(decision::Reason::new(
+                decision::ReasonCode::IdentityMismatch,
+                "the deployment has no pipeline, so no CI identity can be attested for it",
+            ));
+            String::new()
+        }
+    };
+    DeploymentRequest {
+        id: gitlab_request_id(hook.project_id, hook.deployment_id, &hook.environment),
+        platform: Platform::Gitlab,
+        repository: hook.project_path.clone(),
+        run,
+        environment: hook.environment.clone(),
+        sha: info.sha.to_string(),
+        target: Target::Gitlab { project_id: hook.project_id, deployment_id: hook.deployment_id, job_id: info.job_id.or(hook.job_id) },
+        delivery: delivery.to_string(),
+        received_at: now,
+        deadline: now + time::Duration::try_from(timeout).unwrap_or(time::Duration::ZERO),
+        intake_problems,
+        reviews: Vec::new(),
+        status: RequestStatus::Pending,
+        decision: None,
+        decision_record: None,
+        platform_attempts: 0,
+        platform_result: None,
+        slack: None,
+        version: 0,
+    }
+}
+
+/// GitLab deployment ids are unique per instance, so the request id needs
+/// neither the pipeline nor the project path (status hooks carry neither
+/// reliably): every replica and every later hook derives the same id.
+pub fn gitlab_request_id(project_id: u64, deployment_id: u64, environment: &str) -> String {
+    DeploymentRequest::derive_id(Platform::Gitlab, &project_id.to_string(), &deployment_id.to_string(), environment)
 }
 
 /// Builds the GitHub deployment request from a verified, parsed delivery.

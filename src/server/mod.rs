@@ -86,6 +86,11 @@ impl Application {
     /// requests and decisions in flight finish, and returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let sweeper = tokio::spawn(self.gate.clone().run_sweeper(self.stop.clone()));
+        if let Some(gl) = &self.gate.config.gitlab {
+            for poll in gl.poll.clone() {
+                tokio::spawn(self.gate.clone().run_gitlab_poller(poll, self.stop.clone()));
+            }
+        }
         info!(port = self.port, "listening on 127.0.0.1:{}", self.port);
         let result = self.server.await;
         info!("shutting down: finishing decisions in flight");
@@ -121,6 +126,17 @@ fn build_platforms(config: &Config) -> Result<Platforms, StartError> {
     {
         let client = crate::platform::github::GithubClient::new(gh).map_err(|e| StartError::Platform(format!("github: {e}")))?;
         p.github = Some(Arc::new(client));
+    }
+    if let Some(gl) = &config.gitlab
+        && gl.token.is_some()
+    {
+        let client = Arc::new(
+            crate::platform::gitlab::GitlabClient::new(gl).map_err(|e| StartError::Platform(format!("gitlab: {e}")))?,
+        );
+        p.gitlab_api = Some(client.clone());
+        if !config.server.dry_run {
+            p.gitlab = Some(client);
+        }
     }
     Ok(p)
 }

@@ -20,6 +20,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/webhooks/github", web::post().to(github_webhook))
+        .route("/webhooks/gitlab", web::post().to(gitlab_webhook))
         .route("/v1/attestations", web::post().to(post_attestation))
         .route("/v1/verdicts", web::post().to(post_verdict))
         .route("/v1/requests/{id}", web::get().to(get_request))
@@ -161,6 +162,78 @@ async fn github_webhook(req: HttpRequest, payload: web::Payload, gate: web::Data
     }
     .instrument(span)
     .await
+}
+
+async fn gitlab_webhook(req: HttpRequest, payload: web::Payload, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
+    use crate::webhook::gitlab::{GitlabEvent, dedup_key, parse, verify};
+    let Some(gl) = gate.config.gitlab.as_ref() else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "platform_not_configured", "GitLab is not configured"));
+    };
+    let body = read_body(&req, payload, gate.config.server.max_body_bytes).await?;
+    let headers = |name: &str| header(&req, name).map(str::to_string);
+    let now = OffsetDateTime::now_utc();
+    if let Err(e) = verify(gl, &headers, &body, now) {
+        gate.metrics.webhooks_rejected.fetch_add(1, Ordering::Relaxed);
+        info!(code = e.code(), "gitlab webhook refused");
+        return Err(e.into());
+    }
+    let delivery = dedup_key(&headers);
+    let span = info_span!("webhook", platform = "gitlab", delivery = delivery.as_deref().unwrap_or("-"));
+    async {
+        let hook = match parse(&body)? {
+            GitlabEvent::Ignored(kind) => return Ok(HttpResponse::Accepted().json(json!({"status": "ignored", "event": kind}))),
+            GitlabEvent::Deployment(hook) => hook,
+        };
+        let state_err = |e| ApiError::from(crate::gate::GateError::from(e));
+        let dedup = delivery.as_ref().map(|d| format!("gitlab:{d}"));
+        if let Some(key) = &dedup
+            && !gate.store.mark_delivery(key, DELIVERY_TTL).await.map_err(state_err)?
+        {
+            gate.metrics.webhooks_duplicate.fetch_add(1, Ordering::Relaxed);
+            return Ok(HttpResponse::Accepted().json(json!({"status": "duplicate"})));
+        }
+        let result = gitlab_hook(&gate, delivery.as_deref().unwrap_or("-"), &hook, now).await;
+        if result.is_err()
+            && let Some(key) = &dedup
+        {
+            // Let a redelivery be processed: it is the only copy.
+            let _ = gate.store.forget_delivery(key).await;
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+async fn gitlab_hook(
+    gate: &web::Data<Gate>,
+    delivery: &str,
+    hook: &crate::webhook::gitlab::DeploymentHook,
+    now: OffsetDateTime,
+) -> Result<HttpResponse, ApiError> {
+    use crate::webhook::gitlab::DeploymentStatus;
+    let gate = gate.clone().into_inner();
+    if hook.status != DeploymentStatus::Blocked {
+        gate.gitlab_status(hook).await?;
+        return Ok(HttpResponse::Accepted().json(json!({"status": "recorded", "deployment_status": hook.status.as_str()})));
+    }
+    let Some(api) = gate.gitlab_api() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "platform_unavailable",
+            "gitlab.token is needed to read the deployment's full commit and pipeline",
+        ));
+    };
+    // The hook carries only the short sha and no pipeline: ask the API.
+    let info = api.deployment(hook.project_id, hook.deployment_id).await.map_err(|e| {
+        tracing::warn!(error = %e, "cannot read the deployment from GitLab");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "platform_unavailable", "GitLab's deployments API did not answer; try again")
+    })?;
+    let request = crate::gate::gitlab_request(&gate.config, delivery, hook, &info, now);
+    let span = info_span!("request", request = %request.id, environment = %request.environment);
+    let (id, _) = gate.receive_request(request).instrument(span).await?;
+    gate.metrics.webhooks_accepted.fetch_add(1, Ordering::Relaxed);
+    Ok(HttpResponse::Accepted().json(json!({"status": "accepted", "request": id})))
 }
 
 fn token_of(req: &HttpRequest) -> Result<&str, ApiError> {
