@@ -14,7 +14,11 @@ use crate::domain::{Producer, Verdict, VerdictSource};
 use crate::server::Application;
 
 #[derive(Debug, Parser)]
-#[command(name = "portcullis", version, about = "A deploy authorizer for GitHub and GitLab protected environments")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A deploy authorizer for GitHub and GitLab protected environments"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,7 +90,11 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match run(cli) {
@@ -127,7 +135,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let rt = runtime()?;
             rt.block_on(async {
                 let app = Application::build(config).await.map_err(|e| e.to_string())?;
-                app.run_until_stopped().await.map_err(|e| format!("the server failed: {e}"))
+                app.run_until_stopped()
+                    .await
+                    .map_err(|e| format!("the server failed: {e}"))
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -137,29 +147,59 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             println!("configuration OK");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Decide { config, webhook, token, verdict } => {
+        Command::Decide {
+            config,
+            webhook,
+            token,
+            verdict,
+        } => {
             let config = load(&config.config)?;
             runtime()?.block_on(decide(config, &webhook, token.as_deref(), verdict.as_deref()))
         }
-        Command::Audit { command: AuditCommand::Verify(a) } => {
+        Command::Audit {
+            command: AuditCommand::Verify(a),
+        } => {
             let config = load_for_audit(&a.config)?;
             let path = audit_path(&config)?;
             match crate::audit::verify_file(&path) {
                 Ok(report) => {
-                    println!("audit chain OK: {} record(s), last seq {}, head {}", report.records, report.last_seq, report.head_hash);
+                    println!(
+                        "audit chain OK: {} record(s), last seq {}, head {}",
+                        report.records, report.last_seq, report.head_hash
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => Err(format!("audit chain broken in {}: {e}", path.display())),
             }
         }
-        Command::Audit { command: AuditCommand::Query { config, environment, sha, actor, request, since } } => {
+        Command::Audit {
+            command:
+                AuditCommand::Query {
+                    config,
+                    environment,
+                    sha,
+                    actor,
+                    request,
+                    since,
+                },
+        } => {
             let config = load_for_audit(&config.config)?;
             let since = match since.as_deref() {
-                Some(s) => Some(crate::time_fmt::parse_rfc3339(s).ok_or_else(|| format!("--since `{s}` is not an RFC 3339 time"))?),
+                Some(s) => Some(
+                    crate::time_fmt::parse_rfc3339(s)
+                        .ok_or_else(|| format!("--since `{s}` is not an RFC 3339 time"))?,
+                ),
                 None => None,
             };
             let path = audit_path(&config)?;
-            let filter = crate::audit::AuditFilter { environment, sha, actor, request, since, limit: None };
+            let filter = crate::audit::AuditFilter {
+                environment,
+                sha,
+                actor,
+                request,
+                since,
+                limit: None,
+            };
             let records = crate::audit::query_file(&path, &filter).map_err(|e| e.to_string())?;
             for r in records {
                 println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
@@ -184,7 +224,12 @@ fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
 }
 
-async fn decide(config: Config, webhook: &Path, token: Option<&Path>, verdict: Option<&Path>) -> Result<ExitCode, String> {
+async fn decide(
+    config: Config,
+    webhook: &Path,
+    token: Option<&Path>,
+    verdict: Option<&Path>,
+) -> Result<ExitCode, String> {
     let now = OffsetDateTime::now_utc();
     let body = read_file(webhook, "webhook")?;
     let api_url = config
@@ -202,13 +247,17 @@ async fn decide(config: Config, webhook: &Path, token: Option<&Path>, verdict: O
     let attestation = match token {
         None => None,
         Some(path) => {
-            let text = String::from_utf8(read_file(path, "token")?).map_err(|_| "the token file is not text".to_string())?;
+            let text =
+                String::from_utf8(read_file(path, "token")?).map_err(|_| "the token file is not text".to_string())?;
             let http = reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(10))
                 .build()
                 .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
             let verifier = crate::identity::Verifier::new(config.issuers.clone(), http);
-            let v = verifier.verify(text.trim(), now).await.map_err(|e| format!("token refused ({}): {e}", e.code()))?;
+            let v = verifier
+                .verify(text.trim(), now)
+                .await
+                .map_err(|e| format!("token refused ({}): {e}", e.code()))?;
             Some(crate::domain::Attestation {
                 id: "offline".into(),
                 issuer_name: v.issuer_name,
@@ -231,9 +280,11 @@ async fn decide(config: Config, webhook: &Path, token: Option<&Path>, verdict: O
     let verdict = match verdict {
         None => None,
         Some(path) => {
-            let body: crate::gate::VerdictBody =
-                serde_json::from_slice(&read_file(path, "verdict")?).map_err(|e| format!("verdict {}: {e}", path.display()))?;
-            let allow = body.allow.ok_or("the verdict file needs `allow` (evidence is evaluated by the service)")?;
+            let body: crate::gate::VerdictBody = serde_json::from_slice(&read_file(path, "verdict")?)
+                .map_err(|e| format!("verdict {}: {e}", path.display()))?;
+            let allow = body
+                .allow
+                .ok_or("the verdict file needs `allow` (evidence is evaluated by the service)")?;
             // The file stands for a trusted producer's post: accept any producer.
             if let Some(p) = policy.as_mut() {
                 p.verdict.producers = vec![Default::default()];
@@ -288,9 +339,16 @@ async fn decide(config: Config, webhook: &Path, token: Option<&Path>, verdict: O
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }

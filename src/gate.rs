@@ -24,8 +24,8 @@ use crate::audit::{AuditEvent, AuditLog, EventKind};
 use crate::config::{Config, rule_matches};
 use crate::decision::{self, Decision, Inputs, Outcome};
 use crate::domain::{
-    Attestation, DeploymentRequest, Platform, PlatformOutcome, Producer, RequestStatus, Review, Target, Verdict, VerdictSource,
-    verdict_key,
+    Attestation, DeploymentRequest, Platform, PlatformOutcome, Producer, RequestStatus, Review, Target, Verdict,
+    VerdictSource, verdict_key,
 };
 use crate::identity::{TokenError, VerifiedToken, Verifier};
 use crate::platform::{CallResult, PlatformClient};
@@ -155,14 +155,17 @@ impl Gate {
     pub fn notify(self: &Arc<Self>, id: &str) {
         if let Some(n) = self.notifier.get() {
             let (n, gate, id) = (n.clone(), Arc::clone(self), id.to_string());
-            self.tasks.spawn_on(async move { n.request_changed(gate, id).await }, &self.runtime);
+            self.tasks
+                .spawn_on(async move { n.request_changed(gate, id).await }, &self.runtime);
         }
     }
 
     /// Records the Slack message mirroring a request (compare-and-set, retried).
     pub async fn set_slack_ref(&self, id: &str, slack: crate::domain::SlackRef) -> Result<(), GateError> {
         for _ in 0..8 {
-            let Some(mut req) = self.store.get_request(id).await? else { return Ok(()) };
+            let Some(mut req) = self.store.get_request(id).await? else {
+                return Ok(());
+            };
             if req.slack.as_ref() == Some(&slack) {
                 return Ok(());
             }
@@ -171,7 +174,9 @@ impl Gate {
                 return Ok(());
             }
         }
-        Err(GateError::State(StateError("the request kept changing; the Slack reference was not recorded".into())))
+        Err(GateError::State(StateError(
+            "the request kept changing; the Slack reference was not recorded".into(),
+        )))
     }
 
     /// Runs `evaluate(id)` in the background, tracked so that shutdown waits
@@ -193,7 +198,10 @@ impl Gate {
     pub async fn drain(&self, timeout: Duration) {
         self.tasks.close();
         if tokio::time::timeout(timeout, self.tasks.wait()).await.is_err() {
-            warn!("shutdown: decisions still in flight after {:?}; their leases will expire and another replica re-drives them", timeout);
+            warn!(
+                "shutdown: decisions still in flight after {:?}; their leases will expire and another replica re-drives them",
+                timeout
+            );
         }
     }
 
@@ -277,7 +285,9 @@ impl Gate {
             expires_at: verified.expires_at,
         };
         let run_key = att.run_ref().key();
-        self.store.put_attestation(&run_key, &att, self.config.state.attestation_ttl).await?;
+        self.store
+            .put_attestation(&run_key, &att, self.config.state.attestation_ttl)
+            .await?;
         let mut ev = AuditEvent::new(EventKind::AttestationAccepted);
         ev.platform = Some(att.platform);
         ev.repository = Some(att.repository.clone());
@@ -308,31 +318,53 @@ impl Gate {
             }
         };
         let invalid = |code: &'static str, message: String| GateError::Invalid { code, message };
-        let policy = self
-            .config
-            .environment(&body.environment)
-            .ok_or_else(|| invalid("environment_not_configured", format!("environment `{}` is not configured", body.environment)))?;
-        let sha = crate::domain::CommitSha::parse(&body.sha).map_err(|m| invalid("invalid_sha", format!("sha: {m}")))?;
+        let policy = self.config.environment(&body.environment).ok_or_else(|| {
+            invalid(
+                "environment_not_configured",
+                format!("environment `{}` is not configured", body.environment),
+            )
+        })?;
+        let sha =
+            crate::domain::CommitSha::parse(&body.sha).map_err(|m| invalid("invalid_sha", format!("sha: {m}")))?;
         let (allow, source, reasons) = match (body.allow, &body.evidence) {
             (Some(allow), None) => (allow, VerdictSource::Asserted, body.reasons.clone()),
             (None, Some(_)) => {
                 return Err(invalid(
                     "evidence_not_supported",
-                    format!("environment `{}` takes asserted verdicts (`allow`), not evidence", body.environment),
+                    format!(
+                        "environment `{}` takes asserted verdicts (`allow`), not evidence",
+                        body.environment
+                    ),
                 ));
             }
-            _ => return Err(invalid("invalid_verdict", "exactly one of `allow` or `evidence` is required".into())),
+            _ => {
+                return Err(invalid(
+                    "invalid_verdict",
+                    "exactly one of `allow` or `evidence` is required".into(),
+                ));
+            }
         };
         if let Some(d) = &body.evidence_digest
             && !is_sha256_digest(d)
         {
-            return Err(invalid("invalid_evidence_digest", "evidence_digest must be `sha256:` followed by 64 hex digits".into()));
+            return Err(invalid(
+                "invalid_evidence_digest",
+                "evidence_digest must be `sha256:` followed by 64 hex digits".into(),
+            ));
         }
-        if !policy.verdict.producers.iter().any(|rule| rule_matches(rule, &verified.claims)) {
+        if !policy
+            .verdict
+            .producers
+            .iter()
+            .any(|rule| rule_matches(rule, &verified.claims))
+        {
             self.audit_producer_refused(&verified, &body);
             return Err(GateError::Forbidden {
                 code: "producer_not_trusted",
-                message: format!("{} is not a trusted verdict producer for {}", verified.subject, body.environment),
+                message: format!(
+                    "{} is not a trusted verdict producer for {}",
+                    verified.subject, body.environment
+                ),
             });
         }
         let verdict = Verdict {
@@ -355,8 +387,15 @@ impl Gate {
     /// Stores a verdict as the latest for its key, audits it and re-evaluates
     /// the requests waiting on it.
     pub async fn store_verdict(self: &Arc<Self>, verdict: Verdict) -> Result<Verdict, GateError> {
-        let key = verdict_key(verdict.platform, &verdict.repository, &verdict.sha, &verdict.environment);
-        self.store.put_verdict(&key, &verdict, self.config.state.verdict_ttl).await?;
+        let key = verdict_key(
+            verdict.platform,
+            &verdict.repository,
+            &verdict.sha,
+            &verdict.environment,
+        );
+        self.store
+            .put_verdict(&key, &verdict, self.config.state.verdict_ttl)
+            .await?;
         let mut ev = AuditEvent::new(EventKind::VerdictRecorded);
         ev.platform = Some(verdict.platform);
         ev.repository = Some(verdict.repository.clone());
@@ -379,12 +418,16 @@ impl Gate {
     pub async fn add_review(self: &Arc<Self>, id: &str, review: Review) -> Result<bool, GateError> {
         for _ in 0..8 {
             let Some(mut req) = self.store.get_request(id).await? else {
-                return Err(GateError::Invalid { code: "request_not_found", message: format!("no request `{id}`") });
+                return Err(GateError::Invalid {
+                    code: "request_not_found",
+                    message: format!("no request `{id}`"),
+                });
             };
             if req.status != RequestStatus::Pending {
                 return Ok(false);
             }
-            req.reviews.retain(|r| !r.reviewer.eq_ignore_ascii_case(&review.reviewer));
+            req.reviews
+                .retain(|r| !r.reviewer.eq_ignore_ascii_case(&review.reviewer));
             req.reviews.push(review.clone());
             if let Cas::Written(_) = self.store.update_request(&req).await? {
                 let mut ev = AuditEvent::new(EventKind::ReviewRecorded);
@@ -394,15 +437,21 @@ impl Gate {
                 ev.environment = Some(req.environment.clone());
                 ev.sha = Some(req.sha.clone());
                 ev.run = Some(req.run.clone());
-                ev.reviews = Some(json!([{ "reviewer": review.reviewer, "approve": review.approve, "via": review.via }]));
+                ev.reviews =
+                    Some(json!([{ "reviewer": review.reviewer, "approve": review.approve, "via": review.via }]));
                 ev.slack = req.slack.clone();
-                self.audit.append(ev).await.map_err(|e| GateError::Audit(e.to_string()))?;
+                self.audit
+                    .append(ev)
+                    .await
+                    .map_err(|e| GateError::Audit(e.to_string()))?;
                 self.notify(id);
                 self.evaluate(id, OffsetDateTime::now_utc()).await?;
                 return Ok(true);
             }
         }
-        Err(GateError::State(StateError("the request kept changing; try again".into())))
+        Err(GateError::State(StateError(
+            "the request kept changing; try again".into(),
+        )))
     }
 
     /// Records a GitLab deployment's later status (approved or rejected by
@@ -410,7 +459,10 @@ impl Gate {
     /// still pending whose deployment went ahead, failed or was canceled is
     /// closed as superseded; an approval or rejection by a person is recorded
     /// as such, and portcullis still gives its own answer.
-    pub async fn gitlab_status(self: &Arc<Self>, hook: &crate::webhook::gitlab::DeploymentHook) -> Result<(), GateError> {
+    pub async fn gitlab_status(
+        self: &Arc<Self>,
+        hook: &crate::webhook::gitlab::DeploymentHook,
+    ) -> Result<(), GateError> {
         use crate::webhook::gitlab::DeploymentStatus as S;
         let id = gitlab_request_id(hook.project_id, hook.deployment_id, &hook.environment);
         let mut ev = AuditEvent::new(EventKind::PlatformResult);
@@ -429,9 +481,14 @@ impl Gate {
                 "rule": a.approval_rule.as_ref().map(|r| json!({"id": r.id, "required_approvals": r.required_approvals})),
             })),
         }));
-        let closes = matches!(hook.status, S::Running | S::Success | S::Failed | S::Canceled | S::Skipped);
+        let closes = matches!(
+            hook.status,
+            S::Running | S::Success | S::Failed | S::Canceled | S::Skipped
+        );
         for _ in 0..8 {
-            let Some(mut req) = self.store.get_request(&id).await? else { break };
+            let Some(mut req) = self.store.get_request(&id).await? else {
+                break;
+            };
             ev.sha = Some(req.sha.clone());
             ev.run = Some(req.run.clone());
             ev.slack = req.slack.clone();
@@ -445,7 +502,10 @@ impl Gate {
                 break;
             }
         }
-        self.audit.append(ev).await.map_err(|e| GateError::Audit(e.to_string()))?;
+        self.audit
+            .append(ev)
+            .await
+            .map_err(|e| GateError::Audit(e.to_string()))?;
         Ok(())
     }
 
@@ -471,8 +531,14 @@ impl Gate {
     /// One poll: feeds every blocked deployment of `project` into the same
     /// path as a `blocked` hook. Returns how many requests were new.
     pub async fn poll_gitlab_once(self: &Arc<Self>, project: &str, interval: Duration) -> Result<usize, GateError> {
-        let Some(api) = self.gitlab_api().cloned() else { return Ok(0) };
-        let Some(lease) = self.store.acquire_lease(&format!("poll:{project}"), &self.holder, interval).await? else {
+        let Some(api) = self.gitlab_api().cloned() else {
+            return Ok(0);
+        };
+        let Some(lease) = self
+            .store
+            .acquire_lease(&format!("poll:{project}"), &self.holder, interval)
+            .await?
+        else {
             return Ok(0);
         };
         let blocked = api.blocked_deployments(project).await.map_err(|e| GateError::Invalid {
@@ -481,7 +547,9 @@ impl Gate {
         });
         let mut created = 0;
         for info in blocked.unwrap_or_default() {
-            let Some(path) = info.project_path.clone() else { continue };
+            let Some(path) = info.project_path.clone() else {
+                continue;
+            };
             let hook = crate::webhook::gitlab::DeploymentHook {
                 status: crate::webhook::gitlab::DeploymentStatus::Blocked,
                 status_changed_at: None,
@@ -499,7 +567,13 @@ impl Gate {
                 approver: None,
                 approval: None,
             };
-            let req = gitlab_request(&self.config, &format!("poll:{}", info.id), &hook, &info, OffsetDateTime::now_utc());
+            let req = gitlab_request(
+                &self.config,
+                &format!("poll:{}", info.id),
+                &hook,
+                &info,
+                OffsetDateTime::now_utc(),
+            );
             if self.store.get_request(&req.id).await?.is_none() {
                 let (_, new) = self.receive_request(req).await?;
                 created += usize::from(new);
@@ -517,7 +591,9 @@ impl Gate {
         let span = info_span!("evaluate", request = %id);
         async move {
             for _ in 0..8 {
-                let Some(req) = self.store.get_request(id).await? else { return Ok(()) };
+                let Some(req) = self.store.get_request(id).await? else {
+                    return Ok(());
+                };
                 match req.status {
                     RequestStatus::Done | RequestStatus::Superseded => return Ok(()),
                     RequestStatus::Deciding => return self.redrive(req).await,
@@ -555,7 +631,9 @@ impl Gate {
                     }
                 }
             }
-            Err(GateError::State(StateError("the request kept changing while being decided".into())))
+            Err(GateError::State(StateError(
+                "the request kept changing while being decided".into(),
+            )))
         }
         .instrument(span)
         .await
@@ -582,7 +660,9 @@ impl Gate {
     /// Takes over a `Deciding` request whose lease lapsed (its replica died
     /// or its platform call failed transiently).
     async fn redrive(self: &Arc<Self>, req: DeploymentRequest) -> Result<(), GateError> {
-        let Some(lease) = self.store.acquire_lease(&req.id, &self.holder, LEASE_TTL).await? else { return Ok(()) };
+        let Some(lease) = self.store.acquire_lease(&req.id, &self.holder, LEASE_TTL).await? else {
+            return Ok(());
+        };
         // Re-read under the lease: the previous holder may have finished.
         let result = match self.store.get_request(&req.id).await? {
             Some(fresh) if fresh.status == RequestStatus::Deciding => {
@@ -600,7 +680,9 @@ impl Gate {
     /// lease is still ours.
     async fn act(self: &Arc<Self>, mut req: DeploymentRequest, lease: &Lease) -> Result<(), GateError> {
         let Some(decision) = req.decision.clone() else {
-            return Err(GateError::State(StateError("a deciding request has no decision".into())));
+            return Err(GateError::State(StateError(
+                "a deciding request has no decision".into(),
+            )));
         };
         let approve = decision.outcome == Outcome::Approved;
 
@@ -630,13 +712,25 @@ impl Gate {
             .iter()
             .any(|p| p.code == decision::ReasonCode::CallbackHostMismatch);
         let call = if dry_run {
-            CallResult { ok: true, status: None, detail: "dry run: the platform was not called".into() }
+            CallResult {
+                ok: true,
+                status: None,
+                detail: "dry run: the platform was not called".into(),
+            }
         } else if !callback_trusted {
-            CallResult { ok: true, status: None, detail: "not called: the callback URL is not on the configured API host".into() }
+            CallResult {
+                ok: true,
+                status: None,
+                detail: "not called: the callback URL is not on the configured API host".into(),
+            }
         } else {
             match self.platform_for(req.platform) {
                 Some(client) => client.answer(&req, approve, &comment).await,
-                None => CallResult { ok: false, status: None, detail: format!("{} is not configured", req.platform) },
+                None => CallResult {
+                    ok: false,
+                    status: None,
+                    detail: format!("{} is not configured", req.platform),
+                },
             }
         };
         req.platform_attempts += 1;
@@ -652,14 +746,23 @@ impl Gate {
             return Ok(());
         }
         let give_up = transient && req.platform_attempts >= MAX_PLATFORM_ATTEMPTS;
-        let outcome = PlatformOutcome { ok: call.ok, status: call.status, detail: call.detail.clone(), dry_run, at: OffsetDateTime::now_utc() };
+        let outcome = PlatformOutcome {
+            ok: call.ok,
+            status: call.status,
+            detail: call.detail.clone(),
+            dry_run,
+            at: OffsetDateTime::now_utc(),
+        };
         let mut ev = self.request_event(EventKind::PlatformResult, &req);
         ev.decision = Some(decision.outcome.as_str().to_string());
         ev.detail = Some(json!({
             "ok": call.ok, "status": call.status, "detail": call.detail, "dry_run": dry_run,
             "attempt": req.platform_attempts, "retrying": transient && !give_up, "decision_record": record_id,
         }));
-        self.audit.append(ev).await.map_err(|e| GateError::Audit(e.to_string()))?;
+        self.audit
+            .append(ev)
+            .await
+            .map_err(|e| GateError::Audit(e.to_string()))?;
 
         req.platform_result = Some(outcome);
         if !transient || give_up {
@@ -691,7 +794,12 @@ impl Gate {
     /// The comment posted with the answer: outcome, reasons, audit link;
     /// the platform client caps it at the platform's limit.
     fn comment(&self, req: &DeploymentRequest, decision: &Decision, record_id: &str) -> String {
-        let mut out = format!("portcullis {} the deployment of {} to {}.", decision.outcome.as_str(), short(&req.sha), req.environment);
+        let mut out = format!(
+            "portcullis {} the deployment of {} to {}.",
+            decision.outcome.as_str(),
+            short(&req.sha),
+            req.environment
+        );
         for r in &decision.reasons {
             out.push_str(&format!("\n- {}: {}", r.code.as_str(), r.message));
         }
@@ -723,9 +831,18 @@ impl Gate {
         }
         ev.verdict = verdict.as_ref().map(verdict_summary);
         if !req.reviews.is_empty() {
-            ev.reviews = Some(json!(req.reviews.iter().map(|r| json!({"reviewer": r.reviewer, "approve": r.approve, "via": r.via})).collect::<Vec<_>>()));
+            ev.reviews = Some(json!(
+                req.reviews
+                    .iter()
+                    .map(|r| json!({"reviewer": r.reviewer, "approve": r.approve, "via": r.via}))
+                    .collect::<Vec<_>>()
+            ));
         }
-        let record = self.audit.append(ev).await.map_err(|e| GateError::Audit(e.to_string()))?;
+        let record = self
+            .audit
+            .append(ev)
+            .await
+            .map_err(|e| GateError::Audit(e.to_string()))?;
         Ok(record.id)
     }
 
@@ -744,7 +861,10 @@ impl Gate {
     fn audit_token_rejected(&self, token: &str, err: &TokenError, purpose: &str) {
         let mut ev = AuditEvent::new(EventKind::AttestationRejected);
         ev.token_sha256 = Some(crate::crypto::sha256_hex(token.as_bytes()));
-        ev.reasons = Some(vec![decision::Reason::new(decision::ReasonCode::IdentityMismatch, err.to_string())]);
+        ev.reasons = Some(vec![decision::Reason::new(
+            decision::ReasonCode::IdentityMismatch,
+            err.to_string(),
+        )]);
         ev.detail = Some(json!({ "code": err.code(), "purpose": purpose }));
         self.audit.append_nowait(ev);
         info!(code = err.code(), purpose, "token refused");
@@ -781,7 +901,10 @@ pub fn gitlab_request(
     if info.environment != hook.environment {
         intake_problems.push(decision::Reason::new(
             decision::ReasonCode::IdentityMismatch,
-            format!("the hook names environment `{}`, the deployment `{}`", hook.environment, info.environment),
+            format!(
+                "the hook names environment `{}`, the deployment `{}`",
+                hook.environment, info.environment
+            ),
         ));
     }
     let run = match info.pipeline_id {
@@ -801,7 +924,11 @@ pub fn gitlab_request(
         run,
         environment: hook.environment.clone(),
         sha: info.sha.to_string(),
-        target: Target::Gitlab { project_id: hook.project_id, deployment_id: hook.deployment_id, job_id: info.job_id.or(hook.job_id) },
+        target: Target::Gitlab {
+            project_id: hook.project_id,
+            deployment_id: hook.deployment_id,
+            job_id: info.job_id.or(hook.job_id),
+        },
         delivery: delivery.to_string(),
         received_at: now,
         deadline: now + time::Duration::try_from(timeout).unwrap_or(time::Duration::ZERO),
@@ -821,7 +948,12 @@ pub fn gitlab_request(
 /// neither the pipeline nor the project path (status hooks carry neither
 /// reliably): every replica and every later hook derives the same id.
 pub fn gitlab_request_id(project_id: u64, deployment_id: u64, environment: &str) -> String {
-    DeploymentRequest::derive_id(Platform::Gitlab, &project_id.to_string(), &deployment_id.to_string(), environment)
+    DeploymentRequest::derive_id(
+        Platform::Gitlab,
+        &project_id.to_string(),
+        &deployment_id.to_string(),
+        environment,
+    )
 }
 
 /// Builds the GitHub deployment request from a verified, parsed delivery.
@@ -889,7 +1021,8 @@ fn verdict_summary(v: &Verdict) -> serde_json::Value {
 }
 
 fn is_sha256_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn short(sha: &str) -> &str {

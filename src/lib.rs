@@ -17,15 +17,16 @@
 //! - [`server`]: the actix-web application and its routes.
 
 pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod decision;
 pub mod domain;
+pub mod gate;
 pub mod identity;
 pub mod platform;
+pub mod server;
 pub mod state;
 pub mod time_fmt;
+pub mod verdict;
 pub mod webhook;
-pub mod cli;
-pub mod gate;
-pub mod server;

@@ -72,7 +72,12 @@ required = false
         api = gh.url(),
         issuer = oidc.issuer(),
     );
-    let app = App::start_in(dir, &config, &[("GH_WEBHOOK_SECRET", WEBHOOK_SECRET), ("OLD_SECRET", "previous-secret")]).await;
+    let app = App::start_in(
+        dir,
+        &config,
+        &[("GH_WEBHOOK_SECRET", WEBHOOK_SECRET), ("OLD_SECRET", "previous-secret")],
+    )
+    .await;
     World { oidc, gh, app }
 }
 
@@ -81,7 +86,11 @@ fn sha(n: u64) -> String {
 }
 
 fn payload(gh: &GithubMock, run: u64, environment: &str, sha: &str) -> Vec<u8> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/github/deployment_protection_rule.requested.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/github/deployment_protection_rule.requested.json"
+    ))
+    .unwrap();
     let mut p: Value = serde_json::from_str(&text).unwrap();
     p["deployment_callback_url"] = json!(gh.callback_url("octo-org", "payments", run));
     p["environment"] = json!(environment);
@@ -118,7 +127,14 @@ impl World {
     }
 
     async fn webhook(&self, delivery: &str, run: u64, environment: &str, sha: &str) -> String {
-        let (code, body) = self.app.post_webhook("deployment_protection_rule", delivery, &payload(&self.gh, run, environment, sha)).await;
+        let (code, body) = self
+            .app
+            .post_webhook(
+                "deployment_protection_rule",
+                delivery,
+                &payload(&self.gh, run, environment, sha),
+            )
+            .await;
         assert_eq!(code, 202, "{body}");
         assert_eq!(body["status"], "accepted", "{body}");
         body["request"].as_str().unwrap().to_string()
@@ -126,7 +142,12 @@ impl World {
 
     fn reviews_for(&self, run: u64) -> Vec<Value> {
         let path = review_path("octo-org", "payments", run);
-        self.gh.reviews().into_iter().filter(|r| r.path == path).map(|r| r.body.unwrap()).collect()
+        self.gh
+            .reviews()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.body.unwrap())
+            .collect()
     }
 
     async fn review_for(&self, run: u64) -> Value {
@@ -136,14 +157,23 @@ impl World {
             if let Some(first) = r.first() {
                 return first.clone();
             }
-            assert!(std::time::Instant::now() < deadline, "no review call for run {run}; logs:\n{}", self.app.logs());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no review call for run {run}; logs:\n{}",
+                self.app.logs()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
 
 fn codes(request: &Value) -> Vec<String> {
-    request["decision"]["reasons"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap().to_string()).collect()
+    request["decision"]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +183,10 @@ async fn approved_end_to_end_with_a_verifying_audit_chain() {
 
     let (code, att) = w.attest(ci_claims(run, &sha)).await;
     assert_eq!(code, 201, "{att}");
-    assert_eq!((att["actor"].as_str(), att["repository"].as_str(), att["run"].as_str()), (Some("octocat"), Some(REPO), Some("7001")));
+    assert_eq!(
+        (att["actor"].as_str(), att["repository"].as_str(), att["run"].as_str()),
+        (Some("octocat"), Some(REPO), Some("7001"))
+    );
     assert_eq!(att["issuer"], w.oidc.issuer());
     let (code, v) = w.verdict(&sha, "production", true, &[]).await;
     assert_eq!(code, 201, "{v}");
@@ -162,23 +195,54 @@ async fn approved_end_to_end_with_a_verifying_audit_chain() {
     let id = w.webhook("d-7001", run, "production", &sha).await;
     let req = w.app.wait_request(&id, "done", WAIT).await;
     assert_eq!(req["decision"]["outcome"], "approved");
-    assert_eq!(codes(&req), ["attestation_verified", "claims_satisfied", "actor_approved", "verdict_allowed"]);
+    assert_eq!(
+        codes(&req),
+        [
+            "attestation_verified",
+            "claims_satisfied",
+            "actor_approved",
+            "verdict_allowed"
+        ]
+    );
 
     let review = w.review_for(run).await;
     assert_eq!(review["environment_name"], "production");
     assert_eq!(review["state"], "approved");
     let comment = review["comment"].as_str().unwrap();
     let record = req["decision_record"].as_str().unwrap();
-    assert!(comment.starts_with(&format!("portcullis approved the deployment of {} to production.", &sha[..12])), "{comment}");
-    assert!(comment.ends_with(&format!("Audit: https://portcullis.example/v1/audit/{record}")), "{comment}");
+    assert!(
+        comment.starts_with(&format!(
+            "portcullis approved the deployment of {} to production.",
+            &sha[..12]
+        )),
+        "{comment}"
+    );
+    assert!(
+        comment.ends_with(&format!("Audit: https://portcullis.example/v1/audit/{record}")),
+        "{comment}"
+    );
     assert!(comment.chars().count() <= 1024);
     let call = w.gh.reviews().pop().unwrap();
     assert!(call.header("authorization").unwrap().starts_with("Bearer "));
     assert_eq!(call.header("x-github-api-version"), Some("2022-11-28"));
 
     // The audit trail tells the story, in order, and verifies.
-    let events: Vec<String> = w.app.audit_records().iter().map(|r| r["event"].as_str().unwrap().to_string()).collect();
-    assert_eq!(events, ["attestation_accepted", "verdict_recorded", "request_received", "decision", "platform_result"]);
+    let events: Vec<String> = w
+        .app
+        .audit_records()
+        .iter()
+        .map(|r| r["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "attestation_accepted",
+            "verdict_recorded",
+            "request_received",
+            "decision",
+            "platform_result"
+        ]
+    );
     let (code, decision) = w.app.get(&format!("/v1/audit/{record}")).await;
     assert_eq!(code, 200);
     assert_eq!(decision["decision"], "approved");
@@ -190,12 +254,23 @@ async fn approved_end_to_end_with_a_verifying_audit_chain() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("audit chain OK: 5 record(s)"));
     let out = w.app.cli(&["audit", "query", "--sha", &sha, "--actor", "octocat"]);
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.iter().map(|l| l["event"].as_str().unwrap()).collect::<Vec<_>>(), ["attestation_accepted", "verdict_recorded", "decision"]);
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.iter().map(|l| l["event"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["attestation_accepted", "verdict_recorded", "decision"]
+    );
 
     // Secrets stay out of logs and the audit trail.
     let audit_text = std::fs::read_to_string(w.app.audit_path()).unwrap();
-    for secret in [WEBHOOK_SECRET, "previous-secret", "BEGIN RSA PRIVATE KEY", "BEGIN PRIVATE KEY"] {
+    for secret in [
+        WEBHOOK_SECRET,
+        "previous-secret",
+        "BEGIN RSA PRIVATE KEY",
+        "BEGIN PRIVATE KEY",
+    ] {
         assert!(!w.app.logs().contains(secret), "`{secret}` leaked into the logs");
         assert!(!audit_text.contains(secret), "`{secret}` leaked into the audit");
     }
@@ -214,7 +289,13 @@ async fn every_rule_rejects_with_its_reason_and_the_platform_is_told() {
         code: &'static str,
     }
     let cases = [
-        Case { run: 8001, env: "staging", claims: |c| c, verdict: None, code: "environment_not_configured" },
+        Case {
+            run: 8001,
+            env: "staging",
+            claims: |c| c,
+            verdict: None,
+            code: "environment_not_configured",
+        },
         Case {
             run: 8002,
             env: "production",
@@ -245,7 +326,13 @@ async fn every_rule_rejects_with_its_reason_and_the_platform_is_told() {
             verdict: Some((true, &[])),
             code: "actor_not_approver",
         },
-        Case { run: 8005, env: "production", claims: |c| c, verdict: Some((false, &["container: 2 critical CVEs"])), code: "verdict_denied" },
+        Case {
+            run: 8005,
+            env: "production",
+            claims: |c| c,
+            verdict: Some((false, &["container: 2 critical CVEs"])),
+            code: "verdict_denied",
+        },
     ];
     for c in &cases {
         let s = sha(c.run);
@@ -262,10 +349,18 @@ async fn every_rule_rejects_with_its_reason_and_the_platform_is_told() {
         assert_eq!(codes(&req), [c.code], "run {}", c.run);
         let review = w.review_for(c.run).await;
         assert_eq!(review["state"], "rejected", "{}", c.code);
-        assert!(review["comment"].as_str().unwrap().contains(&format!("- {}: ", c.code)), "{review}");
+        assert!(
+            review["comment"].as_str().unwrap().contains(&format!("- {}: ", c.code)),
+            "{review}"
+        );
     }
     let denied = w.review_for(8005).await;
-    assert!(denied["comment"].as_str().unwrap().contains("verdict_denied: data.deploy.hipaa.allow denied: container: 2 critical CVEs"));
+    assert!(
+        denied["comment"]
+            .as_str()
+            .unwrap()
+            .contains("verdict_denied: data.deploy.hipaa.allow denied: container: 2 critical CVEs")
+    );
     assert!(w.app.cli(&["audit", "verify"]).status.success());
 }
 
@@ -276,14 +371,29 @@ async fn a_callback_on_a_foreign_host_is_rejected_and_never_called() {
     w.attest(ci_claims(run, &s)).await;
     w.verdict(&s, "production", true, &[]).await;
     let mut p: Value = serde_json::from_slice(&payload(&w.gh, run, "production", &s)).unwrap();
-    p["deployment_callback_url"] = json!(format!("https://evil.example/repos/{REPO}/actions/runs/{run}/deployment_protection_rule"));
-    let (code, body) = w.app.post_webhook("deployment_protection_rule", "d-8101", &serde_json::to_vec(&p).unwrap()).await;
+    p["deployment_callback_url"] = json!(format!(
+        "https://evil.example/repos/{REPO}/actions/runs/{run}/deployment_protection_rule"
+    ));
+    let (code, body) = w
+        .app
+        .post_webhook("deployment_protection_rule", "d-8101", &serde_json::to_vec(&p).unwrap())
+        .await;
     assert_eq!(code, 202, "{body}");
-    let req = w.app.wait_request(body["request"].as_str().unwrap(), "done", WAIT).await;
+    let req = w
+        .app
+        .wait_request(body["request"].as_str().unwrap(), "done", WAIT)
+        .await;
     assert_eq!(req["decision"]["outcome"], "rejected");
     assert_eq!(codes(&req), ["callback_host_mismatch"]);
-    assert_eq!(req["platform_result"]["detail"], "not called: the callback URL is not on the configured API host");
-    assert!(w.gh.requests().is_empty(), "nothing may be called: {:?}", w.gh.requests());
+    assert_eq!(
+        req["platform_result"]["detail"],
+        "not called: the callback URL is not on the configured API host"
+    );
+    assert!(
+        w.gh.requests().is_empty(),
+        "nothing may be called: {:?}",
+        w.gh.requests()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,7 +445,12 @@ async fn a_request_still_missing_inputs_at_its_deadline_is_rejected_naming_them(
     assert_eq!(codes(&req), ["pending_timeout", "attestation_missing"]);
     let review = w.review_for(run).await;
     assert_eq!(review["state"], "rejected");
-    assert!(review["comment"].as_str().unwrap().contains("pending_timeout: still missing at the deadline (2s): attestation_missing"));
+    assert!(
+        review["comment"]
+            .as_str()
+            .unwrap()
+            .contains("pending_timeout: still missing at the deadline (2s): attestation_missing")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,13 +464,24 @@ async fn the_same_delivery_twice_gives_one_review_call() {
         w.app.post_webhook("deployment_protection_rule", "d-7401", &body),
         w.app.post_webhook("deployment_protection_rule", "d-7401", &body)
     );
-    let mut statuses = vec![a.1["status"].as_str().unwrap().to_string(), b.1["status"].as_str().unwrap().to_string()];
+    let mut statuses = vec![
+        a.1["status"].as_str().unwrap().to_string(),
+        b.1["status"].as_str().unwrap().to_string(),
+    ];
     statuses.sort();
-    assert_eq!((a.0, b.0, statuses), (202, 202, vec!["accepted".to_string(), "duplicate".to_string()]));
+    assert_eq!(
+        (a.0, b.0, statuses),
+        (202, 202, vec!["accepted".to_string(), "duplicate".to_string()])
+    );
     // A second delivery id for the same run and environment is the same request.
-    let (code, again) = w.app.post_webhook("deployment_protection_rule", "d-7401-b", &body).await;
+    let (code, again) = w
+        .app
+        .post_webhook("deployment_protection_rule", "d-7401-b", &body)
+        .await;
     assert_eq!(code, 202);
-    w.app.wait_request(again["request"].as_str().unwrap(), "done", WAIT).await;
+    w.app
+        .wait_request(again["request"].as_str().unwrap(), "done", WAIT)
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(w.reviews_for(run).len(), 1);
 }
@@ -365,32 +491,56 @@ async fn bad_input_gets_the_contracts_error_bodies() {
     let w = world().await;
     let body = payload(&w.gh, 7501, "production", &sha(7501));
 
-    let (code, err) = w.app.post_webhook_signed("deployment_protection_rule", "d-1", &body, &sign("wrong", &body)).await;
+    let (code, err) = w
+        .app
+        .post_webhook_signed("deployment_protection_rule", "d-1", &body, &sign("wrong", &body))
+        .await;
     assert_eq!((code, err["error"]["code"].as_str()), (401, Some("signature_invalid")));
-    let (code, err) = w.app.post_webhook_signed("deployment_protection_rule", "d-1", &body, "").await;
+    let (code, err) = w
+        .app
+        .post_webhook_signed("deployment_protection_rule", "d-1", &body, "")
+        .await;
     assert_eq!((code, err["error"]["code"].as_str()), (401, Some("signature_invalid")));
     // The rotated-out secret still verifies.
-    let (code, _) = w.app.post_webhook_signed("ping", "d-2", b"{}", &sign("previous-secret", b"{}")).await;
+    let (code, _) = w
+        .app
+        .post_webhook_signed("ping", "d-2", b"{}", &sign("previous-secret", b"{}"))
+        .await;
     assert_eq!(code, 200);
 
     let big = vec![b' '; 70_000];
     let (code, err) = w.app.post_webhook("deployment_protection_rule", "d-3", &big).await;
     assert_eq!((code, err["error"]["code"].as_str()), (413, Some("payload_too_large")));
 
-    let (code, err) = w.app.post_webhook("deployment_protection_rule", "d-4", b"{\"action\": \"requested\",").await;
+    let (code, err) = w
+        .app
+        .post_webhook("deployment_protection_rule", "d-4", b"{\"action\": \"requested\",")
+        .await;
     assert_eq!((code, err["error"]["code"].as_str()), (400, Some("payload_malformed")));
-    assert!(err["error"]["message"].as_str().unwrap().contains("EOF while parsing"), "{err}");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("EOF while parsing"),
+        "{err}"
+    );
 
     let (code, ok) = w.app.post_webhook("push", "d-5", b"{}").await;
     assert_eq!((code, ok), (202, json!({"status": "ignored", "event": "push"})));
-    let (code, ok) = w.app.post_webhook("ping", "d-6", b"{\"zen\": \"Keep it logically awesome.\"}").await;
+    let (code, ok) = w
+        .app
+        .post_webhook("ping", "d-6", b"{\"zen\": \"Keep it logically awesome.\"}")
+        .await;
     assert_eq!((code, ok), (200, json!({"status": "pong"})));
 
     // Tokens a real provider will not mint, through HTTP.
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let expired = forge(TestKey::ProviderRs256, &with_registered(ci_claims(1, &sha(1)), &w.oidc.issuer(), "portcullis", now - 7200, 600));
+    let expired = forge(
+        TestKey::ProviderRs256,
+        &with_registered(ci_claims(1, &sha(1)), &w.oidc.issuer(), "portcullis", now - 7200, 600),
+    );
     let (code, err) = w.app.post_bearer("/v1/attestations", &expired, None).await;
-    assert_eq!(err, json!({"error": {"code": "token_expired", "message": err["error"]["message"]}}));
+    assert_eq!(
+        err,
+        json!({"error": {"code": "token_expired", "message": err["error"]["message"]}})
+    );
     assert_eq!(code, 401);
     let wrong_aud = w.oidc.mint("someone-else", ci_claims(1, &sha(1))).await;
     let (code, err) = w.app.post_bearer("/v1/attestations", &wrong_aud, None).await;
@@ -403,14 +553,52 @@ async fn bad_input_gets_the_contracts_error_bodies() {
     // A verdict from a job that is not a trusted producer.
     let s = sha(7502);
     let token = w.oidc.mint("portcullis", ci_claims(7502, &s)).await;
-    let (code, err) = w.app.post_bearer("/v1/verdicts", &token, Some(&json!({"environment": "production", "sha": s, "allow": true}))).await;
-    assert_eq!((code, err["error"]["code"].as_str()), (403, Some("producer_not_trusted")));
-    let (code, err) = w.app.post_bearer("/v1/verdicts", &token, Some(&json!({"environment": "production", "sha": "abc", "allow": true}))).await;
+    let (code, err) = w
+        .app
+        .post_bearer(
+            "/v1/verdicts",
+            &token,
+            Some(&json!({"environment": "production", "sha": s, "allow": true})),
+        )
+        .await;
+    assert_eq!(
+        (code, err["error"]["code"].as_str()),
+        (403, Some("producer_not_trusted"))
+    );
+    let (code, err) = w
+        .app
+        .post_bearer(
+            "/v1/verdicts",
+            &token,
+            Some(&json!({"environment": "production", "sha": "abc", "allow": true})),
+        )
+        .await;
     assert_eq!((code, err["error"]["code"].as_str()), (400, Some("invalid_sha")));
-    let (code, err) = w.app.post_bearer("/v1/verdicts", &token, Some(&json!({"environment": "production", "sha": s}))).await;
-    assert_eq!((code, err["error"]["code"].as_str()), (400, Some("invalid_verdict")), "{err}");
-    let (code, err) = w.app.post_bearer("/v1/verdicts", &token, Some(&json!({"environment": "nope", "sha": s, "allow": true}))).await;
-    assert_eq!((code, err["error"]["code"].as_str()), (400, Some("environment_not_configured")));
+    let (code, err) = w
+        .app
+        .post_bearer(
+            "/v1/verdicts",
+            &token,
+            Some(&json!({"environment": "production", "sha": s})),
+        )
+        .await;
+    assert_eq!(
+        (code, err["error"]["code"].as_str()),
+        (400, Some("invalid_verdict")),
+        "{err}"
+    );
+    let (code, err) = w
+        .app
+        .post_bearer(
+            "/v1/verdicts",
+            &token,
+            Some(&json!({"environment": "nope", "sha": s, "allow": true})),
+        )
+        .await;
+    assert_eq!(
+        (code, err["error"]["code"].as_str()),
+        (400, Some("environment_not_configured"))
+    );
     // Nothing of this reached the platform.
     assert!(w.gh.reviews().is_empty());
     assert!(w.app.cli(&["audit", "verify"]).status.success());
@@ -420,7 +608,10 @@ async fn bad_input_gets_the_contracts_error_bodies() {
 async fn platform_failures_are_retried_and_422_counts_as_done() {
     let w = world().await;
     let (run, s) = (7601, sha(7601));
-    w.gh.script(&review_path("octo-org", "payments", run), [Reply::status(502), Reply::status(503)]);
+    w.gh.script(
+        &review_path("octo-org", "payments", run),
+        [Reply::status(502), Reply::status(503)],
+    );
     w.attest(ci_claims(run, &s)).await;
     w.verdict(&s, "production", true, &[]).await;
     let id = w.webhook("d-7601", run, "production", &s).await;
@@ -435,7 +626,13 @@ async fn platform_failures_are_retried_and_422_counts_as_done() {
     w.verdict(&s, "production", true, &[]).await;
     let id = w.webhook("d-7602", run, "production", &s).await;
     let req = w.app.wait_request(&id, "done", WAIT).await;
-    assert_eq!((req["platform_result"]["ok"].as_bool(), req["platform_result"]["status"].as_u64()), (Some(true), Some(422)));
+    assert_eq!(
+        (
+            req["platform_result"]["ok"].as_bool(),
+            req["platform_result"]["status"].as_u64()
+        ),
+        (Some(true), Some(422))
+    );
     assert_eq!(w.reviews_for(run).len(), 1);
 }
 
@@ -443,7 +640,10 @@ async fn platform_failures_are_retried_and_422_counts_as_done() {
 async fn sigterm_lets_a_decision_in_flight_finish() {
     let mut w = world().await;
     let (run, s) = (7701, sha(7701));
-    w.gh.script(&review_path("octo-org", "payments", run), [Reply::normal().delay(Duration::from_millis(1500))]);
+    w.gh.script(
+        &review_path("octo-org", "payments", run),
+        [Reply::normal().delay(Duration::from_millis(1500))],
+    );
     w.attest(ci_claims(run, &s)).await;
     w.verdict(&s, "production", true, &[]).await;
     w.webhook("d-7701", run, "production", &s).await;
@@ -456,6 +656,11 @@ async fn sigterm_lets_a_decision_in_flight_finish() {
     let status = w.app.terminate();
     assert!(status.success(), "exit status {status:?}; logs:\n{}", w.app.logs());
     assert_eq!(w.reviews_for(run).len(), 1, "the call in flight completed");
-    let events: Vec<String> = w.app.audit_records().iter().map(|r| r["event"].as_str().unwrap().to_string()).collect();
+    let events: Vec<String> = w
+        .app
+        .audit_records()
+        .iter()
+        .map(|r| r["event"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(events.last().map(String::as_str), Some("platform_result"));
 }

@@ -20,7 +20,10 @@ const PARENT: &str = "gitlab.example.com/platform/compliance//parent.gitlab-ci.y
 const WAIT: Duration = Duration::from_secs(15);
 
 fn signing_secret() -> String {
-    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(b"test-only-signing-key-32-bytes!!"))
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(b"test-only-signing-key-32-bytes!!")
+    )
 }
 
 struct World {
@@ -73,7 +76,15 @@ required = false
         issuer = oidc.issuer(),
     );
     let secret = signing_secret();
-    let app = App::start(&config, &[("GL_TOKEN", API_TOKEN), ("GL_HOOK_TOKEN", HOOK_TOKEN), ("GL_SIGNING_TOKEN", &secret)]).await;
+    let app = App::start(
+        &config,
+        &[
+            ("GL_TOKEN", API_TOKEN),
+            ("GL_HOOK_TOKEN", HOOK_TOKEN),
+            ("GL_SIGNING_TOKEN", &secret),
+        ],
+    )
+    .await;
     World { oidc, gl, app }
 }
 
@@ -145,7 +156,11 @@ impl World {
             if let Some(a) = self.gl.approvals().into_iter().find(|a| a.deployment_id == deployment) {
                 return a;
             }
-            assert!(std::time::Instant::now() < deadline, "no approval call for {deployment}; logs:\n{}", self.app.logs());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no approval call for {deployment}; logs:\n{}",
+                self.app.logs()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -160,7 +175,12 @@ fn ci(pipeline: u64, sha: &str) -> Value {
 }
 
 fn codes(req: &Value) -> Vec<String> {
-    req["decision"]["reasons"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap().to_string()).collect()
+    req["decision"]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,20 +191,41 @@ async fn a_blocked_deployment_is_approved_and_its_job_played() {
     w.verdict(&s, "production", true, &[]).await;
     let (code, body) = w.hook(&w.blocked(dep, pipeline, "production", &s), "idem-2001").await;
     assert_eq!(code, 202, "{body}");
-    let req = w.app.wait_request(body["request"].as_str().unwrap(), "done", WAIT).await;
+    let req = w
+        .app
+        .wait_request(body["request"].as_str().unwrap(), "done", WAIT)
+        .await;
     assert_eq!(req["decision"]["outcome"], "approved", "{req}");
     assert_eq!(req["run"], pipeline.to_string());
     assert_eq!(req["sha"], s, "the full sha comes from the deployments API");
 
     let a = w.approval_for(dep).await;
-    assert_eq!((a.status.as_str(), a.represented_as.as_deref()), ("approved", Some("portcullis-bot")));
+    assert_eq!(
+        (a.status.as_str(), a.represented_as.as_deref()),
+        ("approved", Some("portcullis-bot"))
+    );
     let comment = a.comment.unwrap();
-    assert!(comment.starts_with(&format!("portcullis approved the deployment of {} to production.", &s[..12])), "{comment}");
-    let approval = w.gl.requests().into_iter().find(|r| r.path.ends_with(&format!("/deployments/{dep}/approval"))).unwrap();
+    assert!(
+        comment.starts_with(&format!(
+            "portcullis approved the deployment of {} to production.",
+            &s[..12]
+        )),
+        "{comment}"
+    );
+    let approval =
+        w.gl.requests()
+            .into_iter()
+            .find(|r| r.path.ends_with(&format!("/deployments/{dep}/approval")))
+            .unwrap();
     assert_eq!(approval.header("private-token"), Some(API_TOKEN));
     // GitLab does not start the job by itself: it is played.
     let deadline = std::time::Instant::now() + WAIT;
-    while !w.gl.requests().iter().any(|r| r.method == "POST" && r.path.ends_with(&format!("/jobs/{}/play", dep + 100_000))) {
+    while !w
+        .gl
+        .requests()
+        .iter()
+        .any(|r| r.method == "POST" && r.path.ends_with(&format!("/jobs/{}/play", dep + 100_000)))
+    {
         assert!(std::time::Instant::now() < deadline, "the job was not played");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -205,7 +246,13 @@ async fn every_rule_rejects_a_blocked_deployment_with_its_reason() {
         codes: &'static [&'static str],
     }
     let cases = [
-        Case { dep: 3001, env: "staging", claims: |c| c, verdict: None, codes: &["environment_not_configured"] },
+        Case {
+            dep: 3001,
+            env: "staging",
+            claims: |c| c,
+            verdict: None,
+            codes: &["environment_not_configured"],
+        },
         Case {
             dep: 3002,
             env: "production",
@@ -236,8 +283,20 @@ async fn every_rule_rejects_a_blocked_deployment_with_its_reason() {
             verdict: Some((true, &[])),
             codes: &["actor_not_approver"],
         },
-        Case { dep: 3005, env: "production", claims: |c| c, verdict: Some((false, &["sast: 3 critical findings"])), codes: &["verdict_denied"] },
-        Case { dep: 3006, env: "canary", claims: |c| c, verdict: None, codes: &["pending_timeout", "attestation_missing"] },
+        Case {
+            dep: 3005,
+            env: "production",
+            claims: |c| c,
+            verdict: Some((false, &["sast: 3 critical findings"])),
+            codes: &["verdict_denied"],
+        },
+        Case {
+            dep: 3006,
+            env: "canary",
+            claims: |c| c,
+            verdict: None,
+            codes: &["pending_timeout", "attestation_missing"],
+        },
     ];
     for c in &cases {
         let (pipeline, s) = (c.dep + 50_000, sha(c.dep));
@@ -250,9 +309,14 @@ async fn every_rule_rejects_a_blocked_deployment_with_its_reason() {
     }
     for c in &cases {
         let (pipeline, s) = (c.dep + 50_000, sha(c.dep));
-        let (code, body) = w.hook(&w.blocked(c.dep, pipeline, c.env, &s), &format!("idem-{}", c.dep)).await;
+        let (code, body) = w
+            .hook(&w.blocked(c.dep, pipeline, c.env, &s), &format!("idem-{}", c.dep))
+            .await;
         assert_eq!(code, 202, "{body}");
-        let req = w.app.wait_request(body["request"].as_str().unwrap(), "done", WAIT).await;
+        let req = w
+            .app
+            .wait_request(body["request"].as_str().unwrap(), "done", WAIT)
+            .await;
         assert_eq!(req["decision"]["outcome"], "rejected");
         assert_eq!(codes(&req), c.codes, "deployment {}", c.dep);
         let a = w.approval_for(c.dep).await;
@@ -276,11 +340,22 @@ async fn gitlab_refusals_are_audited_never_approvals() {
     w.attest(ci(pipeline, &s)).await;
     w.verdict(&s, "production", true, &[]).await;
     let (_, body) = w.hook(&w.blocked(dep, pipeline, "production", &s), "idem-4001").await;
-    let req = w.app.wait_request(body["request"].as_str().unwrap(), "done", WAIT).await;
+    let req = w
+        .app
+        .wait_request(body["request"].as_str().unwrap(), "done", WAIT)
+        .await;
     assert_eq!(req["platform_result"]["ok"], false);
     assert_eq!(req["platform_result"]["status"], 403);
-    let result = w.app.audit_records().into_iter().rfind(|r| r["event"] == "platform_result").unwrap();
-    assert_eq!((result["detail"]["ok"].as_bool(), result["detail"]["status"].as_u64()), (Some(false), Some(403)));
+    let result = w
+        .app
+        .audit_records()
+        .into_iter()
+        .rfind(|r| r["event"] == "platform_result")
+        .unwrap();
+    assert_eq!(
+        (result["detail"]["ok"].as_bool(), result["detail"]["status"].as_u64()),
+        (Some(false), Some(403))
+    );
     assert!(result["detail"]["detail"].as_str().unwrap().contains("403"), "{result}");
     assert!(w.gl.approvals().is_empty());
     assert!(!w.gl.requests().iter().any(|r| r.path.ends_with("/play")));
@@ -293,14 +368,31 @@ async fn signatures_tokens_dedup_and_status_hooks() {
     let body = w.blocked(dep, pipeline, "production", &s);
 
     // A wrong token, and no credential at all.
-    let r = w.app.http.post(w.app.url("/webhooks/gitlab")).header("x-gitlab-token", "nope").body(body.clone()).send().await.unwrap();
+    let r = w
+        .app
+        .http
+        .post(w.app.url("/webhooks/gitlab"))
+        .header("x-gitlab-token", "nope")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "signature_invalid");
-    let r = w.app.http.post(w.app.url("/webhooks/gitlab")).body(body.clone()).send().await.unwrap();
+    let r = w
+        .app
+        .http
+        .post(w.app.url("/webhooks/gitlab"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
 
     // Standard Webhooks: signed with the signing token, fresh.
-    let key = base64::engine::general_purpose::STANDARD.decode(&signing_secret()[6..]).unwrap();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(&signing_secret()[6..])
+        .unwrap();
     let ts = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
     let signed = |id: &str, ts: &str| {
         let mac = portcullis::crypto::hmac_sha256(&key, &[format!("{id}.{ts}.").as_bytes(), &body]);
@@ -335,18 +427,29 @@ async fn signatures_tokens_dedup_and_status_hooks() {
     let mut approved = fixture("deployment.approved.json");
     approved["deployment_id"] = json!(dep);
     approved["environment"] = json!("production");
-    let (code, resp) = w.hook(&serde_json::to_vec(&approved).unwrap(), "idem-5001-approved").await;
+    let (code, resp) = w
+        .hook(&serde_json::to_vec(&approved).unwrap(), "idem-5001-approved")
+        .await;
     assert_eq!((code, resp["status"].as_str()), (202, Some("recorded")));
     let mut running = fixture("deployment.success.json");
     running["deployment_id"] = json!(dep);
     running["environment"] = json!("production");
     running["status"] = json!("running");
-    let (code, _) = w.hook(&serde_json::to_vec(&running).unwrap(), "idem-5001-running").await;
+    let (code, _) = w
+        .hook(&serde_json::to_vec(&running).unwrap(), "idem-5001-running")
+        .await;
     assert_eq!(code, 202);
-    let req = w.app.wait_request(accepted["request"].as_str().unwrap(), "superseded", WAIT).await;
+    let req = w
+        .app
+        .wait_request(accepted["request"].as_str().unwrap(), "superseded", WAIT)
+        .await;
     assert_eq!(req["status"], "superseded");
-    let recorded: Vec<Value> =
-        w.app.audit_records().into_iter().filter(|r| r["detail"]["source"] == "gitlab_deployment_hook").collect();
+    let recorded: Vec<Value> = w
+        .app
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["detail"]["source"] == "gitlab_deployment_hook")
+        .collect();
     assert_eq!(recorded.len(), 2);
     assert_eq!(recorded[0]["detail"]["status"], "approved");
     assert!(recorded[0]["detail"]["approver"].is_string(), "{}", recorded[0]);

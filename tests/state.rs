@@ -58,7 +58,10 @@ async fn contract(store: Arc<dyn Store>) {
     assert!(!store.insert_request(&r1).await.unwrap());
     assert!(store.insert_request(&r2).await.unwrap());
     assert_eq!(store.get_request("req_a").await.unwrap(), Some(r1.clone()));
-    assert_eq!(store.requests_for_run(&r1.run_ref().key()).await.unwrap(), vec!["req_a".to_string()]);
+    assert_eq!(
+        store.requests_for_run(&r1.run_ref().key()).await.unwrap(),
+        vec!["req_a".to_string()]
+    );
     let mut by_verdict = store.requests_for_verdict(&r1.verdict_key()).await.unwrap();
     by_verdict.sort();
     assert_eq!(by_verdict, vec!["req_a".to_string(), "req_b".to_string()]);
@@ -67,14 +70,23 @@ async fn contract(store: Arc<dyn Store>) {
 
     // Compare-and-set on the version.
     let mut next = r1.clone();
-    next.reviews.push(Review { reviewer: "a@example.com".into(), aliases: vec![], approve: true, via: "slack".into(), at: now });
+    next.reviews.push(Review {
+        reviewer: "a@example.com".into(),
+        aliases: vec![],
+        approve: true,
+        via: "slack".into(),
+        at: now,
+    });
     assert_eq!(store.update_request(&next).await.unwrap(), Cas::Written(1));
     let stale = r1.clone();
     match store.update_request(&stale).await.unwrap() {
         Cas::Conflict(Some(current)) => assert_eq!(current.version, 1),
         other => panic!("expected a conflict, got {other:?}"),
     }
-    assert_eq!(store.update_request(&request("req_none", "13", now)).await.unwrap(), Cas::Conflict(None));
+    assert_eq!(
+        store.update_request(&request("req_none", "13", now)).await.unwrap(),
+        Cas::Conflict(None)
+    );
 
     // Leaving pending leaves the indexes; deciding without a lease is due.
     let mut deciding = store.get_request("req_a").await.unwrap().unwrap();
@@ -86,20 +98,47 @@ async fn contract(store: Arc<dyn Store>) {
     assert_eq!(due, vec!["req_a".to_string(), "req_b".to_string()]);
 
     // Leases: one holder at a time, fenced, released only by the holder.
-    let l1 = store.acquire_lease("req_a", "r1", Duration::from_secs(5)).await.unwrap().expect("first lease");
-    assert!(store.acquire_lease("req_a", "r2", Duration::from_secs(5)).await.unwrap().is_none());
+    let l1 = store
+        .acquire_lease("req_a", "r1", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("first lease");
+    assert!(
+        store
+            .acquire_lease("req_a", "r2", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(store.lease_valid(&l1).await.unwrap());
-    assert_eq!(store.due_requests(now, 10).await.unwrap(), vec!["req_b".to_string()], "a leased request is not due");
-    let forged = portcullis::state::Lease { holder: "r2".into(), ..l1.clone() };
+    assert_eq!(
+        store.due_requests(now, 10).await.unwrap(),
+        vec!["req_b".to_string()],
+        "a leased request is not due"
+    );
+    let forged = portcullis::state::Lease {
+        holder: "r2".into(),
+        ..l1.clone()
+    };
     store.release_lease(&forged).await.unwrap();
     assert!(store.lease_valid(&l1).await.unwrap(), "only the holder releases");
     store.release_lease(&l1).await.unwrap();
-    let l2 = store.acquire_lease("req_a", "r2", Duration::from_millis(200)).await.unwrap().expect("second lease");
+    let l2 = store
+        .acquire_lease("req_a", "r2", Duration::from_millis(200))
+        .await
+        .unwrap()
+        .expect("second lease");
     assert!(l2.fence > l1.fence, "fences grow");
     assert!(!store.lease_valid(&l1).await.unwrap());
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(!store.lease_valid(&l2).await.unwrap(), "an expired lease is not valid");
-    assert!(store.acquire_lease("req_a", "r3", Duration::from_secs(5)).await.unwrap().is_some());
+    assert!(
+        store
+            .acquire_lease("req_a", "r3", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     // Done requests leave every index.
     let mut done = store.get_request("req_a").await.unwrap().unwrap();
@@ -108,7 +147,10 @@ async fn contract(store: Arc<dyn Store>) {
     assert_eq!(store.open_requests().await.unwrap(), 1);
 
     // Attestations and verdicts: latest wins.
-    assert_eq!(store.get_attestation("github:octo-org/payments:11").await.unwrap(), None);
+    assert_eq!(
+        store.get_attestation("github:octo-org/payments:11").await.unwrap(),
+        None
+    );
     store.ping().await.unwrap();
 }
 
@@ -132,7 +174,10 @@ async fn concurrent_lease_grants_give_exactly_one_holder() {
         let url = redis.url();
         handles.push(tokio::spawn(async move {
             let store = RedisStore::connect(&url, "t2:").unwrap();
-            store.acquire_lease("req_x", &format!("replica-{i}"), Duration::from_secs(30)).await.unwrap()
+            store
+                .acquire_lease("req_x", &format!("replica-{i}"), Duration::from_secs(30))
+                .await
+                .unwrap()
         }));
     }
     let mut granted = 0;
@@ -152,7 +197,10 @@ async fn an_unreachable_redis_is_an_error_not_a_hang() {
     redis.kill();
     let started = std::time::Instant::now();
     let err = store.mark_delivery("x", Duration::from_secs(5)).await.unwrap_err();
-    assert!(err.to_string().starts_with("state backend unavailable: redis:"), "{err}");
+    assert!(
+        err.to_string().starts_with("state backend unavailable: redis:"),
+        "{err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(20));
     redis.restart();
     // The connection manager reconnects.

@@ -210,11 +210,7 @@ impl ClaimMatcher {
                 let s = r.as_str();
                 format!("pattern `{}`", &s[4..s.len() - 2])
             }
-            ClaimMatcher::Any(list) => list
-                .iter()
-                .map(|m| m.describe())
-                .collect::<Vec<_>>()
-                .join(" or "),
+            ClaimMatcher::Any(list) => list.iter().map(|m| m.describe()).collect::<Vec<_>>().join(" or "),
         }
     }
 }
@@ -224,8 +220,7 @@ pub type ClaimRule = BTreeMap<String, ClaimMatcher>;
 
 /// Do the claims satisfy every entry of `rule`?
 pub fn rule_matches(rule: &ClaimRule, claims: &BTreeMap<String, Value>) -> bool {
-    rule.iter()
-        .all(|(k, m)| claims.get(k).is_some_and(|v| m.matches(v)))
+    rule.iter().all(|(k, m)| claims.get(k).is_some_and(|v| m.matches(v)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,7 +310,11 @@ impl Config {
                 message: e.message().to_string(),
             }])
         })?;
-        let mut v = Validator { errors: Vec::new(), env, skip_secrets };
+        let mut v = Validator {
+            errors: Vec::new(),
+            env,
+            skip_secrets,
+        };
         let config = v.config(raw);
         if v.errors.is_empty() {
             Ok(config)
@@ -352,9 +351,19 @@ impl Config {
         .into_iter()
         .flatten()
         .collect();
-        out.push_str(&format!("integrations: {}\n", if platforms.is_empty() { "none".into() } else { platforms.join(", ") }));
+        out.push_str(&format!(
+            "integrations: {}\n",
+            if platforms.is_empty() {
+                "none".into()
+            } else {
+                platforms.join(", ")
+            }
+        ));
         for i in &self.issuers {
-            out.push_str(&format!("issuer {} ({}): {} aud={}\n", i.name, i.kind, i.issuer, i.audience));
+            out.push_str(&format!(
+                "issuer {} ({}): {} aud={}\n",
+                i.name, i.kind, i.issuer, i.audience
+            ));
         }
         for (name, e) in &self.environments {
             let verdict = if e.verdict.required {
@@ -395,13 +404,19 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn err(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ConfigError { key: key.into(), message: message.into() });
+        self.errors.push(ConfigError {
+            key: key.into(),
+            message: message.into(),
+        });
     }
 
     fn secret(&mut self, key: &str, raw: &RawSecret) -> Option<Secret> {
         match raw {
             RawSecret::Inline(_) => {
-                self.err(key, "secrets are never written inline; use { env = \"VAR\" } or { file = \"path\" }");
+                self.err(
+                    key,
+                    "secrets are never written inline; use { env = \"VAR\" } or { file = \"path\" }",
+                );
                 None
             }
             RawSecret::Env(_) | RawSecret::File(_) if self.skip_secrets => Some(Secret(String::new())),
@@ -436,7 +451,10 @@ impl Validator<'_> {
                     default
                 }
                 Err(_) => {
-                    self.err(key, format!("`{s}` is not a duration (examples: \"90s\", \"30m\", \"24h\")"));
+                    self.err(
+                        key,
+                        format!("`{s}` is not a duration (examples: \"90s\", \"30m\", \"24h\")"),
+                    );
                     default
                 }
             },
@@ -485,23 +503,56 @@ impl Validator<'_> {
                 environments.insert(name, e);
             }
         }
-        let policies = PoliciesConfig { paths: raw.policies.paths.into_iter().map(PathBuf::from).collect() };
-        if environments.values().any(|e| e.reviews.required > 0 && e.reviews.via == ReviewVia::Slack) && slack.is_none() {
-            self.err("slack", "an environment requires reviews via Slack, but [slack] is not configured");
+        let policies = PoliciesConfig {
+            paths: raw.policies.paths.into_iter().map(PathBuf::from).collect(),
+        };
+        if environments
+            .values()
+            .any(|e| e.reviews.required > 0 && e.reviews.via == ReviewVia::Slack)
+            && slack.is_none()
+        {
+            self.err(
+                "slack",
+                "an environment requires reviews via Slack, but [slack] is not configured",
+            );
         }
-        if environments.values().any(|e| e.reviews.required > 0 && e.reviews.via == ReviewVia::Sso) && sso.is_none() {
-            self.err("sso", "an environment requires reviews via SSO, but [sso] is not configured");
+        if environments
+            .values()
+            .any(|e| e.reviews.required > 0 && e.reviews.via == ReviewVia::Sso)
+            && sso.is_none()
+        {
+            self.err(
+                "sso",
+                "an environment requires reviews via SSO, but [sso] is not configured",
+            );
         }
         if environments.values().any(|e| e.verdict.mode == VerdictMode::Evaluated) && policies.paths.is_empty() {
-            self.err("policies.paths", "an environment evaluates Rego verdicts, but no policy paths are configured");
+            self.err(
+                "policies.paths",
+                "an environment evaluates Rego verdicts, but no policy paths are configured",
+            );
         }
-        Config { server, state, audit, github, gitlab, slack, sso, issuers, environments, policies }
+        Config {
+            server,
+            state,
+            audit,
+            github,
+            gitlab,
+            slack,
+            sso,
+            issuers,
+            environments,
+            policies,
+        }
     }
 
     fn server(&mut self, raw: raw::RawServer) -> ServerConfig {
         let listen_raw = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
         let listen = listen_raw.parse().unwrap_or_else(|_| {
-            self.err("server.listen", format!("`{listen_raw}` is not an address such as 127.0.0.1:8080"));
+            self.err(
+                "server.listen",
+                format!("`{listen_raw}` is not an address such as 127.0.0.1:8080"),
+            );
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
         let public_raw = raw.public_url.unwrap_or_else(|| format!("http://{listen}"));
@@ -512,7 +563,10 @@ impl Validator<'_> {
                 Url::parse("http://127.0.0.1:8080").expect("static URL")
             }
         };
-        let read_token = raw.read_token.as_ref().and_then(|s| self.secret("server.read_token", s));
+        let read_token = raw
+            .read_token
+            .as_ref()
+            .and_then(|s| self.secret("server.read_token", s));
         let max_body_bytes = raw.max_body_bytes.unwrap_or(1024 * 1024);
         if max_body_bytes < 1024 {
             self.err("server.max_body_bytes", "must be at least 1024");
@@ -521,12 +575,27 @@ impl Validator<'_> {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                self.err("server.log_format", format!("`{other}` is not one of \"text\", \"json\""));
+                self.err(
+                    "server.log_format",
+                    format!("`{other}` is not one of \"text\", \"json\""),
+                );
                 LogFormat::Text
             }
         };
-        let shutdown_timeout = self.duration("server.shutdown_timeout", raw.shutdown_timeout.as_deref(), Duration::from_secs(30));
-        ServerConfig { listen, public_url, dry_run: raw.dry_run.unwrap_or(false), read_token, max_body_bytes, log_format, shutdown_timeout }
+        let shutdown_timeout = self.duration(
+            "server.shutdown_timeout",
+            raw.shutdown_timeout.as_deref(),
+            Duration::from_secs(30),
+        );
+        ServerConfig {
+            listen,
+            public_url,
+            dry_run: raw.dry_run.unwrap_or(false),
+            read_token,
+            max_body_bytes,
+            log_format,
+            shutdown_timeout,
+        }
     }
 
     fn state(&mut self, raw: raw::RawState) -> StateConfig {
@@ -534,13 +603,23 @@ impl Validator<'_> {
             "memory" => StateBackend::Memory,
             "redis" => {
                 let url = raw.url.clone().unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
-                if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
+                if !(url.starts_with("redis://")
+                    || url.starts_with("rediss://")
+                    || url.starts_with("redis+unix://")
+                    || url.starts_with("unix://"))
+                {
                     self.err("state.url", "must be a redis://, rediss:// or unix:// URL");
                 }
-                StateBackend::Redis { url: Secret(url), key_prefix: raw.key_prefix.clone().unwrap_or_else(|| "portcullis:".into()) }
+                StateBackend::Redis {
+                    url: Secret(url),
+                    key_prefix: raw.key_prefix.clone().unwrap_or_else(|| "portcullis:".into()),
+                }
             }
             other => {
-                self.err("state.backend", format!("`{other}` is not one of \"memory\", \"redis\""));
+                self.err(
+                    "state.backend",
+                    format!("`{other}` is not one of \"memory\", \"redis\""),
+                );
                 StateBackend::Memory
             }
         };
@@ -549,17 +628,30 @@ impl Validator<'_> {
         }
         StateConfig {
             backend,
-            attestation_ttl: self.duration("state.attestation_ttl", raw.attestation_ttl.as_deref(), Duration::from_secs(6 * 3600)),
-            verdict_ttl: self.duration("state.verdict_ttl", raw.verdict_ttl.as_deref(), Duration::from_secs(7 * 24 * 3600)),
+            attestation_ttl: self.duration(
+                "state.attestation_ttl",
+                raw.attestation_ttl.as_deref(),
+                Duration::from_secs(6 * 3600),
+            ),
+            verdict_ttl: self.duration(
+                "state.verdict_ttl",
+                raw.verdict_ttl.as_deref(),
+                Duration::from_secs(7 * 24 * 3600),
+            ),
         }
     }
 
     fn audit(&mut self, raw: raw::RawAudit, state: &StateConfig) -> AuditConfig {
         let backend = match raw.backend.as_deref().unwrap_or("file") {
-            "file" => AuditBackend::File { path: PathBuf::from(raw.path.unwrap_or_else(|| "var/audit.jsonl".into())) },
+            "file" => AuditBackend::File {
+                path: PathBuf::from(raw.path.unwrap_or_else(|| "var/audit.jsonl".into())),
+            },
             "redis" => {
                 if !matches!(state.backend, StateBackend::Redis { .. }) {
-                    self.err("audit.backend", "\"redis\" uses [state] url, so it needs state.backend = \"redis\"");
+                    self.err(
+                        "audit.backend",
+                        "\"redis\" uses [state] url, so it needs state.backend = \"redis\"",
+                    );
                 }
                 if raw.path.is_some() {
                     self.err("audit.path", "only applies to the \"file\" backend");
@@ -568,14 +660,22 @@ impl Validator<'_> {
             }
             other => {
                 self.err("audit.backend", format!("`{other}` is not one of \"file\", \"redis\""));
-                AuditBackend::File { path: PathBuf::from("var/audit.jsonl") }
+                AuditBackend::File {
+                    path: PathBuf::from("var/audit.jsonl"),
+                }
             }
         };
-        AuditConfig { backend, require_persistence: raw.require_persistence.unwrap_or(true) }
+        AuditConfig {
+            backend,
+            require_persistence: raw.require_persistence.unwrap_or(true),
+        }
     }
 
     fn github(&mut self, raw: raw::RawGithub, dry_run: bool) -> GithubConfig {
-        let private_key = raw.private_key.as_ref().and_then(|s| self.secret("github.private_key", s));
+        let private_key = raw
+            .private_key
+            .as_ref()
+            .and_then(|s| self.secret("github.private_key", s));
         if !dry_run {
             if raw.app_id.is_none() {
                 self.err("github.app_id", "is required unless server.dry_run = true");
@@ -599,14 +699,30 @@ impl Validator<'_> {
             self.err("github.webhook_secrets", "at least one webhook secret is required");
         }
         let api_url = self
-            .url("github.api_url", raw.api_url.as_deref().unwrap_or("https://api.github.com"))
+            .url(
+                "github.api_url",
+                raw.api_url.as_deref().unwrap_or("https://api.github.com"),
+            )
             .unwrap_or_else(|| Url::parse("https://api.github.com").expect("static URL"));
         let redeliver = match raw.redeliver {
-            None => RedeliverConfig { enabled: false, interval: Duration::from_secs(300), lookback: Duration::from_secs(3600), max_per_run: 50 },
+            None => RedeliverConfig {
+                enabled: false,
+                interval: Duration::from_secs(300),
+                lookback: Duration::from_secs(3600),
+                max_per_run: 50,
+            },
             Some(r) => RedeliverConfig {
                 enabled: r.enabled.unwrap_or(true),
-                interval: self.duration("github.redeliver.interval", r.interval.as_deref(), Duration::from_secs(300)),
-                lookback: self.duration("github.redeliver.lookback", r.lookback.as_deref(), Duration::from_secs(3600)),
+                interval: self.duration(
+                    "github.redeliver.interval",
+                    r.interval.as_deref(),
+                    Duration::from_secs(300),
+                ),
+                lookback: self.duration(
+                    "github.redeliver.lookback",
+                    r.lookback.as_deref(),
+                    Duration::from_secs(3600),
+                ),
                 max_per_run: r.max_per_run.unwrap_or(50),
             },
         };
@@ -615,7 +731,11 @@ impl Validator<'_> {
             private_key,
             webhook_secrets,
             api_url,
-            request_timeout: self.duration("github.request_timeout", raw.request_timeout.as_deref(), Duration::from_secs(10)),
+            request_timeout: self.duration(
+                "github.request_timeout",
+                raw.request_timeout.as_deref(),
+                Duration::from_secs(10),
+            ),
             redeliver,
         }
     }
@@ -633,10 +753,19 @@ impl Validator<'_> {
         if raw.token.is_none() && !dry_run {
             self.err("gitlab.token", "is required unless server.dry_run = true");
         }
-        let webhook_token = raw.webhook_token.as_ref().and_then(|s| self.secret("gitlab.webhook_token", s));
-        let signing_token = raw.signing_token.as_ref().and_then(|s| self.secret("gitlab.signing_token", s));
+        let webhook_token = raw
+            .webhook_token
+            .as_ref()
+            .and_then(|s| self.secret("gitlab.webhook_token", s));
+        let signing_token = raw
+            .signing_token
+            .as_ref()
+            .and_then(|s| self.secret("gitlab.signing_token", s));
         if raw.webhook_token.is_none() && raw.signing_token.is_none() {
-            self.err("gitlab.webhook_token", "one of webhook_token or signing_token is required");
+            self.err(
+                "gitlab.webhook_token",
+                "one of webhook_token or signing_token is required",
+            );
         }
         if let Some(s) = signing_token.as_ref().filter(|_| !self.skip_secrets)
             && crate::webhook::standard_webhooks_key(s.expose()).is_none()
@@ -649,7 +778,11 @@ impl Validator<'_> {
             match p.project {
                 Some(project) if !project.is_empty() => poll.push(GitlabPoll {
                     project,
-                    interval: self.duration(&format!("{key}.interval"), p.interval.as_deref(), Duration::from_secs(30)),
+                    interval: self.duration(
+                        &format!("{key}.interval"),
+                        p.interval.as_deref(),
+                        Duration::from_secs(30),
+                    ),
                 }),
                 _ => self.err(format!("{key}.project"), "is required"),
             }
@@ -661,8 +794,16 @@ impl Validator<'_> {
             signing_token,
             represented_as: raw.represented_as,
             play_after_approval: raw.play_after_approval.unwrap_or(false),
-            signature_tolerance: self.duration("gitlab.signature_tolerance", raw.signature_tolerance.as_deref(), Duration::from_secs(300)),
-            request_timeout: self.duration("gitlab.request_timeout", raw.request_timeout.as_deref(), Duration::from_secs(10)),
+            signature_tolerance: self.duration(
+                "gitlab.signature_tolerance",
+                raw.signature_tolerance.as_deref(),
+                Duration::from_secs(300),
+            ),
+            request_timeout: self.duration(
+                "gitlab.request_timeout",
+                raw.request_timeout.as_deref(),
+                Duration::from_secs(10),
+            ),
             poll,
         }
     }
@@ -682,8 +823,15 @@ impl Validator<'_> {
                 None
             }
         };
-        let api_url = self.url("slack.api_url", raw.api_url.as_deref().unwrap_or("https://slack.com/api"));
-        Some(SlackConfig { bot_token: bot_token?, signing_secret: signing_secret?, api_url: api_url? })
+        let api_url = self.url(
+            "slack.api_url",
+            raw.api_url.as_deref().unwrap_or("https://slack.com/api"),
+        );
+        Some(SlackConfig {
+            bot_token: bot_token?,
+            signing_secret: signing_secret?,
+            api_url: api_url?,
+        })
     }
 
     fn sso(&mut self, raw: raw::RawSso) -> Option<SsoConfig> {
@@ -698,8 +846,16 @@ impl Validator<'_> {
         if client_id.is_none() {
             self.err("sso.client_id", "is required");
         }
-        let client_secret = raw.client_secret.as_ref().and_then(|s| self.secret("sso.client_secret", s));
-        Some(SsoConfig { issuer: issuer?, client_id: client_id?, client_secret, groups_claim: raw.groups_claim.unwrap_or_else(|| "groups".into()) })
+        let client_secret = raw
+            .client_secret
+            .as_ref()
+            .and_then(|s| self.secret("sso.client_secret", s));
+        Some(SsoConfig {
+            issuer: issuer?,
+            client_id: client_id?,
+            client_secret,
+            groups_claim: raw.groups_claim.unwrap_or_else(|| "groups".into()),
+        })
     }
 
     fn issuers(&mut self, raw: Vec<raw::RawIssuer>) -> Vec<IssuerConfig> {
@@ -711,7 +867,10 @@ impl Validator<'_> {
                 Some("github") => Some(Platform::Github),
                 Some("gitlab") => Some(Platform::Gitlab),
                 Some(other) => {
-                    self.err(format!("{key}.kind"), format!("`{other}` is not one of \"github\", \"gitlab\""));
+                    self.err(
+                        format!("{key}.kind"),
+                        format!("`{other}` is not one of \"github\", \"gitlab\""),
+                    );
                     None
                 }
                 None => {
@@ -720,7 +879,9 @@ impl Validator<'_> {
                 }
             };
             let issuer = match r.issuer.as_deref() {
-                Some(u) => self.url(&format!("{key}.issuer"), u).map(|_| u.trim_end_matches('/').to_string()),
+                Some(u) => self
+                    .url(&format!("{key}.issuer"), u)
+                    .map(|_| u.trim_end_matches('/').to_string()),
                 None => {
                     self.err(format!("{key}.issuer"), "is required");
                     None
@@ -728,14 +889,26 @@ impl Validator<'_> {
             };
             let audience = r.audience.filter(|a| !a.is_empty());
             if audience.is_none() {
-                self.err(format!("{key}.audience"), "is required: tokens must be minted for portcullis");
+                self.err(
+                    format!("{key}.audience"),
+                    "is required: tokens must be minted for portcullis",
+                );
             }
-            let jwks_url = r.jwks_url.as_deref().and_then(|u| self.url(&format!("{key}.jwks_url"), u));
+            let jwks_url = r
+                .jwks_url
+                .as_deref()
+                .and_then(|u| self.url(&format!("{key}.jwks_url"), u));
             if let (Some(kind), Some(issuer), Some(audience)) = (kind, issuer, audience) {
                 if out.iter().any(|o| o.issuer == issuer) {
                     self.err(format!("{key}.issuer"), format!("`{issuer}` is listed twice"));
                 }
-                out.push(IssuerConfig { name, kind, issuer, audience, jwks_url });
+                out.push(IssuerConfig {
+                    name,
+                    kind,
+                    issuer,
+                    audience,
+                    jwks_url,
+                });
             }
         }
         out
@@ -783,14 +956,31 @@ impl Validator<'_> {
         }
         let approvers = raw.approvers.unwrap_or_default();
         if approvers.is_empty() {
-            self.err(format!("{key}.approvers"), "at least one approver is required (nobody could deploy)");
+            self.err(
+                format!("{key}.approvers"),
+                "at least one approver is required (nobody could deploy)",
+            );
         }
         let require_claims = self.claim_rule(&format!("{key}.require_claims"), &raw.require_claims);
-        let pending_timeout = self.duration(&format!("{key}.pending_timeout"), raw.pending_timeout.as_deref(), Duration::from_secs(30 * 60));
+        let pending_timeout = self.duration(
+            &format!("{key}.pending_timeout"),
+            raw.pending_timeout.as_deref(),
+            Duration::from_secs(30 * 60),
+        );
         let verdict = match raw.verdict {
             None => {
-                self.err(format!("{key}.verdict"), "is required: say `required = false` explicitly to deploy without a policy verdict");
-                VerdictPolicy { required: true, max_age: Duration::from_secs(86400), mode: VerdictMode::Asserted, policy: None, opa_url: None, producers: Vec::new() }
+                self.err(
+                    format!("{key}.verdict"),
+                    "is required: say `required = false` explicitly to deploy without a policy verdict",
+                );
+                VerdictPolicy {
+                    required: true,
+                    max_age: Duration::from_secs(86400),
+                    mode: VerdictMode::Asserted,
+                    policy: None,
+                    opa_url: None,
+                    producers: Vec::new(),
+                }
             }
             Some(v) => {
                 let vkey = format!("{key}.verdict");
@@ -800,18 +990,30 @@ impl Validator<'_> {
                     "evaluated" => VerdictMode::Evaluated,
                     "opa" => VerdictMode::Opa,
                     other => {
-                        self.err(format!("{vkey}.mode"), format!("`{other}` is not one of \"asserted\", \"evaluated\", \"opa\""));
+                        self.err(
+                            format!("{vkey}.mode"),
+                            format!("`{other}` is not one of \"asserted\", \"evaluated\", \"opa\""),
+                        );
                         VerdictMode::Asserted
                     }
                 };
                 if matches!(mode, VerdictMode::Evaluated | VerdictMode::Opa) {
                     match &v.policy {
                         Some(p) if p.starts_with("data.") => {}
-                        Some(p) => self.err(format!("{vkey}.policy"), format!("`{p}` is not a query such as data.deploy.hipaa.allow")),
-                        None => self.err(format!("{vkey}.policy"), "is required for modes \"evaluated\" and \"opa\""),
+                        Some(p) => self.err(
+                            format!("{vkey}.policy"),
+                            format!("`{p}` is not a query such as data.deploy.hipaa.allow"),
+                        ),
+                        None => self.err(
+                            format!("{vkey}.policy"),
+                            "is required for modes \"evaluated\" and \"opa\"",
+                        ),
                     }
                 }
-                let opa_url = v.opa_url.as_deref().and_then(|u| self.url(&format!("{vkey}.opa_url"), u));
+                let opa_url = v
+                    .opa_url
+                    .as_deref()
+                    .and_then(|u| self.url(&format!("{vkey}.opa_url"), u));
                 if mode == VerdictMode::Opa && v.opa_url.is_none() {
                     self.err(format!("{vkey}.opa_url"), "is required for mode \"opa\"");
                 }
@@ -825,11 +1027,18 @@ impl Validator<'_> {
                     producers.push(self.claim_rule(&pkey, p));
                 }
                 if required && v.producers.is_empty() {
-                    self.err(format!("{vkey}.producers"), "a required verdict needs at least one trusted producer");
+                    self.err(
+                        format!("{vkey}.producers"),
+                        "a required verdict needs at least one trusted producer",
+                    );
                 }
                 VerdictPolicy {
                     required,
-                    max_age: self.duration(&format!("{vkey}.max_age"), v.max_age.as_deref(), Duration::from_secs(86400)),
+                    max_age: self.duration(
+                        &format!("{vkey}.max_age"),
+                        v.max_age.as_deref(),
+                        Duration::from_secs(86400),
+                    ),
                     mode,
                     policy: v.policy,
                     opa_url,
@@ -838,20 +1047,34 @@ impl Validator<'_> {
             }
         };
         let reviews = match raw.reviews {
-            None => ReviewPolicy { required: 0, via: ReviewVia::Slack, reviewers: Vec::new(), allow_self_review: false },
+            None => ReviewPolicy {
+                required: 0,
+                via: ReviewVia::Slack,
+                reviewers: Vec::new(),
+                allow_self_review: false,
+            },
             Some(r) => {
                 let rkey = format!("{key}.reviews");
                 let via = match r.via.as_deref().unwrap_or("slack") {
                     "slack" => ReviewVia::Slack,
                     "sso" => ReviewVia::Sso,
                     other => {
-                        self.err(format!("{rkey}.via"), format!("`{other}` is not one of \"slack\", \"sso\""));
+                        self.err(
+                            format!("{rkey}.via"),
+                            format!("`{other}` is not one of \"slack\", \"sso\""),
+                        );
                         ReviewVia::Slack
                     }
                 };
                 let required = r.required.unwrap_or(0);
                 if required as usize > r.reviewers.len() {
-                    self.err(format!("{rkey}.required"), format!("requires {required} reviews but lists {} reviewer(s)", r.reviewers.len()));
+                    self.err(
+                        format!("{rkey}.required"),
+                        format!(
+                            "requires {required} reviews but lists {} reviewer(s)",
+                            r.reviewers.len()
+                        ),
+                    );
                 }
                 ReviewPolicy {
                     required,
@@ -862,7 +1085,15 @@ impl Validator<'_> {
             }
         };
         let slack_channel = raw.slack.and_then(|s| s.channel);
-        Some(EnvironmentPolicy { name: name.to_string(), approvers, require_claims, pending_timeout, verdict, reviews, slack_channel })
+        Some(EnvironmentPolicy {
+            name: name.to_string(),
+            approvers,
+            require_claims,
+            pending_timeout,
+            verdict,
+            reviews,
+            slack_channel,
+        })
     }
 }
 

@@ -46,7 +46,10 @@ fn unknown_keys_fail_and_name_the_key() {
 
 #[test]
 fn unknown_keys_in_environments_fail() {
-    let errs = errors(&MINIMAL.replace("approvers = [\"octocat\"]", "approvers = [\"octocat\"]\napprover = [\"x\"]"));
+    let errs = errors(&MINIMAL.replace(
+        "approvers = [\"octocat\"]",
+        "approvers = [\"octocat\"]\napprover = [\"x\"]",
+    ));
     assert!(errs[0].contains("unknown field `approver`"), "{errs:?}");
 }
 
@@ -117,7 +120,10 @@ fn secrets_come_from_env_or_file_and_never_print() {
 fn a_missing_secret_names_the_variable_not_a_value() {
     let text = format!("{MINIMAL}\n[server]\ndry_run = true\n[github]\nwebhook_secrets = [{{ env = \"NOPE\" }}]\n");
     let errs = errors(&text);
-    assert_eq!(errs, vec!["github.webhook_secrets[0]: environment variable `NOPE` is not set".to_string()]);
+    assert_eq!(
+        errs,
+        vec!["github.webhook_secrets[0]: environment variable `NOPE` is not set".to_string()]
+    );
 }
 
 #[test]
@@ -127,7 +133,10 @@ fn http_is_allowed_only_on_loopback() {
     let ok6 = MINIMAL.replace("https://token.actions.githubusercontent.com", "http://[::1]:9000");
     assert!(errors(&ok6).is_empty());
     let bad = MINIMAL.replace("https://token.actions.githubusercontent.com", "http://10.0.0.1:9000");
-    assert_eq!(errors(&bad), vec!["issuers[0].issuer: must be https (plain http is allowed only on loopback addresses)".to_string()]);
+    assert_eq!(
+        errors(&bad),
+        vec!["issuers[0].issuer: must be https (plain http is allowed only on loopback addresses)".to_string()]
+    );
 }
 
 #[test]
@@ -141,8 +150,14 @@ fn claim_matchers_are_anchored_and_compile_lists() {
     let m = &rule["ref"];
     assert!(m.matches(&serde_json::json!("refs/heads/main")));
     assert!(m.matches(&serde_json::json!("refs/heads/release/1.2")));
-    assert!(!m.matches(&serde_json::json!("xrefs/heads/main")), "must be anchored at the start");
-    assert!(!m.matches(&serde_json::json!("refs/heads/mainx")), "must be anchored at the end");
+    assert!(
+        !m.matches(&serde_json::json!("xrefs/heads/main")),
+        "must be anchored at the start"
+    );
+    assert!(
+        !m.matches(&serde_json::json!("refs/heads/mainx")),
+        "must be anchored at the end"
+    );
     assert!(rule["runner_environment"].matches(&serde_json::json!("github-hosted")));
     assert!(!rule["runner_environment"].matches(&serde_json::json!("hosted")));
     // GitLab sends booleans as strings, GitHub as JSON booleans: both match.
@@ -153,16 +168,27 @@ fn claim_matchers_are_anchored_and_compile_lists() {
 
 #[test]
 fn a_bad_pattern_is_named() {
-    let text = MINIMAL.replace("approvers = [\"octocat\"]", "approvers = [\"octocat\"]\nrequire_claims = { ref = { pattern = \"(\" } }");
+    let text = MINIMAL.replace(
+        "approvers = [\"octocat\"]",
+        "approvers = [\"octocat\"]\nrequire_claims = { ref = { pattern = \"(\" } }",
+    );
     let errs = errors(&text);
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].starts_with("environments.production.require_claims.ref: invalid pattern"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("environments.production.require_claims.ref: invalid pattern"),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn an_empty_producer_rule_is_refused() {
     let text = MINIMAL.replace("producers = [{ job_workflow_ref", "producers = [{}, { job_workflow_ref");
-    assert_eq!(errors(&text), vec!["environments.production.verdict.producers[0]: an empty producer rule would trust every token".to_string()]);
+    assert_eq!(
+        errors(&text),
+        vec![
+            "environments.production.verdict.producers[0]: an empty producer rule would trust every token".to_string()
+        ]
+    );
 }
 
 #[test]

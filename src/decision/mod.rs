@@ -95,7 +95,10 @@ pub struct Reason {
 
 impl Reason {
     pub fn new(code: ReasonCode, message: impl Into<String>) -> Self {
-        Reason { code, message: message.into() }
+        Reason {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -153,26 +156,50 @@ pub fn evaluate(inputs: &Inputs<'_>) -> Decision {
     match inputs.attestation {
         None => missing.push(Reason::new(
             ReasonCode::AttestationMissing,
-            format!("no verified OIDC token has been presented for run {} of {}", request.run, request.repository),
+            format!(
+                "no verified OIDC token has been presented for run {} of {}",
+                request.run, request.repository
+            ),
         )),
         Some(att) => check_identity(policy, request, att, &mut violations, &mut satisfied),
     }
 
     // Rule 6: the policy verdict.
     if policy.verdict.required {
-        check_verdict(policy, request, inputs.verdict, inputs.now, &mut violations, &mut missing, &mut satisfied);
+        check_verdict(
+            policy,
+            request,
+            inputs.verdict,
+            inputs.now,
+            &mut violations,
+            &mut missing,
+            &mut satisfied,
+        );
     } else {
-        satisfied.push(Reason::new(ReasonCode::VerdictNotRequired, "this environment requires no policy verdict"));
+        satisfied.push(Reason::new(
+            ReasonCode::VerdictNotRequired,
+            "this environment requires no policy verdict",
+        ));
     }
 
     // Rule 7: human reviews.
     if policy.reviews.required > 0 {
         let actor = inputs.attestation.map(|a| a.actor.as_str());
-        check_reviews(policy, actor, inputs.reviews, &mut violations, &mut missing, &mut satisfied);
+        check_reviews(
+            policy,
+            actor,
+            inputs.reviews,
+            &mut violations,
+            &mut missing,
+            &mut satisfied,
+        );
     }
 
     if !violations.is_empty() {
-        return Decision { outcome: Outcome::Rejected, reasons: violations };
+        return Decision {
+            outcome: Outcome::Rejected,
+            reasons: violations,
+        };
     }
     if !missing.is_empty() {
         if inputs.now >= request.deadline {
@@ -185,11 +212,20 @@ pub fn evaluate(inputs: &Inputs<'_>) -> Decision {
                 ),
             )];
             reasons.extend(missing);
-            return Decision { outcome: Outcome::Rejected, reasons };
+            return Decision {
+                outcome: Outcome::Rejected,
+                reasons,
+            };
         }
-        return Decision { outcome: Outcome::Pending, reasons: missing };
+        return Decision {
+            outcome: Outcome::Pending,
+            reasons: missing,
+        };
     }
-    Decision { outcome: Outcome::Approved, reasons: satisfied }
+    Decision {
+        outcome: Outcome::Approved,
+        reasons: satisfied,
+    }
 }
 
 fn check_identity(
@@ -204,7 +240,10 @@ fn check_identity(
         identity_ok = false;
         violations.push(Reason::new(
             ReasonCode::IdentityMismatch,
-            format!("the token is for {} `{}`, the request for {} `{}`", att.platform, att.repository, request.platform, request.repository),
+            format!(
+                "the token is for {} `{}`, the request for {} `{}`",
+                att.platform, att.repository, request.platform, request.repository
+            ),
         ));
     }
     if let Some(sha) = &att.sha
@@ -246,12 +285,18 @@ fn check_identity(
     if claims_ok && !policy.require_claims.is_empty() {
         satisfied.push(Reason::new(
             ReasonCode::ClaimsSatisfied,
-            format!("claims {} satisfied", policy.require_claims.keys().cloned().collect::<Vec<_>>().join(", ")),
+            format!(
+                "claims {} satisfied",
+                policy.require_claims.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
         ));
     }
 
     if policy.approvers.iter().any(|a| a.eq_ignore_ascii_case(&att.actor)) {
-        satisfied.push(Reason::new(ReasonCode::ActorApproved, format!("{} may deploy to {}", att.actor, policy.name)));
+        satisfied.push(Reason::new(
+            ReasonCode::ActorApproved,
+            format!("{} may deploy to {}", att.actor, policy.name),
+        ));
     } else {
         violations.push(Reason::new(
             ReasonCode::ActorNotApprover,
@@ -283,13 +328,24 @@ fn check_verdict(
         || !v.repository.eq_ignore_ascii_case(&request.repository)
         || v.environment != request.environment
     {
-        missing.push(Reason::new(ReasonCode::VerdictMissing, "the verdict held is for another commit or environment"));
+        missing.push(Reason::new(
+            ReasonCode::VerdictMissing,
+            "the verdict held is for another commit or environment",
+        ));
         return;
     }
-    if !policy.verdict.producers.iter().any(|rule| rule_matches(rule, &v.producer.claims)) {
+    if !policy
+        .verdict
+        .producers
+        .iter()
+        .any(|rule| rule_matches(rule, &v.producer.claims))
+    {
         missing.push(Reason::new(
             ReasonCode::VerdictProducerUntrusted,
-            format!("the verdict was posted by {}, who is not a trusted producer", v.producer.subject),
+            format!(
+                "the verdict was posted by {}, who is not a trusted producer",
+                v.producer.subject
+            ),
         ));
         return;
     }
@@ -307,10 +363,20 @@ fn check_verdict(
     }
     let policy_name = v.policy.as_deref().unwrap_or("policy");
     if v.allow {
-        satisfied.push(Reason::new(ReasonCode::VerdictAllowed, format!("{policy_name} allowed {}", request.sha)));
+        satisfied.push(Reason::new(
+            ReasonCode::VerdictAllowed,
+            format!("{policy_name} allowed {}", request.sha),
+        ));
     } else {
-        let why = if v.reasons.is_empty() { "no reasons given".to_string() } else { v.reasons.join("; ") };
-        violations.push(Reason::new(ReasonCode::VerdictDenied, format!("{policy_name} denied: {why}")));
+        let why = if v.reasons.is_empty() {
+            "no reasons given".to_string()
+        } else {
+            v.reasons.join("; ")
+        };
+        violations.push(Reason::new(
+            ReasonCode::VerdictDenied,
+            format!("{policy_name} denied: {why}"),
+        ));
     }
 }
 
@@ -328,7 +394,10 @@ fn check_reviews(
         actor.is_some_and(|a| r.reviewer.eq_ignore_ascii_case(a) || r.aliases.iter().any(|x| x.eq_ignore_ascii_case(a)))
     };
     for r in reviews.iter().filter(eligible).filter(|r| !r.approve) {
-        violations.push(Reason::new(ReasonCode::ReviewRejected, format!("{} rejected the deployment", r.reviewer)));
+        violations.push(Reason::new(
+            ReasonCode::ReviewRejected,
+            format!("{} rejected the deployment", r.reviewer),
+        ));
     }
     let mut approvers: Vec<String> = reviews
         .iter()
@@ -340,7 +409,10 @@ fn check_reviews(
     approvers.dedup();
     let have = approvers.len() as u32;
     if have >= rules.required {
-        satisfied.push(Reason::new(ReasonCode::ReviewsSatisfied, format!("approved by {}", approvers.join(", "))));
+        satisfied.push(Reason::new(
+            ReasonCode::ReviewsSatisfied,
+            format!("approved by {}", approvers.join(", ")),
+        ));
     } else {
         missing.push(Reason::new(
             ReasonCode::ReviewsMissing,

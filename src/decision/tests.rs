@@ -62,7 +62,8 @@ fn request(env: &str) -> DeploymentRequest {
             repo: "payments".into(),
             run_id: 42,
             installation_id: Some(1),
-            callback_url: "https://api.github.com/repos/octo-org/payments/actions/runs/42/deployment_protection_rule".into(),
+            callback_url: "https://api.github.com/repos/octo-org/payments/actions/runs/42/deployment_protection_rule"
+                .into(),
         },
         delivery: "d1".into(),
         received_at: NOW - time::Duration::minutes(1),
@@ -116,12 +117,19 @@ fn verdict(allow: bool) -> Verdict {
         policy: Some("data.deploy.hipaa.allow".into()),
         evidence_digest: None,
         policy_revision: None,
-        reasons: if allow { vec![] } else { vec!["container: 2 critical CVEs".into()] },
+        reasons: if allow {
+            vec![]
+        } else {
+            vec!["container: 2 critical CVEs".into()]
+        },
         producer: Producer {
             issuer: "https://token.actions.githubusercontent.com".into(),
             subject: "gate".into(),
             actor: "octocat".into(),
-            claims: claims(&[("job_workflow_ref", json!("octo-org/compliance/.github/workflows/gate.yml@refs/heads/main"))]),
+            claims: claims(&[(
+                "job_workflow_ref",
+                json!("octo-org/compliance/.github/workflows/gate.yml@refs/heads/main"),
+            )]),
             token_sha256: "cd".repeat(32),
         },
         recorded_at: NOW - time::Duration::hours(1),
@@ -129,7 +137,13 @@ fn verdict(allow: bool) -> Verdict {
 }
 
 fn review(who: &str, approve: bool) -> Review {
-    Review { reviewer: who.into(), aliases: vec![], approve, via: "slack".into(), at: NOW }
+    Review {
+        reviewer: who.into(),
+        aliases: vec![],
+        approve,
+        via: "slack".into(),
+        at: NOW,
+    }
 }
 
 struct Case {
@@ -196,8 +210,18 @@ fn every_rule_gives_its_reason_code() {
     use ReasonCode::*;
     let cases = vec![
         base("all rules hold"),
-        Case { outcome: Outcome::Rejected, codes: vec![EnvironmentNotConfigured], env: "nope", ..base("1: unknown environment") },
-        Case { att: None, outcome: Outcome::Pending, codes: vec![AttestationMissing], ..base("2: no attestation yet") },
+        Case {
+            outcome: Outcome::Rejected,
+            codes: vec![EnvironmentNotConfigured],
+            env: "nope",
+            ..base("1: unknown environment")
+        },
+        Case {
+            att: None,
+            outcome: Outcome::Pending,
+            codes: vec![AttestationMissing],
+            ..base("2: no attestation yet")
+        },
         Case {
             att: Some(|a| a.repository = "octo-org/other".into()),
             outcome: Outcome::Rejected,
@@ -238,7 +262,12 @@ fn every_rule_gives_its_reason_code() {
             codes: vec![ActorNotApprover],
             ..base("5: actor not an approver")
         },
-        Case { verdict: None, outcome: Outcome::Pending, codes: vec![VerdictMissing], ..base("6: no verdict yet") },
+        Case {
+            verdict: None,
+            outcome: Outcome::Pending,
+            codes: vec![VerdictMissing],
+            ..base("6: no verdict yet")
+        },
         Case {
             verdict: Some(|v| v.allow = false),
             outcome: Outcome::Rejected,
@@ -253,7 +282,10 @@ fn every_rule_gives_its_reason_code() {
         },
         Case {
             verdict: Some(|v| {
-                v.producer.claims.insert("job_workflow_ref".into(), json!("octo-org/payments/.github/workflows/self.yml@refs/heads/main"));
+                v.producer.claims.insert(
+                    "job_workflow_ref".into(),
+                    json!("octo-org/payments/.github/workflows/self.yml@refs/heads/main"),
+                );
             }),
             outcome: Outcome::Pending,
             codes: vec![VerdictProducerUntrusted],
@@ -265,7 +297,12 @@ fn every_rule_gives_its_reason_code() {
             codes: vec![VerdictMissing],
             ..base("6: verdict for another commit")
         },
-        Case { reviews: vec![review("alice@example.com", true)], outcome: Outcome::Pending, codes: vec![ReviewsMissing], ..base("7: one of two reviews") },
+        Case {
+            reviews: vec![review("alice@example.com", true)],
+            outcome: Outcome::Pending,
+            codes: vec![ReviewsMissing],
+            ..base("7: one of two reviews")
+        },
         Case {
             reviews: vec![review("alice@example.com", true), review("ALICE@example.com", true)],
             outcome: Outcome::Pending,
@@ -285,7 +322,13 @@ fn every_rule_gives_its_reason_code() {
             ..base("7: any rejection rejects")
         },
         Case {
-            reviews: vec![review("alice@example.com", true), Review { aliases: vec!["octocat".into()], ..review("octocat@example.com", true) }],
+            reviews: vec![
+                review("alice@example.com", true),
+                Review {
+                    aliases: vec!["octocat".into()],
+                    ..review("octocat@example.com", true)
+                },
+            ],
             outcome: Outcome::Pending,
             codes: vec![ReviewsMissing],
             ..base("7: the attested actor cannot review its own deployment")
@@ -321,19 +364,42 @@ fn every_rule_gives_its_reason_code() {
     ];
     for case in &cases {
         let d = run(case);
-        assert_eq!((d.outcome, d.codes()), (case.outcome, case.codes.clone()), "case `{}`: {:?}", case.name, d.reasons);
+        assert_eq!(
+            (d.outcome, d.codes()),
+            (case.outcome, case.codes.clone()),
+            "case `{}`: {:?}",
+            case.name,
+            d.reasons
+        );
     }
 }
 
 #[test]
 fn self_review_is_allowed_when_configured() {
     let mut cfg = config();
-    cfg.environments.get_mut("production").unwrap().reviews.allow_self_review = true;
+    cfg.environments
+        .get_mut("production")
+        .unwrap()
+        .reviews
+        .allow_self_review = true;
     let req = request("production");
     let att = attestation();
     let v = verdict(true);
-    let reviews = vec![review("alice@example.com", true), Review { aliases: vec!["octocat".into()], ..review("octocat@example.com", true) }];
-    let d = evaluate(&Inputs { policy: cfg.environment("production"), request: &req, attestation: Some(&att), verdict: Some(&v), reviews: &reviews, now: NOW });
+    let reviews = vec![
+        review("alice@example.com", true),
+        Review {
+            aliases: vec!["octocat".into()],
+            ..review("octocat@example.com", true)
+        },
+    ];
+    let d = evaluate(&Inputs {
+        policy: cfg.environment("production"),
+        request: &req,
+        attestation: Some(&att),
+        verdict: Some(&v),
+        reviews: &reviews,
+        now: NOW,
+    });
     assert_eq!(d.outcome, Outcome::Approved, "{:?}", d.reasons);
 }
 
@@ -351,9 +417,18 @@ fn reasons_name_the_claim_and_the_verdicts_own_reasons() {
         ..base("both")
     };
     let d = run(&case);
-    assert_eq!(d.codes(), vec![ReasonCode::ClaimNotSatisfied, ReasonCode::VerdictDenied]);
-    assert_eq!(d.reasons[0].message, "claim `ref` is \"refs/heads/feature\", required `refs/heads/main`");
-    assert_eq!(d.reasons[1].message, "data.deploy.hipaa.allow denied: container: 2 critical CVEs");
+    assert_eq!(
+        d.codes(),
+        vec![ReasonCode::ClaimNotSatisfied, ReasonCode::VerdictDenied]
+    );
+    assert_eq!(
+        d.reasons[0].message,
+        "claim `ref` is \"refs/heads/feature\", required `refs/heads/main`"
+    );
+    assert_eq!(
+        d.reasons[1].message,
+        "data.deploy.hipaa.allow denied: container: 2 critical CVEs"
+    );
 }
 
 #[test]

@@ -19,7 +19,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -79,10 +83,18 @@ impl From<GateError> for ApiError {
             }
             GateError::Audit(s) => {
                 tracing::error!(error = %s, "audit error");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", "the audit trail is unavailable; try again")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit_unavailable",
+                    "the audit trail is unavailable; try again",
+                )
             }
             GateError::Invalid { code, message } => {
-                let status = if code == "request_not_found" { StatusCode::NOT_FOUND } else { StatusCode::BAD_REQUEST };
+                let status = if code == "request_not_found" {
+                    StatusCode::NOT_FOUND
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
                 ApiError::new(status, code, message)
             }
             GateError::Forbidden { code, message } => ApiError::new(StatusCode::FORBIDDEN, code, message),

@@ -53,11 +53,26 @@ impl Application {
             .map_err(|e| StartError::Platform(format!("cannot build the HTTP client: {e}")))?;
         let verifier = Arc::new(Verifier::new(config.issuers.clone(), http));
         let platforms = build_platforms(&config)?;
-        let gate = Gate::new(config.clone(), store, audit, verifier, platforms, tokio::runtime::Handle::current());
+        let gate = Gate::new(
+            config.clone(),
+            store,
+            audit,
+            verifier,
+            platforms,
+            tokio::runtime::Handle::current(),
+        );
 
-        let listener = TcpListener::bind(config.server.listen)
-            .map_err(|source| StartError::Bind { addr: config.server.listen.to_string(), source })?;
-        let port = listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen.to_string(), source })?.port();
+        let listener = TcpListener::bind(config.server.listen).map_err(|source| StartError::Bind {
+            addr: config.server.listen.to_string(),
+            source,
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.server.listen.to_string(),
+                source,
+            })?
+            .port();
         let data = web::Data::from(gate.clone());
         let limit = config.server.max_body_bytes;
         let server = HttpServer::new(move || {
@@ -69,9 +84,17 @@ impl Application {
         })
         .shutdown_timeout(config.server.shutdown_timeout.as_secs())
         .listen(listener)
-        .map_err(|source| StartError::Bind { addr: config.server.listen.to_string(), source })?
+        .map_err(|source| StartError::Bind {
+            addr: config.server.listen.to_string(),
+            source,
+        })?
         .run();
-        Ok(Application { port, server, gate, stop: CancellationToken::new() })
+        Ok(Application {
+            port,
+            server,
+            gate,
+            stop: CancellationToken::new(),
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -112,7 +135,9 @@ async fn build_store(config: &Config) -> Result<SharedStore, StartError> {
 async fn build_audit(config: &Config, _store: &SharedStore) -> Result<Arc<dyn AuditLog>, StartError> {
     match &config.audit.backend {
         AuditBackend::File { path } => {
-            let log = crate::audit::FileAudit::open(path).await.map_err(|e| StartError::Audit(e.to_string()))?;
+            let log = crate::audit::FileAudit::open(path)
+                .await
+                .map_err(|e| StartError::Audit(e.to_string()))?;
             Ok(Arc::new(log))
         }
         AuditBackend::Redis => Err(StartError::Audit("the redis audit backend is not built yet".into())),
@@ -124,7 +149,8 @@ fn build_platforms(config: &Config) -> Result<Platforms, StartError> {
     if let Some(gh) = &config.github
         && !config.server.dry_run
     {
-        let client = crate::platform::github::GithubClient::new(gh).map_err(|e| StartError::Platform(format!("github: {e}")))?;
+        let client =
+            crate::platform::github::GithubClient::new(gh).map_err(|e| StartError::Platform(format!("github: {e}")))?;
         p.github = Some(Arc::new(client));
     }
     if let Some(gl) = &config.gitlab

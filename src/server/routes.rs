@@ -35,15 +35,28 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 
 /// Reads the whole body, refusing more than the configured limit with 413.
 pub(crate) async fn read_body(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
-    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body exceeds {limit} bytes"));
-    if let Some(len) = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body exceeds {limit} bytes"),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
         && len > limit
     {
         return Err(too_large());
     }
     match payload.to_bytes_limited(limit).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(ApiError::bad_request("payload_unreadable", "the body could not be read")),
+        Ok(Err(_)) => Err(ApiError::bad_request(
+            "payload_unreadable",
+            "the body could not be read",
+        )),
         Err(_) => Err(too_large()),
     }
 }
@@ -55,7 +68,10 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
 fn bearer(req: &HttpRequest) -> Option<&str> {
     let v = header(req, "authorization")?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 async fn healthz() -> HttpResponse {
@@ -69,7 +85,11 @@ async fn readyz(gate: web::Data<Gate>) -> HttpResponse {
         "state": if state.is_ok() { "ok" } else { "unavailable" },
         "audit": if audit.is_ok() { "ok" } else { "unavailable" },
     });
-    if state.is_ok() && audit.is_ok() { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+    if state.is_ok() && audit.is_ok() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
 }
 
 async fn metrics(gate: web::Data<Gate>) -> HttpResponse {
@@ -77,7 +97,9 @@ async fn metrics(gate: web::Data<Gate>) -> HttpResponse {
     let open = gate.store.open_requests().await.ok();
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, labels: &[(&str, u64)]| {
-        out.push_str(&format!("# HELP portcullis_{name} {help}\n# TYPE portcullis_{name} counter\n"));
+        out.push_str(&format!(
+            "# HELP portcullis_{name} {help}\n# TYPE portcullis_{name} counter\n"
+        ));
         for (l, v) in labels {
             out.push_str(&format!("portcullis_{name}{{{l}}} {v}\n"));
         }
@@ -95,29 +117,54 @@ async fn metrics(gate: web::Data<Gate>) -> HttpResponse {
     counter(
         "attestations_total",
         "OIDC attestations by result.",
-        &[("result=\"accepted\"", g(&m.attestations_accepted)), ("result=\"rejected\"", g(&m.attestations_rejected))],
+        &[
+            ("result=\"accepted\"", g(&m.attestations_accepted)),
+            ("result=\"rejected\"", g(&m.attestations_rejected)),
+        ],
     );
-    counter("verdicts_total", "Verdicts recorded.", &[("result=\"recorded\"", g(&m.verdicts_recorded))]);
+    counter(
+        "verdicts_total",
+        "Verdicts recorded.",
+        &[("result=\"recorded\"", g(&m.verdicts_recorded))],
+    );
     counter(
         "decisions_total",
         "Final decisions by outcome.",
-        &[("outcome=\"approved\"", g(&m.decisions_approved)), ("outcome=\"rejected\"", g(&m.decisions_rejected))],
+        &[
+            ("outcome=\"approved\"", g(&m.decisions_approved)),
+            ("outcome=\"rejected\"", g(&m.decisions_rejected)),
+        ],
     );
     counter(
         "platform_calls_total",
         "Platform answers by result.",
-        &[("result=\"ok\"", g(&m.platform_calls_ok)), ("result=\"failed\"", g(&m.platform_calls_failed))],
+        &[
+            ("result=\"ok\"", g(&m.platform_calls_ok)),
+            ("result=\"failed\"", g(&m.platform_calls_failed)),
+        ],
     );
-    counter("internal_errors_total", "Evaluations that could not decide.", &[("kind=\"evaluate\"", g(&m.internal_errors))]);
+    counter(
+        "internal_errors_total",
+        "Evaluations that could not decide.",
+        &[("kind=\"evaluate\"", g(&m.internal_errors))],
+    );
     if let Some(open) = open {
         out.push_str(&format!("# HELP portcullis_open_requests Requests not yet answered.\n# TYPE portcullis_open_requests gauge\nportcullis_open_requests {open}\n"));
     }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out)
 }
 
-async fn github_webhook(req: HttpRequest, payload: web::Payload, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
+async fn github_webhook(
+    req: HttpRequest,
+    payload: web::Payload,
+    gate: web::Data<Gate>,
+) -> Result<HttpResponse, ApiError> {
     let Some(gh) = gate.config.github.as_ref() else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "platform_not_configured", "GitHub is not configured"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "platform_not_configured",
+            "GitHub is not configured",
+        ));
     };
     let body = read_body(&req, payload, gate.config.server.max_body_bytes).await?;
     if let Err(e) = verify_signature(&gh.webhook_secrets, header(&req, "x-hub-signature-256"), &body) {
@@ -125,9 +172,10 @@ async fn github_webhook(req: HttpRequest, payload: web::Payload, gate: web::Data
         info!(code = e.code(), "github webhook refused");
         return Err(e.into());
     }
-    let event = header(&req, "x-github-event").ok_or_else(|| ApiError::bad_request("header_missing", "X-GitHub-Event is required"))?;
-    let delivery =
-        header(&req, "x-github-delivery").ok_or_else(|| ApiError::bad_request("header_missing", "X-GitHub-Delivery is required"))?;
+    let event = header(&req, "x-github-event")
+        .ok_or_else(|| ApiError::bad_request("header_missing", "X-GitHub-Event is required"))?;
+    let delivery = header(&req, "x-github-delivery")
+        .ok_or_else(|| ApiError::bad_request("header_missing", "X-GitHub-Delivery is required"))?;
     if delivery.len() > 128 {
         return Err(ApiError::bad_request("header_invalid", "X-GitHub-Delivery is too long"));
     }
@@ -135,10 +183,17 @@ async fn github_webhook(req: HttpRequest, payload: web::Payload, gate: web::Data
     async {
         match parse_github(event, &body, &gh.api_url)? {
             GithubEvent::Ping => Ok(HttpResponse::Ok().json(json!({"status": "pong"}))),
-            GithubEvent::Ignored(what) => Ok(HttpResponse::Accepted().json(json!({"status": "ignored", "event": what}))),
+            GithubEvent::Ignored(what) => {
+                Ok(HttpResponse::Accepted().json(json!({"status": "ignored", "event": what})))
+            }
             GithubEvent::ProtectionRule(p) => {
                 let dedup_key = format!("github:{delivery}");
-                if !gate.store.mark_delivery(&dedup_key, DELIVERY_TTL).await.map_err(|e| ApiError::from(crate::gate::GateError::from(e)))? {
+                if !gate
+                    .store
+                    .mark_delivery(&dedup_key, DELIVERY_TTL)
+                    .await
+                    .map_err(|e| ApiError::from(crate::gate::GateError::from(e)))?
+                {
                     gate.metrics.webhooks_duplicate.fetch_add(1, Ordering::Relaxed);
                     info!("duplicate delivery ignored");
                     return Ok(HttpResponse::Accepted().json(json!({"status": "duplicate"})));
@@ -164,10 +219,18 @@ async fn github_webhook(req: HttpRequest, payload: web::Payload, gate: web::Data
     .await
 }
 
-async fn gitlab_webhook(req: HttpRequest, payload: web::Payload, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
+async fn gitlab_webhook(
+    req: HttpRequest,
+    payload: web::Payload,
+    gate: web::Data<Gate>,
+) -> Result<HttpResponse, ApiError> {
     use crate::webhook::gitlab::{GitlabEvent, dedup_key, parse, verify};
     let Some(gl) = gate.config.gitlab.as_ref() else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "platform_not_configured", "GitLab is not configured"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "platform_not_configured",
+            "GitLab is not configured",
+        ));
     };
     let body = read_body(&req, payload, gate.config.server.max_body_bytes).await?;
     let headers = |name: &str| header(&req, name).map(str::to_string);
@@ -178,10 +241,16 @@ async fn gitlab_webhook(req: HttpRequest, payload: web::Payload, gate: web::Data
         return Err(e.into());
     }
     let delivery = dedup_key(&headers);
-    let span = info_span!("webhook", platform = "gitlab", delivery = delivery.as_deref().unwrap_or("-"));
+    let span = info_span!(
+        "webhook",
+        platform = "gitlab",
+        delivery = delivery.as_deref().unwrap_or("-")
+    );
     async {
         let hook = match parse(&body)? {
-            GitlabEvent::Ignored(kind) => return Ok(HttpResponse::Accepted().json(json!({"status": "ignored", "event": kind}))),
+            GitlabEvent::Ignored(kind) => {
+                return Ok(HttpResponse::Accepted().json(json!({"status": "ignored", "event": kind})));
+            }
             GitlabEvent::Deployment(hook) => hook,
         };
         let state_err = |e| ApiError::from(crate::gate::GateError::from(e));
@@ -215,7 +284,9 @@ async fn gitlab_hook(
     let gate = gate.clone().into_inner();
     if hook.status != DeploymentStatus::Blocked {
         gate.gitlab_status(hook).await?;
-        return Ok(HttpResponse::Accepted().json(json!({"status": "recorded", "deployment_status": hook.status.as_str()})));
+        return Ok(
+            HttpResponse::Accepted().json(json!({"status": "recorded", "deployment_status": hook.status.as_str()}))
+        );
     }
     let Some(api) = gate.gitlab_api() else {
         return Err(ApiError::new(
@@ -227,7 +298,11 @@ async fn gitlab_hook(
     // The hook carries only the short sha and no pipeline: ask the API.
     let info = api.deployment(hook.project_id, hook.deployment_id).await.map_err(|e| {
         tracing::warn!(error = %e, "cannot read the deployment from GitLab");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "platform_unavailable", "GitLab's deployments API did not answer; try again")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "platform_unavailable",
+            "GitLab's deployments API did not answer; try again",
+        )
     })?;
     let request = crate::gate::gitlab_request(&gate.config, delivery, hook, &info, now);
     let span = info_span!("request", request = %request.id, environment = %request.environment);
@@ -237,13 +312,23 @@ async fn gitlab_hook(
 }
 
 fn token_of(req: &HttpRequest) -> Result<&str, ApiError> {
-    bearer(req).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "token_malformed", "an `Authorization: Bearer <OIDC ID token>` header is required"))
+    bearer(req).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_malformed",
+            "an `Authorization: Bearer <OIDC ID token>` header is required",
+        )
+    })
 }
 
 async fn post_attestation(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
     let token = token_of(&req)?;
     if token.len() > 16 * 1024 {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "token_malformed", "the token is too long"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_malformed",
+            "the token is too long",
+        ));
     }
     let att = gate.clone().into_inner().attest(token).await?;
     Ok(HttpResponse::Created().json(json!({
@@ -257,7 +342,11 @@ async fn post_attestation(req: HttpRequest, gate: web::Data<Gate>) -> Result<Htt
     })))
 }
 
-async fn post_verdict(req: HttpRequest, payload: web::Payload, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
+async fn post_verdict(
+    req: HttpRequest,
+    payload: web::Payload,
+    gate: web::Data<Gate>,
+) -> Result<HttpResponse, ApiError> {
     let token = token_of(&req)?.to_string();
     let body = read_body(&req, payload, gate.config.server.max_body_bytes).await?;
     let body: VerdictBody = serde_json::from_slice(&body).map_err(|e| {
@@ -285,17 +374,34 @@ fn authorize_read(req: &HttpRequest, gate: &Gate) -> Result<(), ApiError> {
     match &gate.config.server.read_token {
         Some(t) => match bearer(req) {
             Some(given) if crate::crypto::secrets_equal(given.as_bytes(), t.expose().as_bytes()) => Ok(()),
-            _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "read_token_invalid", "a valid read token is required")),
+            _ => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "read_token_invalid",
+                "a valid read token is required",
+            )),
         },
         None if gate.config.server.listen.ip().is_loopback() => Ok(()),
-        None => Err(ApiError::new(StatusCode::FORBIDDEN, "read_token_required", "server.read_token must be configured to read requests and audit records")),
+        None => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "read_token_required",
+            "server.read_token must be configured to read requests and audit records",
+        )),
     }
 }
 
-async fn get_request(req: HttpRequest, path: web::Path<String>, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
+async fn get_request(
+    req: HttpRequest,
+    path: web::Path<String>,
+    gate: web::Data<Gate>,
+) -> Result<HttpResponse, ApiError> {
     authorize_read(&req, &gate)?;
     let id = path.into_inner();
-    match gate.store.get_request(&id).await.map_err(|e| ApiError::from(crate::gate::GateError::from(e)))? {
+    match gate
+        .store
+        .get_request(&id)
+        .await
+        .map_err(|e| ApiError::from(crate::gate::GateError::from(e)))?
+    {
         Some(r) => {
             let audit = r.decision_record.as_ref().map(|id| gate.audit_link(id));
             let mut body = serde_json::to_value(&r).unwrap_or_else(|_| json!({}));
@@ -304,7 +410,11 @@ async fn get_request(req: HttpRequest, path: web::Path<String>, gate: web::Data<
             }
             Ok(HttpResponse::Ok().json(body))
         }
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "request_not_found", format!("no request `{id}`"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "request_not_found",
+            format!("no request `{id}`"),
+        )),
     }
 }
 
@@ -325,7 +435,10 @@ async fn list_audit(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpRespo
         .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
         .into_inner();
     let since = match q.since.as_deref() {
-        Some(s) => Some(crate::time_fmt::parse_rfc3339(s).ok_or_else(|| ApiError::bad_request("invalid_query", "since must be an RFC 3339 time"))?),
+        Some(s) => Some(
+            crate::time_fmt::parse_rfc3339(s)
+                .ok_or_else(|| ApiError::bad_request("invalid_query", "since must be an RFC 3339 time"))?,
+        ),
         None => None,
     };
     let filter = AuditFilter {
@@ -338,7 +451,11 @@ async fn list_audit(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpRespo
     };
     let records = gate.audit.query(&filter).await.map_err(|e| {
         tracing::error!(error = %e, "audit query failed");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", "the audit trail is unavailable; try again")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit trail is unavailable; try again",
+        )
     })?;
     Ok(HttpResponse::Ok().json(json!({"records": records})))
 }
@@ -348,9 +465,17 @@ async fn get_audit(req: HttpRequest, path: web::Path<String>, gate: web::Data<Ga
     let id = path.into_inner();
     match gate.audit.get(&id).await.map_err(|e| {
         tracing::error!(error = %e, "audit read failed");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", "the audit trail is unavailable; try again")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit trail is unavailable; try again",
+        )
     })? {
         Some(r) => Ok(HttpResponse::Ok().json(r)),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "audit_record_not_found", format!("no audit record `{id}`"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "audit_record_not_found",
+            format!("no audit record `{id}`"),
+        )),
     }
 }

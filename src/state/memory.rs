@@ -41,7 +41,9 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> StateResult<std::sync::MutexGuard<'_, Inner>> {
-        self.inner.lock().map_err(|_| StateError("memory state lock poisoned".into()))
+        self.inner
+            .lock()
+            .map_err(|_| StateError("memory state lock poisoned".into()))
     }
 }
 
@@ -102,25 +104,33 @@ impl Store for MemoryStore {
     async fn put_attestation(&self, run_key: &str, att: &Attestation, ttl: Duration) -> StateResult<()> {
         let mut g = self.lock()?;
         g.maybe_sweep();
-        g.attestations.insert(run_key.to_string(), (att.clone(), Instant::now() + ttl));
+        g.attestations
+            .insert(run_key.to_string(), (att.clone(), Instant::now() + ttl));
         Ok(())
     }
 
     async fn get_attestation(&self, run_key: &str) -> StateResult<Option<Attestation>> {
         let g = self.lock()?;
-        Ok(g.attestations.get(run_key).filter(|(_, exp)| *exp > Instant::now()).map(|(a, _)| a.clone()))
+        Ok(g.attestations
+            .get(run_key)
+            .filter(|(_, exp)| *exp > Instant::now())
+            .map(|(a, _)| a.clone()))
     }
 
     async fn put_verdict(&self, key: &str, verdict: &Verdict, ttl: Duration) -> StateResult<()> {
         let mut g = self.lock()?;
         g.maybe_sweep();
-        g.verdicts.insert(key.to_string(), (verdict.clone(), Instant::now() + ttl));
+        g.verdicts
+            .insert(key.to_string(), (verdict.clone(), Instant::now() + ttl));
         Ok(())
     }
 
     async fn get_verdict(&self, key: &str) -> StateResult<Option<Verdict>> {
         let g = self.lock()?;
-        Ok(g.verdicts.get(key).filter(|(_, exp)| *exp > Instant::now()).map(|(v, _)| v.clone()))
+        Ok(g.verdicts
+            .get(key)
+            .filter(|(_, exp)| *exp > Instant::now())
+            .map(|(v, _)| v.clone()))
     }
 
     async fn insert_request(&self, req: &DeploymentRequest) -> StateResult<bool> {
@@ -130,7 +140,10 @@ impl Store for MemoryStore {
         }
         if req.status == RequestStatus::Pending {
             g.by_run.entry(req.run_ref().key()).or_default().insert(req.id.clone());
-            g.by_verdict.entry(req.verdict_key()).or_default().insert(req.id.clone());
+            g.by_verdict
+                .entry(req.verdict_key())
+                .or_default()
+                .insert(req.id.clone());
             g.deadlines.insert((req.deadline.unix_timestamp(), req.id.clone()));
         }
         g.requests.insert(req.id.clone(), req.clone());
@@ -147,7 +160,7 @@ impl Store for MemoryStore {
             return Ok(Cas::Conflict(None));
         };
         if stored.version != req.version {
-            return Ok(Cas::Conflict(Some(stored.clone())));
+            return Ok(Cas::Conflict(Some(Box::new(stored.clone()))));
         }
         let was_pending = stored.status == RequestStatus::Pending;
         let mut next = req.clone();
@@ -161,11 +174,21 @@ impl Store for MemoryStore {
     }
 
     async fn requests_for_run(&self, run_key: &str) -> StateResult<Vec<String>> {
-        Ok(self.lock()?.by_run.get(run_key).map(|s| s.iter().cloned().collect()).unwrap_or_default())
+        Ok(self
+            .lock()?
+            .by_run
+            .get(run_key)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn requests_for_verdict(&self, verdict_key: &str) -> StateResult<Vec<String>> {
-        Ok(self.lock()?.by_verdict.get(verdict_key).map(|s| s.iter().cloned().collect()).unwrap_or_default())
+        Ok(self
+            .lock()?
+            .by_verdict
+            .get(verdict_key)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn due_requests(&self, now: OffsetDateTime, limit: usize) -> StateResult<Vec<String>> {
@@ -192,7 +215,10 @@ impl Store for MemoryStore {
 
     async fn open_requests(&self) -> StateResult<u64> {
         let g = self.lock()?;
-        Ok(g.requests.values().filter(|r| matches!(r.status, RequestStatus::Pending | RequestStatus::Deciding)).count() as u64)
+        Ok(g.requests
+            .values()
+            .filter(|r| matches!(r.status, RequestStatus::Pending | RequestStatus::Deciding))
+            .count() as u64)
     }
 
     async fn acquire_lease(&self, request: &str, holder: &str, ttl: Duration) -> StateResult<Option<Lease>> {
@@ -204,14 +230,20 @@ impl Store for MemoryStore {
             return Ok(None);
         }
         g.fence += 1;
-        let lease = Lease { request: request.to_string(), holder: holder.to_string(), fence: g.fence };
+        let lease = Lease {
+            request: request.to_string(),
+            holder: holder.to_string(),
+            fence: g.fence,
+        };
         g.leases.insert(request.to_string(), (lease.clone(), now + ttl));
         Ok(Some(lease))
     }
 
     async fn lease_valid(&self, lease: &Lease) -> StateResult<bool> {
         let g = self.lock()?;
-        Ok(g.leases.get(&lease.request).is_some_and(|(l, exp)| l == lease && *exp > Instant::now()))
+        Ok(g.leases
+            .get(&lease.request)
+            .is_some_and(|(l, exp)| l == lease && *exp > Instant::now()))
     }
 
     async fn release_lease(&self, lease: &Lease) -> StateResult<()> {

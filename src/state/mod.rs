@@ -44,7 +44,7 @@ pub enum Cas {
     /// Written; the stored record now has this version.
     Written(u64),
     /// Someone else wrote first; here is what is stored now.
-    Conflict(Option<DeploymentRequest>),
+    Conflict(Option<Box<DeploymentRequest>>),
 }
 
 #[async_trait]

@@ -162,9 +162,22 @@ impl RedisStore {
     /// persistence check at start.
     pub async fn persistence(&self) -> StateResult<(String, String)> {
         let mut c = self.conn.clone();
-        let aof: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut c).await.map_err(err)?;
-        let fsync: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("appendfsync").query_async(&mut c).await.map_err(err)?;
-        Ok((aof.get(1).cloned().unwrap_or_default(), fsync.get(1).cloned().unwrap_or_default()))
+        let aof: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendonly")
+            .query_async(&mut c)
+            .await
+            .map_err(err)?;
+        let fsync: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendfsync")
+            .query_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok((
+            aof.get(1).cloned().unwrap_or_default(),
+            fsync.get(1).cloned().unwrap_or_default(),
+        ))
     }
 }
 
@@ -192,7 +205,10 @@ impl Store for RedisStore {
 
     async fn put_attestation(&self, run_key: &str, att: &Attestation, ttl: Duration) -> StateResult<()> {
         let mut c = self.conn.clone();
-        let _: () = c.set_ex(self.key("a", run_key), encode(att)?, ttl_secs(ttl)).await.map_err(err)?;
+        let _: () = c
+            .set_ex(self.key("a", run_key), encode(att)?, ttl_secs(ttl))
+            .await
+            .map_err(err)?;
         Ok(())
     }
 
@@ -204,7 +220,10 @@ impl Store for RedisStore {
 
     async fn put_verdict(&self, key: &str, verdict: &Verdict, ttl: Duration) -> StateResult<()> {
         let mut c = self.conn.clone();
-        let _: () = c.set_ex(self.key("v", key), encode(verdict)?, ttl_secs(ttl)).await.map_err(err)?;
+        let _: () = c
+            .set_ex(self.key("v", key), encode(verdict)?, ttl_secs(ttl))
+            .await
+            .map_err(err)?;
         Ok(())
     }
 
@@ -267,8 +286,9 @@ impl Store for RedisStore {
         }
         let current = match reply.get(1) {
             Some(v) => {
-                let s: String = redis::FromRedisValue::from_redis_value(v.clone()).map_err(|e| StateError(format!("redis: {e}")))?;
-                Some(decode(&s)?)
+                let s: String = redis::FromRedisValue::from_redis_value(v.clone())
+                    .map_err(|e| StateError(format!("redis: {e}")))?;
+                Some(Box::new(decode(&s)?))
             }
             None => None,
         };
@@ -288,7 +308,13 @@ impl Store for RedisStore {
     async fn due_requests(&self, now: OffsetDateTime, limit: usize) -> StateResult<Vec<String>> {
         let mut c = self.conn.clone();
         let mut out: Vec<String> = c
-            .zrangebyscore_limit(format!("{}deadlines", self.prefix), "-inf", now.unix_timestamp(), 0, limit as isize)
+            .zrangebyscore_limit(
+                format!("{}deadlines", self.prefix),
+                "-inf",
+                now.unix_timestamp(),
+                0,
+                limit as isize,
+            )
             .await
             .map_err(err)?;
         let deciding: Vec<String> = c.smembers(format!("{}deciding", self.prefix)).await.map_err(err)?;
@@ -298,7 +324,14 @@ impl Store for RedisStore {
                 pipe.exists(self.key("l", id));
             }
             let held: Vec<bool> = pipe.query_async(&mut c).await.map_err(err)?;
-            out.extend(deciding.into_iter().zip(held).filter(|(_, h)| !h).map(|(id, _)| id).take(limit - out.len()));
+            out.extend(
+                deciding
+                    .into_iter()
+                    .zip(held)
+                    .filter(|(_, h)| !h)
+                    .map(|(id, _)| id)
+                    .take(limit - out.len()),
+            );
         }
         Ok(out)
     }
@@ -325,7 +358,11 @@ impl Store for RedisStore {
             .invoke_async(&mut c)
             .await
             .map_err(err)?;
-        Ok((fence > 0).then(|| Lease { request: request.to_string(), holder: holder.to_string(), fence: fence as u64 }))
+        Ok((fence > 0).then(|| Lease {
+            request: request.to_string(),
+            holder: holder.to_string(),
+            fence: fence as u64,
+        }))
     }
 
     async fn lease_valid(&self, lease: &Lease) -> StateResult<bool> {

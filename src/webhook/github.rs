@@ -15,7 +15,10 @@ pub fn verify_signature(secrets: &[Secret], header: Option<&str>, body: &[u8]) -
     let header = header.ok_or(WebhookError::MissingSignature)?;
     let hex_sig = header.strip_prefix("sha256=").ok_or(WebhookError::BadSignature)?;
     let sig = hex::decode(hex_sig).map_err(|_| WebhookError::BadSignature)?;
-    if secrets.iter().any(|s| hmac_sha256_verify(s.expose().as_bytes(), &[body], &sig)) {
+    if secrets
+        .iter()
+        .any(|s| hmac_sha256_verify(s.expose().as_bytes(), &[body], &sig))
+    {
         Ok(())
     } else {
         Err(WebhookError::BadSignature)
@@ -89,7 +92,7 @@ impl ProtectionRuleRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum GithubEvent {
     Ping,
-    ProtectionRule(ProtectionRuleRequest),
+    ProtectionRule(Box<ProtectionRuleRequest>),
     /// Another event or action: answered 202 and ignored.
     Ignored(String),
 }
@@ -104,7 +107,7 @@ pub fn parse(event: &str, body: &[u8], api_url: &Url) -> Result<GithubEvent, Web
             if p.action != "requested" {
                 return Ok(GithubEvent::Ignored(format!("deployment_protection_rule.{}", p.action)));
             }
-            protection_rule(p, api_url).map(GithubEvent::ProtectionRule)
+            protection_rule(p, api_url).map(|r| GithubEvent::ProtectionRule(Box::new(r)))
         }
         other => Ok(GithubEvent::Ignored(other.to_string())),
     }
@@ -118,7 +121,9 @@ fn protection_rule(p: Payload, api_url: &Url) -> Result<ProtectionRuleRequest, W
     let callback_url = p
         .deployment_callback_url
         .ok_or_else(|| WebhookError::Malformed("missing field `deployment_callback_url`".into()))?;
-    let deployment = p.deployment.ok_or_else(|| WebhookError::Malformed("missing field `deployment`".into()))?;
+    let deployment = p
+        .deployment
+        .ok_or_else(|| WebhookError::Malformed("missing field `deployment`".into()))?;
     crate::domain::CommitSha::parse(&deployment.sha)
         .map_err(|e| WebhookError::Malformed(format!("deployment.sha: {e}")))?;
     let (owner, repo) = p
@@ -133,7 +138,10 @@ fn protection_rule(p: Payload, api_url: &Url) -> Result<ProtectionRuleRequest, W
         .map_err(|_| WebhookError::Malformed("deployment_callback_url is not a URL".into()))?;
     let run_id = run_id_from_callback(&parsed, api_url)
         .ok_or_else(|| WebhookError::Malformed("deployment_callback_url does not name a workflow run".into()))?;
-    if parsed.scheme() != api_url.scheme() || parsed.host_str() != api_url.host_str() || parsed.port_or_known_default() != api_url.port_or_known_default() {
+    if parsed.scheme() != api_url.scheme()
+        || parsed.host_str() != api_url.host_str()
+        || parsed.port_or_known_default() != api_url.port_or_known_default()
+    {
         problems.push(Reason::new(
             ReasonCode::CallbackHostMismatch,
             format!(
@@ -175,7 +183,11 @@ fn segments_after_base<'a>(url: &'a Url, api_url: &Url) -> Option<Vec<&'a str>> 
     let all: Vec<&str> = url.path_segments()?.filter(|s| !s.is_empty()).collect();
     // A callback on another host may use another base; fall back to the
     // suffix, which is all the run id parse needs.
-    let rest = if all.starts_with(&base) { all[base.len()..].to_vec() } else { all };
+    let rest = if all.starts_with(&base) {
+        all[base.len()..].to_vec()
+    } else {
+        all
+    };
     Some(rest)
 }
 
@@ -183,7 +195,12 @@ fn segments_after_base<'a>(url: &'a Url, api_url: &Url) -> Option<Vec<&'a str>> 
 fn run_id_from_callback(url: &Url, api_url: &Url) -> Option<u64> {
     let s = segments_after_base(url, api_url)?;
     let n = s.len();
-    if n < 7 || s[n - 1] != "deployment_protection_rule" || s[n - 3] != "runs" || s[n - 4] != "actions" || s[n - 7] != "repos" {
+    if n < 7
+        || s[n - 1] != "deployment_protection_rule"
+        || s[n - 3] != "runs"
+        || s[n - 4] != "actions"
+        || s[n - 7] != "repos"
+    {
         return None;
     }
     s[n - 2].parse().ok().filter(|id| *id > 0)
@@ -221,7 +238,9 @@ mod tests {
     #[test]
     fn parses_the_run_id_from_the_callback() {
         let b = body("https://api.github.com/repos/octo-org/payments/actions/runs/987/deployment_protection_rule");
-        let GithubEvent::ProtectionRule(r) = parse("deployment_protection_rule", &b, &api()).unwrap() else { panic!() };
+        let GithubEvent::ProtectionRule(r) = parse("deployment_protection_rule", &b, &api()).unwrap() else {
+            panic!()
+        };
         assert_eq!(r.run_id, 987);
         assert_eq!(r.installation_id, Some(42));
         assert!(r.problems.is_empty());
@@ -230,7 +249,9 @@ mod tests {
     #[test]
     fn a_callback_on_another_host_is_a_problem_not_a_parse_error() {
         let b = body("https://evil.example/repos/octo-org/payments/actions/runs/987/deployment_protection_rule");
-        let GithubEvent::ProtectionRule(r) = parse("deployment_protection_rule", &b, &api()).unwrap() else { panic!() };
+        let GithubEvent::ProtectionRule(r) = parse("deployment_protection_rule", &b, &api()).unwrap() else {
+            panic!()
+        };
         assert_eq!(r.problems[0].code, ReasonCode::CallbackHostMismatch);
         assert!(!r.callback_trusted());
     }
@@ -238,7 +259,9 @@ mod tests {
     #[test]
     fn a_callback_naming_another_repository_is_an_identity_mismatch() {
         let b = body("https://api.github.com/repos/octo-org/other/actions/runs/987/deployment_protection_rule");
-        let GithubEvent::ProtectionRule(r) = parse("deployment_protection_rule", &b, &api()).unwrap() else { panic!() };
+        let GithubEvent::ProtectionRule(r) = parse("deployment_protection_rule", &b, &api()).unwrap() else {
+            panic!()
+        };
         assert_eq!(r.problems[0].code, ReasonCode::IdentityMismatch);
     }
 
@@ -246,7 +269,9 @@ mod tests {
     fn enterprise_api_base_paths_are_understood() {
         let ghe = Url::parse("https://ghe.example/api/v3").unwrap();
         let b = body("https://ghe.example/api/v3/repos/octo-org/payments/actions/runs/5/deployment_protection_rule");
-        let GithubEvent::ProtectionRule(r) = parse("deployment_protection_rule", &b, &ghe).unwrap() else { panic!() };
+        let GithubEvent::ProtectionRule(r) = parse("deployment_protection_rule", &b, &ghe).unwrap() else {
+            panic!()
+        };
         assert_eq!(r.run_id, 5);
         assert!(r.problems.is_empty());
     }
@@ -260,7 +285,12 @@ mod tests {
 
     #[test]
     fn malformed_json_names_the_position_and_never_echoes_the_body() {
-        let err = parse("deployment_protection_rule", b"{\"action\": \"requested\", \"secret-ish\": ", &api()).unwrap_err();
+        let err = parse(
+            "deployment_protection_rule",
+            b"{\"action\": \"requested\", \"secret-ish\": ",
+            &api(),
+        )
+        .unwrap_err();
         let WebhookError::Malformed(msg) = &err else { panic!() };
         assert!(msg.contains("line 1"), "{msg}");
         assert!(!msg.contains("secret-ish"), "{msg}");
@@ -268,7 +298,10 @@ mod tests {
 
     #[test]
     fn other_events_and_actions_are_ignored() {
-        assert_eq!(parse("push", b"{}", &api()).unwrap(), GithubEvent::Ignored("push".into()));
+        assert_eq!(
+            parse("push", b"{}", &api()).unwrap(),
+            GithubEvent::Ignored("push".into())
+        );
         let b = br#"{"action":"completed","repository":{"full_name":"a/b"}}"#;
         assert_eq!(
             parse("deployment_protection_rule", b, &api()).unwrap(),
@@ -282,9 +315,21 @@ mod tests {
         let secrets = vec![Secret::new("old"), Secret::new("new")];
         let sig = format!("sha256={}", hex::encode(crate::crypto::hmac_sha256(b"new", &[b"body"])));
         assert_eq!(verify_signature(&secrets, Some(&sig), b"body"), Ok(()));
-        assert_eq!(verify_signature(&secrets, Some(&sig), b"body!"), Err(WebhookError::BadSignature));
-        assert_eq!(verify_signature(&secrets, None, b"body"), Err(WebhookError::MissingSignature));
-        assert_eq!(verify_signature(&secrets, Some("sha1=abc"), b"body"), Err(WebhookError::BadSignature));
-        assert_eq!(verify_signature(&secrets, Some("sha256=zz"), b"body"), Err(WebhookError::BadSignature));
+        assert_eq!(
+            verify_signature(&secrets, Some(&sig), b"body!"),
+            Err(WebhookError::BadSignature)
+        );
+        assert_eq!(
+            verify_signature(&secrets, None, b"body"),
+            Err(WebhookError::MissingSignature)
+        );
+        assert_eq!(
+            verify_signature(&secrets, Some("sha1=abc"), b"body"),
+            Err(WebhookError::BadSignature)
+        );
+        assert_eq!(
+            verify_signature(&secrets, Some("sha256=zz"), b"body"),
+            Err(WebhookError::BadSignature)
+        );
     }
 }

@@ -40,7 +40,10 @@ impl WebhookError {
 pub fn standard_webhooks_key(secret: &str) -> Option<Vec<u8>> {
     use base64::Engine;
     let b64 = secret.strip_prefix("whsec_")?;
-    base64::engine::general_purpose::STANDARD.decode(b64).ok().filter(|k| !k.is_empty())
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .ok()
+        .filter(|k| !k.is_empty())
 }
 
 /// Shortens serde's message to something safe and useful for a 400 body: it

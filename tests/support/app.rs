@@ -69,7 +69,14 @@ impl App {
                 panic!("portcullis did not start; its log:\n{}", logs.lock().unwrap());
             }
         };
-        App { child, port, dir, config_path, logs, http: reqwest::Client::new() }
+        App {
+            child,
+            port,
+            dir,
+            config_path,
+            logs,
+            http: reqwest::Client::new(),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -155,7 +162,10 @@ impl App {
                 return body;
             }
             if Instant::now() > deadline {
-                panic!("request {id} did not reach `{want}` in {timeout:?}; last: {code} {body}\nlogs:\n{}", self.logs());
+                panic!(
+                    "request {id} did not reach `{want}` in {timeout:?}; last: {code} {body}\nlogs:\n{}",
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -184,7 +194,10 @@ pub fn read_audit(path: &Path) -> Vec<Value> {
 }
 
 pub fn sign(secret: &str, body: &[u8]) -> String {
-    format!("sha256={}", hex::encode(portcullis::crypto::hmac_sha256(secret.as_bytes(), &[body])))
+    format!(
+        "sha256={}",
+        hex::encode(portcullis::crypto::hmac_sha256(secret.as_bytes(), &[body]))
+    )
 }
 
 async fn status_json(r: reqwest::Response) -> (u16, Value) {
