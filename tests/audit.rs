@@ -327,8 +327,9 @@ async fn a_record_from_a_later_version_with_unknown_fields_verifies_and_resumes(
     let log = FileAudit::open(&path).await.unwrap();
     let third = log.append(event(3)).await.unwrap();
     assert_eq!((third.seq, third.prev_hash.as_str()), (3, hash.as_str()));
-    assert!(
-        third.at.as_str() >= "2030-01-01T00:00:00Z",
+    assert_eq!(
+        portcullis::time_fmt::parse_rfc3339(&third.at),
+        portcullis::time_fmt::parse_rfc3339("2030-01-01T00:00:00Z"),
         "never earlier than the previous record"
     );
     let future = log.get("aud_future").await.unwrap().expect("readable");
@@ -536,6 +537,8 @@ async fn a_failed_write_fails_the_append_and_stops_the_log() {
     let (log, _) = log_with(&dir, 2).await;
     let moved = dir.path().join("moved.jsonl");
     fs::rename(log.path(), &moved).unwrap();
+    // Readiness notices before any write does.
+    assert!(matches!(log.ping().await, Err(AuditError::Io { .. })));
 
     let err = log.append(event(3)).await.expect_err("not durable where it belongs");
     assert!(matches!(err, AuditError::WriteFailed(_)), "{err}");

@@ -50,8 +50,10 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use super::chain::{self, Lines, MAX_LINE_BYTES, VerifyReport, verify_lines};
-use super::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditRecord, monotonic_now, new_id};
-use crate::time_fmt::{parse_rfc3339, rfc3339};
+use super::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditRecord, new_id, record_time};
+use crate::time_fmt::parse_rfc3339;
+
+const MOVED: &str = "the path no longer names the file this log writes (moved or replaced?)";
 
 /// The most records one `write_all` + `fsync` carries.
 pub const MAX_BATCH: usize = 512;
@@ -95,6 +97,8 @@ pub struct FileAudit {
     tx: mpsc::Sender<Job>,
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// (device, inode) of the file the writer holds, on Unix.
+    identity: Option<(u64, u64)>,
 }
 
 impl FileAudit {
@@ -210,12 +214,14 @@ impl AuditLog for FileAudit {
         if finished {
             return Err(AuditError::Closed);
         }
-        let path = self.path.clone();
-        blocking(&self.path, move || {
-            fs::metadata(&path).map(|_| ()).map_err(|e| AuditError::Io {
+        let (path, identity) = (self.path.clone(), self.identity);
+        blocking(&self.path, move || match path_identity(&path) {
+            Ok(id) if id == identity => Ok(()),
+            Ok(_) => Err(AuditError::Io {
                 path: path.display().to_string(),
-                message: e.to_string(),
-            })
+                message: MOVED.into(),
+            }),
+            Err(e) => Err(io_error(&path, "the log file is gone", e)),
         })
         .await
     }
@@ -282,8 +288,9 @@ fn open_blocking(path: PathBuf) -> Result<FileAudit, AuditError> {
     sync_parent_dir(&path);
 
     let shared = Arc::new(Shared::default());
+    let file_identity = identity(&file).map_err(|e| io_error(&path, "reading metadata", e))?;
     let writer = Writer {
-        identity: identity(&file).map_err(|e| io_error(&path, "reading metadata", e))?,
+        identity: file_identity,
         file,
         path: path.clone(),
         seq: report.last_seq,
@@ -303,6 +310,7 @@ fn open_blocking(path: PathBuf) -> Result<FileAudit, AuditError> {
         tx,
         shared,
         thread: Mutex::new(Some(thread)),
+        identity: file_identity,
     })
 }
 
@@ -447,9 +455,9 @@ impl Writer {
         let mut buf = Vec::with_capacity(batch.len() * 1024);
         let mut sealed = Vec::with_capacity(batch.len());
         for (event, reply) in batch {
-            let at = monotonic_now(last_at);
+            let (at, at_text) = record_time(last_at);
             let kind = event.event;
-            match chain::seal(seq + 1, new_id(), rfc3339(at), event, &head) {
+            match chain::seal(seq + 1, new_id(), at_text, event, &head) {
                 Ok(s) if s.line.len() <= MAX_LINE_BYTES => {
                     seq += 1;
                     head.clone_from(&s.record.hash);
@@ -501,7 +509,7 @@ impl Writer {
     fn write_durably(&mut self, buf: &[u8]) -> Result<(), String> {
         match path_identity(&self.path) {
             Ok(id) if id == self.identity => {}
-            Ok(_) => return Err("the path no longer names the file this log writes (moved or replaced?)".into()),
+            Ok(_) => return Err(MOVED.into()),
             Err(e) => return Err(format!("the log file is gone ({e})")),
         }
         self.file.write_all(buf).map_err(|e| format!("write failed: {e}"))?;

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::chain::seal;
-use super::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditRecord, GENESIS, monotonic_now, new_id};
-use crate::time_fmt::{parse_rfc3339, rfc3339};
+use super::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditRecord, GENESIS, new_id, record_time};
+use crate::time_fmt::parse_rfc3339;
 
 #[derive(Default)]
 struct Chain {
@@ -51,12 +51,12 @@ impl MemoryAudit {
 
     fn push(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
         let mut chain = self.lock();
-        let at = monotonic_now(chain.last_at);
+        let (at, at_text) = record_time(chain.last_at);
         let (seq, prev) = match chain.records.last() {
             Some(last) => (last.seq + 1, last.hash.clone()),
             None => (1, GENESIS.to_string()),
         };
-        let sealed = seal(seq, new_id(), rfc3339(at), event, &prev)
+        let sealed = seal(seq, new_id(), at_text, event, &prev)
             .map_err(|e| AuditError::Invalid(format!("the event cannot be encoded: {e}")))?;
         chain.last_at = Some(at);
         chain.records.push(sealed.record.clone());

@@ -19,6 +19,7 @@
 mod chain;
 mod file;
 mod memory;
+pub mod redis;
 
 use std::collections::BTreeMap;
 
@@ -30,6 +31,7 @@ use time::OffsetDateTime;
 pub use chain::{ChainError, MAX_LINE_BYTES, VerifyReport, record_hash, verify_lines};
 pub use file::{FileAudit, get_file, query_file, verify_file};
 pub use memory::MemoryAudit;
+pub use redis::{RedisAudit, RedisAuditReader};
 
 use crate::decision::Reason;
 use crate::domain::{Platform, SlackRef};
@@ -189,8 +191,9 @@ pub struct AuditRecord {
     pub seq: u64,
     /// `aud_` and 20 random hex digits.
     pub id: String,
-    /// When the log chained the record, RFC 3339 in UTC; never earlier than
-    /// the previous record's `at`.
+    /// When the log chained the record: RFC 3339 in UTC with six fraction
+    /// digits (fixed width, so the texts sort as the times do); never earlier
+    /// than the previous record's `at`.
     pub at: String,
     #[serde(flatten)]
     pub event: AuditEvent,
@@ -303,14 +306,25 @@ fn new_id() -> String {
     format!("aud_{}", &hex[..20])
 }
 
-/// `now`, but never before `last`: record times follow chain order even if
-/// the wall clock steps back.
-fn monotonic_now(last: Option<OffsetDateTime>) -> OffsetDateTime {
+/// The time of a new record: now in UTC to the microsecond, but never
+/// before `last`, so record times follow chain order even if the wall clock
+/// steps back. Returns the time and its text, RFC 3339 with exactly six
+/// fraction digits (`2026-11-28T15:23:49.120000Z`): fixed width, so the texts
+/// of records sort as their times do.
+fn record_time(last: Option<OffsetDateTime>) -> (OffsetDateTime, String) {
     let now = OffsetDateTime::now_utc();
-    match last {
+    let now = now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000).unwrap_or(now);
+    let at = match last {
         Some(last) if last > now => last,
         _ => now,
-    }
+    };
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+    let text = at
+        .to_offset(time::UtcOffset::UTC)
+        .format(&format)
+        .unwrap_or_else(|_| crate::time_fmt::rfc3339(at));
+    (at, text)
 }
 
 #[cfg(test)]
@@ -391,6 +405,18 @@ mod tests {
             since: at.map(|t| t + time::Duration::SECOND),
             ..Default::default()
         }));
+    }
+
+    #[test]
+    fn record_times_are_fixed_width_utc_and_never_go_back() {
+        let (at, text) = record_time(None);
+        assert_eq!(text.len(), "2026-11-28T15:23:49.120000Z".len(), "{text}");
+        assert!(text.ends_with('Z'));
+        assert_eq!(crate::time_fmt::parse_rfc3339(&text), Some(at));
+        let future = at + time::Duration::hours(1);
+        let (later, text) = record_time(Some(future));
+        assert_eq!(later, future);
+        assert_eq!(crate::time_fmt::parse_rfc3339(&text), Some(future));
     }
 
     #[test]
