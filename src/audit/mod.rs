@@ -19,7 +19,6 @@
 mod chain;
 mod file;
 mod memory;
-pub mod redis;
 
 use std::collections::BTreeMap;
 
@@ -31,7 +30,6 @@ use time::OffsetDateTime;
 pub use chain::{ChainError, MAX_LINE_BYTES, VerifyReport, record_hash, verify_lines};
 pub use file::{FileAudit, get_file, query_file, verify_file};
 pub use memory::MemoryAudit;
-pub use redis::{RedisAudit, RedisAuditReader};
 
 use crate::decision::Reason;
 use crate::domain::{Platform, SlackRef};
