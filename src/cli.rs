@@ -54,6 +54,11 @@ enum Command {
         /// a trusted producer.
         #[arg(long)]
         verdict: Option<PathBuf>,
+        /// An evidence bundle (schemas/evidence.schema.json), evaluated with
+        /// the environment's Rego policy from `[policies]`, as the service
+        /// would for a policy-gate job that posts evidence.
+        #[arg(long, conflicts_with = "verdict")]
+        evidence: Option<PathBuf>,
     },
     /// The audit trail.
     Audit {
@@ -152,16 +157,32 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             webhook,
             token,
             verdict,
+            evidence,
         } => {
             let config = load(&config.config)?;
-            runtime()?.block_on(decide(config, &webhook, token.as_deref(), verdict.as_deref()))
+            runtime()?.block_on(decide(
+                config,
+                &webhook,
+                token.as_deref(),
+                verdict.as_deref(),
+                evidence.as_deref(),
+            ))
         }
         Command::Audit {
             command: AuditCommand::Verify(a),
         } => {
             let config = load_for_audit(&a.config)?;
-            let path = audit_path(&config)?;
-            match crate::audit::verify_file(&path) {
+            let (shown, result) = match audit_path(&config)? {
+                Some(path) => (path.display().to_string(), crate::audit::verify_file(&path)),
+                // Redis: exported to a temporary file, verified by the same code.
+                None => runtime()?.block_on(async {
+                    match crate::audit::RedisAuditReader::from_config(&config) {
+                        Ok(reader) => (reader.shown().to_string(), reader.verify().await),
+                        Err(e) => ("redis".to_string(), Err(e)),
+                    }
+                }),
+            };
+            match result {
                 Ok(report) => {
                     println!(
                         "audit chain OK: {} record(s), last seq {}, head {}",
@@ -169,7 +190,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     );
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(e) => Err(format!("audit chain broken in {}: {e}", path.display())),
+                Err(e @ crate::audit::AuditError::Chain { .. }) => Err(format!("audit chain broken in {shown}: {e}")),
+                Err(e) if matches!(config.audit.backend, AuditBackend::Redis) => {
+                    Err(format!("cannot verify {shown}: {e}"))
+                }
+                Err(e) => Err(format!("audit chain broken in {shown}: {e}")),
             }
         }
         Command::Audit {
@@ -191,7 +216,6 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 ),
                 None => None,
             };
-            let path = audit_path(&config)?;
             let filter = crate::audit::AuditFilter {
                 environment,
                 sha,
@@ -200,7 +224,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 since,
                 limit: None,
             };
-            let records = crate::audit::query_file(&path, &filter).map_err(|e| e.to_string())?;
+            let records = match audit_path(&config)? {
+                Some(path) => crate::audit::query_file(&path, &filter),
+                // Redis: a walk of the stream with the same filter.
+                None => runtime()?.block_on(async {
+                    crate::audit::RedisAuditReader::from_config(&config)?
+                        .query(&filter)
+                        .await
+                }),
+            }
+            .map_err(|e| e.to_string())?;
             for r in records {
                 println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
             }
@@ -209,10 +242,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     }
 }
 
-fn audit_path(config: &Config) -> Result<PathBuf, String> {
+/// The audit file, or `None` when the trail is in Redis (`[state]` url).
+fn audit_path(config: &Config) -> Result<Option<PathBuf>, String> {
     match &config.audit.backend {
-        AuditBackend::File { path } => Ok(path.clone()),
-        AuditBackend::Redis => Err("the audit trail is in Redis; this command reads the file backend".into()),
+        AuditBackend::File { path } => Ok(Some(path.clone())),
+        AuditBackend::Redis => Ok(None),
     }
 }
 
@@ -229,6 +263,7 @@ async fn decide(
     webhook: &Path,
     token: Option<&Path>,
     verdict: Option<&Path>,
+    evidence: Option<&Path>,
 ) -> Result<ExitCode, String> {
     let now = OffsetDateTime::now_utc();
     let body = read_file(webhook, "webhook")?;
@@ -277,38 +312,64 @@ async fn decide(
     };
 
     let mut policy = config.environment(&request.environment).cloned();
-    let verdict = match verdict {
-        None => None,
-        Some(path) => {
+    // A verdict file (`allow` or `evidence`) or a bare evidence bundle.
+    let posted: Option<(crate::gate::VerdictBody, String)> = match (verdict, evidence) {
+        (Some(path), _) => {
             let body: crate::gate::VerdictBody = serde_json::from_slice(&read_file(path, "verdict")?)
                 .map_err(|e| format!("verdict {}: {e}", path.display()))?;
-            let allow = body
-                .allow
-                .ok_or("the verdict file needs `allow` (evidence is evaluated by the service)")?;
+            Some((body, path.display().to_string()))
+        }
+        (None, Some(path)) => {
+            let bundle: serde_json::Value = serde_json::from_slice(&read_file(path, "evidence")?)
+                .map_err(|e| format!("evidence {}: {e}", path.display()))?;
+            let body = crate::gate::VerdictBody {
+                environment: request.environment.clone(),
+                sha: request.sha.clone(),
+                policy: None,
+                allow: None,
+                evidence: Some(bundle),
+                evidence_digest: None,
+                reasons: Vec::new(),
+            };
+            Some((body, path.display().to_string()))
+        }
+        (None, None) => None,
+    };
+    let verdict = match posted {
+        None => None,
+        Some((body, source)) => {
             // The file stands for a trusted producer's post: accept any producer.
             if let Some(p) = policy.as_mut() {
                 p.verdict.producers = vec![Default::default()];
             }
-            Some(Verdict {
+            let mut v = Verdict {
                 platform: request.platform,
                 repository: request.repository.clone(),
                 sha: body.sha.to_ascii_lowercase(),
-                environment: body.environment,
-                allow,
+                environment: body.environment.clone(),
+                allow: body.allow.unwrap_or(false),
                 source: VerdictSource::Asserted,
-                policy: body.policy,
-                evidence_digest: body.evidence_digest,
+                policy: body.policy.clone(),
+                evidence_digest: body.evidence_digest.clone(),
                 policy_revision: None,
-                reasons: body.reasons,
+                reasons: body.reasons.clone(),
                 producer: Producer {
                     issuer: "file".into(),
-                    subject: path.display().to_string(),
+                    subject: source,
                     actor: String::new(),
                     claims: Default::default(),
                     token_sha256: String::new(),
                 },
                 recorded_at: now,
-            })
+            };
+            match (&body.evidence, body.allow) {
+                (Some(bundle), None) => {
+                    evaluate_offline(&config, policy.as_ref(), &mut v, bundle, attestation.as_ref(), now)?
+                }
+                (None, Some(_)) => {}
+                _ => return Err("the verdict file needs exactly one of `allow` or `evidence`".into()),
+            }
+            Some(v)
         }
     };
     let decision = decision::evaluate(&Inputs {
@@ -334,6 +395,51 @@ async fn decide(
         Outcome::Rejected => ExitCode::from(2),
         Outcome::Pending => ExitCode::from(3),
     })
+}
+
+/// Evaluates an evidence bundle with the configured Rego policies, as the
+/// service does for `POST /v1/verdicts` with `evidence`; the attested actor
+/// (if a token was given) stands for the poster.
+fn evaluate_offline(
+    config: &Config,
+    policy: Option<&crate::config::EnvironmentPolicy>,
+    verdict: &mut Verdict,
+    bundle: &serde_json::Value,
+    attestation: Option<&crate::domain::Attestation>,
+    now: OffsetDateTime,
+) -> Result<(), String> {
+    let policy = policy.ok_or_else(|| format!("environment `{}` is not configured", verdict.environment))?;
+    let query = policy
+        .verdict
+        .policy
+        .clone()
+        .or_else(|| verdict.policy.clone())
+        .ok_or_else(|| format!("environments.{}.verdict.policy names no query to evaluate", policy.name))?;
+    crate::verdict::validate_evidence(bundle).map_err(|e| format!("invalid evidence: evidence{e}"))?;
+    let engine = crate::server::load_policies(config)
+        .map_err(|e| e.to_string())?
+        .ok_or("no [policies] paths are configured")?;
+    let (actor, claims) = attestation
+        .map(|a| (a.actor.clone(), a.claims.clone()))
+        .unwrap_or_default();
+    let input = crate::verdict::build_input(
+        bundle,
+        &policy.name,
+        &verdict.sha,
+        &verdict.repository,
+        &actor,
+        &claims,
+        &serde_json::json!([]),
+        now,
+    );
+    let evaluation = engine.evaluate(&query, &input, now).map_err(|e| e.to_string())?;
+    verdict.allow = evaluation.allow;
+    verdict.reasons = evaluation.reasons;
+    verdict.source = VerdictSource::Evaluated;
+    verdict.policy = Some(query);
+    verdict.evidence_digest = Some(crate::verdict::evidence_digest(bundle));
+    verdict.policy_revision = Some(engine.revision().to_string());
+    Ok(())
 }
 
 fn init_tracing(format: LogFormat) {

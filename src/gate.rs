@@ -31,9 +31,6 @@ use crate::identity::{TokenError, VerifiedToken, Verifier};
 use crate::platform::{CallResult, PlatformClient};
 use crate::state::{Cas, Lease, SharedStore, StateError};
 
-/// How long a lease lets one replica act on a request before another may
-/// take over. Longer than a platform call with its retries.
-const LEASE_TTL: Duration = Duration::from_secs(60);
 /// Transient platform failures are retried this many times (by re-driving).
 const MAX_PLATFORM_ATTEMPTS: u32 = 5;
 /// How often the sweeper looks for timed-out and abandoned requests.
@@ -89,6 +86,9 @@ pub enum GateError {
     Invalid { code: &'static str, message: String },
     #[error("{message}")]
     Forbidden { code: &'static str, message: String },
+    /// A dependency (an OPA server) could not answer; retryable.
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
 }
 
 /// The body of `POST /v1/verdicts`.
@@ -121,6 +121,9 @@ pub struct Gate {
     runtime: tokio::runtime::Handle,
     pub metrics: Metrics,
     notifier: std::sync::OnceLock<Arc<dyn Notifier>>,
+    /// Compiled Rego policies, for environments with `verdict.mode = "evaluated"`.
+    policies: Option<Arc<crate::verdict::PolicyEngine>>,
+    opa: crate::verdict::OpaClient,
 }
 
 impl Gate {
@@ -143,7 +146,33 @@ impl Gate {
             runtime,
             metrics: Metrics::default(),
             notifier: std::sync::OnceLock::new(),
+            policies: None,
+            opa: crate::verdict::OpaClient::new(reqwest::Client::new()),
         })
+    }
+
+    /// A gate that evaluates evidence with `policies` (in process) and `opa`
+    /// (OPA servers).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_policies(
+        config: Arc<Config>,
+        store: SharedStore,
+        audit: Arc<dyn AuditLog>,
+        verifier: Arc<Verifier>,
+        platforms: Platforms,
+        runtime: tokio::runtime::Handle,
+        policies: Option<Arc<crate::verdict::PolicyEngine>>,
+        opa: crate::verdict::OpaClient,
+    ) -> Arc<Gate> {
+        let gate = Gate::new(config, store, audit, verifier, platforms, runtime);
+        match Arc::try_unwrap(gate) {
+            Ok(mut g) => {
+                g.policies = policies;
+                g.opa = opa;
+                Arc::new(g)
+            }
+            Err(shared) => shared,
+        }
     }
 
     /// Installs the notifier (once, at start).
@@ -161,17 +190,23 @@ impl Gate {
     }
 
     /// Records the Slack message mirroring a request (compare-and-set, retried).
-    pub async fn set_slack_ref(&self, id: &str, slack: crate::domain::SlackRef) -> Result<(), GateError> {
+    /// Returns `false`, writing nothing, while the request is `Deciding`: the
+    /// decision's own writes must not meet a conflict; the notifier is told
+    /// again when the request is answered and records it then.
+    pub async fn set_slack_ref(&self, id: &str, slack: crate::domain::SlackRef) -> Result<bool, GateError> {
         for _ in 0..8 {
             let Some(mut req) = self.store.get_request(id).await? else {
-                return Ok(());
+                return Ok(false);
             };
             if req.slack.as_ref() == Some(&slack) {
-                return Ok(());
+                return Ok(true);
+            }
+            if req.status == RequestStatus::Deciding {
+                return Ok(false);
             }
             req.slack = Some(slack.clone());
             if let Cas::Written(_) = self.store.update_request(&req).await? {
-                return Ok(());
+                return Ok(true);
             }
         }
         Err(GateError::State(StateError(
@@ -326,9 +361,28 @@ impl Gate {
         })?;
         let sha =
             crate::domain::CommitSha::parse(&body.sha).map_err(|m| invalid("invalid_sha", format!("sha: {m}")))?;
-        let (allow, source, reasons) = match (body.allow, &body.evidence) {
-            (Some(allow), None) => (allow, VerdictSource::Asserted, body.reasons.clone()),
-            (None, Some(_)) => {
+        if let Some(d) = &body.evidence_digest
+            && !is_sha256_digest(d)
+        {
+            return Err(invalid(
+                "invalid_evidence_digest",
+                "evidence_digest must be `sha256:` followed by 64 hex digits".into(),
+            ));
+        }
+        let mode = policy.verdict.mode;
+        match (body.allow, &body.evidence, mode) {
+            (Some(_), None, crate::config::VerdictMode::Asserted) => {}
+            (None, Some(_), crate::config::VerdictMode::Evaluated | crate::config::VerdictMode::Opa) => {}
+            (Some(_), None, _) => {
+                return Err(invalid(
+                    "evidence_required",
+                    format!(
+                        "environment `{}` evaluates evidence itself: post `evidence`, not `allow`",
+                        body.environment
+                    ),
+                ));
+            }
+            (None, Some(_), _) => {
                 return Err(invalid(
                     "evidence_not_supported",
                     format!(
@@ -343,14 +397,6 @@ impl Gate {
                     "exactly one of `allow` or `evidence` is required".into(),
                 ));
             }
-        };
-        if let Some(d) = &body.evidence_digest
-            && !is_sha256_digest(d)
-        {
-            return Err(invalid(
-                "invalid_evidence_digest",
-                "evidence_digest must be `sha256:` followed by 64 hex digits".into(),
-            ));
         }
         if !policy
             .verdict
@@ -367,21 +413,112 @@ impl Gate {
                 ),
             });
         }
-        let verdict = Verdict {
+        let mut verdict = Verdict {
             platform: verified.platform,
             repository: verified.repository.clone(),
             sha: sha.to_string(),
             environment: body.environment.clone(),
-            allow,
-            source,
+            allow: body.allow.unwrap_or(false),
+            source: VerdictSource::Asserted,
             policy: body.policy.clone(),
             evidence_digest: body.evidence_digest.clone(),
             policy_revision: None,
-            reasons,
+            reasons: body.reasons.clone(),
             producer: producer_of(&verified),
             recorded_at: now,
         };
+        if let Some(evidence) = &body.evidence {
+            self.evaluate_evidence(
+                &mut verdict,
+                policy,
+                evidence,
+                &verified,
+                body.evidence_digest.as_deref(),
+                now,
+            )
+            .await?;
+        }
         self.store_verdict(verdict).await
+    }
+
+    /// Evaluates posted evidence with the environment's policy (in process or
+    /// on an OPA server) into `verdict`: allow, reasons, the evidence digest
+    /// and the policy's revision. A policy that fails to evaluate records a
+    /// denying verdict that says so; an OPA server that cannot answer is a
+    /// 503 for the poster to retry. Neither is ever an allow.
+    pub async fn evaluate_evidence(
+        &self,
+        verdict: &mut Verdict,
+        policy: &crate::config::EnvironmentPolicy,
+        evidence: &serde_json::Value,
+        poster: &VerifiedToken,
+        claimed_digest: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<(), GateError> {
+        let invalid = |code: &'static str, message: String| GateError::Invalid { code, message };
+        crate::verdict::validate_evidence(evidence).map_err(|e| invalid("invalid_evidence", format!("evidence{e}")))?;
+        let digest = crate::verdict::evidence_digest(evidence);
+        if let Some(claimed) = claimed_digest
+            && !claimed.eq_ignore_ascii_case(&digest)
+        {
+            return Err(invalid(
+                "evidence_digest_mismatch",
+                format!("evidence_digest {claimed} is not the digest of the posted evidence ({digest})"),
+            ));
+        }
+        let query = policy.verdict.policy.clone().unwrap_or_default();
+        let input = crate::verdict::build_input(
+            evidence,
+            &policy.name,
+            &verdict.sha,
+            &poster.repository,
+            &poster.actor,
+            &poster.claims,
+            &json!([]),
+            now,
+        );
+        let unavailable = |message: &str| GateError::Unavailable {
+            code: "policy_unavailable",
+            message: message.into(),
+        };
+        let (evaluation, revision) = if policy.verdict.mode == crate::config::VerdictMode::Opa {
+            let url = policy
+                .verdict
+                .opa_url
+                .clone()
+                .ok_or_else(|| unavailable("no opa_url is configured"))?;
+            match self.opa.evaluate(&url, &query, &input).await {
+                Ok(e) => (e, format!("opa:{}", url.as_str().trim_end_matches('/'))),
+                Err(e) => {
+                    warn!(error = %e, environment = %policy.name, "OPA evaluation failed");
+                    return Err(unavailable("the OPA server did not answer; try again"));
+                }
+            }
+        } else {
+            let engine = self
+                .policies
+                .as_ref()
+                .ok_or_else(|| unavailable("no Rego policies are loaded"))?;
+            let revision = engine.revision().to_string();
+            match engine.evaluate(&query, &input, now) {
+                Ok(e) => (e, revision),
+                Err(e) => {
+                    warn!(error = %e, environment = %policy.name, "policy evaluation failed; recording a denying verdict");
+                    let reasons = vec![format!("policy evaluation failed: {e}")];
+                    (crate::verdict::Evaluation { allow: false, reasons }, revision)
+                }
+            }
+        };
+        verdict.allow = evaluation.allow;
+        verdict.reasons = evaluation.reasons;
+        verdict.source = match policy.verdict.mode {
+            crate::config::VerdictMode::Opa => VerdictSource::Opa,
+            _ => VerdictSource::Evaluated,
+        };
+        verdict.policy = Some(query);
+        verdict.evidence_digest = Some(digest);
+        verdict.policy_revision = Some(revision);
+        Ok(())
     }
 
     /// Stores a verdict as the latest for its key, audits it and re-evaluates
@@ -611,7 +748,11 @@ impl Gate {
                     }
                     return Ok(());
                 }
-                let Some(lease) = self.store.acquire_lease(id, &self.holder, LEASE_TTL).await? else {
+                let Some(lease) = self
+                    .store
+                    .acquire_lease(id, &self.holder, self.config.state.lease_ttl)
+                    .await?
+                else {
                     // Another replica is acting on it.
                     return Ok(());
                 };
@@ -660,7 +801,11 @@ impl Gate {
     /// Takes over a `Deciding` request whose lease lapsed (its replica died
     /// or its platform call failed transiently).
     async fn redrive(self: &Arc<Self>, req: DeploymentRequest) -> Result<(), GateError> {
-        let Some(lease) = self.store.acquire_lease(&req.id, &self.holder, LEASE_TTL).await? else {
+        let Some(lease) = self
+            .store
+            .acquire_lease(&req.id, &self.holder, self.config.state.lease_ttl)
+            .await?
+        else {
             return Ok(());
         };
         // Re-read under the lease: the previous holder may have finished.

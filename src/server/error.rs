@@ -98,6 +98,7 @@ impl From<GateError> for ApiError {
                 ApiError::new(status, code, message)
             }
             GateError::Forbidden { code, message } => ApiError::new(StatusCode::FORBIDDEN, code, message),
+            GateError::Unavailable { code, message } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message),
         }
     }
 }

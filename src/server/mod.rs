@@ -2,7 +2,9 @@
 //! shared state and registers every route, so tests run the real thing.
 
 mod error;
+mod reviews;
 mod routes;
+mod slack_routes;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -31,6 +33,29 @@ pub enum StartError {
     State(String),
     #[error("{0}")]
     Platform(String),
+    #[error("policy: {0}")]
+    Policy(String),
+}
+
+/// Loads and compiles the Rego policies at start; a module that does not
+/// compile stops the start, naming its file and line.
+pub fn load_policies(config: &Config) -> Result<Option<Arc<crate::verdict::PolicyEngine>>, StartError> {
+    if config.policies.paths.is_empty() {
+        return Ok(None);
+    }
+    let approvers = config.environments.iter().map(|(name, e)| (name.clone(), e.approvers.clone())).collect();
+    let engine = crate::verdict::PolicyEngine::load(&config.policies.paths, &approvers)
+        .map_err(|e| StartError::Policy(e.to_string()))?;
+    for (name, env) in &config.environments {
+        if env.verdict.mode == crate::config::VerdictMode::Evaluated
+            && let Some(q) = &env.verdict.policy
+        {
+            crate::verdict::validate_query(q)
+                .map_err(|e| StartError::Policy(format!("environments.{name}.verdict.policy: {e}")))?;
+        }
+    }
+    tracing::info!(revision = engine.revision(), "policies loaded");
+    Ok(Some(Arc::new(engine)))
 }
 
 /// A built, bound application: `port()` is known before `run`.
@@ -51,16 +76,24 @@ impl Application {
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| StartError::Platform(format!("cannot build the HTTP client: {e}")))?;
-        let verifier = Arc::new(Verifier::new(config.issuers.clone(), http));
+        let verifier = Arc::new(Verifier::new(config.issuers.clone(), http.clone()));
         let platforms = build_platforms(&config)?;
-        let gate = Gate::new(
+        let policies = load_policies(&config)?;
+        let opa = crate::verdict::OpaClient::new(http.clone());
+        let gate = Gate::with_policies(
             config.clone(),
             store,
             audit,
             verifier,
             platforms,
             tokio::runtime::Handle::current(),
+            policies,
+            opa,
         );
+        if let Some(slack) = &config.slack {
+            let notifier = crate::slack::SlackNotifier::from_config(slack).map_err(StartError::Platform)?;
+            gate.set_notifier(notifier);
+        }
 
         let listener = TcpListener::bind(config.server.listen).map_err(|source| StartError::Bind {
             addr: config.server.listen.to_string(),
@@ -128,7 +161,13 @@ impl Application {
 async fn build_store(config: &Config) -> Result<SharedStore, StartError> {
     match &config.state.backend {
         StateBackend::Memory => Ok(Arc::new(crate::state::MemoryStore::new())),
-        StateBackend::Redis { .. } => Err(StartError::State("the redis state backend is not built yet".into())),
+        StateBackend::Redis { url, key_prefix } => {
+            // Connects lazily: the service starts while Redis is down, and
+            // `/readyz` (503) and webhooks (503) say so until it is back.
+            let store = crate::state::redis::RedisStore::connect(url.expose(), key_prefix)
+                .map_err(|e| StartError::State(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
     }
 }
 
@@ -140,7 +179,19 @@ async fn build_audit(config: &Config, _store: &SharedStore) -> Result<Arc<dyn Au
                 .map_err(|e| StartError::Audit(e.to_string()))?;
             Ok(Arc::new(log))
         }
-        AuditBackend::Redis => Err(StartError::Audit("the redis audit backend is not built yet".into())),
+        AuditBackend::Redis => {
+            let StateBackend::Redis { url, key_prefix } = &config.state.backend else {
+                return Err(StartError::Audit("audit.backend = \"redis\" needs state.backend = \"redis\"".into()));
+            };
+            let options = crate::audit::redis::RedisAuditOptions {
+                require_persistence: config.audit.require_persistence,
+                ..Default::default()
+            };
+            let log = crate::audit::RedisAudit::open(url.expose(), key_prefix, options)
+                .await
+                .map_err(|e| StartError::Audit(e.to_string()))?;
+            Ok(Arc::new(log))
+        }
     }
 }
 
