@@ -19,6 +19,7 @@
 mod chain;
 mod file;
 mod memory;
+pub mod redis;
 
 use std::collections::BTreeMap;
 
@@ -30,6 +31,7 @@ use time::OffsetDateTime;
 pub use chain::{ChainError, MAX_LINE_BYTES, VerifyReport, record_hash, verify_lines};
 pub use file::{FileAudit, get_file, query_file, verify_file};
 pub use memory::MemoryAudit;
+pub use redis::{RedisAudit, RedisAuditReader};
 
 use crate::decision::Reason;
 use crate::domain::{Platform, SlackRef};

@@ -96,6 +96,10 @@ pub struct StateConfig {
     pub backend: StateBackend,
     pub attestation_ttl: Duration,
     pub verdict_ttl: Duration,
+    /// How long a request's lease lets one replica act on it before another
+    /// may take over: longer than a platform call with its retries. Not in
+    /// the documented contract (default 60 s); tests shorten it.
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -626,6 +630,10 @@ impl Validator<'_> {
         if matches!(backend, StateBackend::Memory) && (raw.url.is_some() || raw.key_prefix.is_some()) {
             self.err("state.url", "only applies to the \"redis\" backend");
         }
+        let lease_ttl = self.duration("state.lease_ttl", raw.lease_ttl.as_deref(), Duration::from_secs(60));
+        if lease_ttl < Duration::from_secs(1) {
+            self.err("state.lease_ttl", "must be at least 1s");
+        }
         StateConfig {
             backend,
             attestation_ttl: self.duration(
@@ -638,6 +646,7 @@ impl Validator<'_> {
                 raw.verdict_ttl.as_deref(),
                 Duration::from_secs(7 * 24 * 3600),
             ),
+            lease_ttl,
         }
     }
 

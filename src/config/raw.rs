@@ -69,6 +69,8 @@ pub(super) struct RawState {
     pub key_prefix: Option<String>,
     pub attestation_ttl: Option<String>,
     pub verdict_ttl: Option<String>,
+    /// Hidden: how long a request's lease lasts (tests shorten it).
+    pub lease_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -208,6 +208,8 @@ impl Failure {
 struct Answered {
     status: StatusCode,
     body: Vec<u8>,
+    /// The `Link` header (pagination), when present.
+    link: Option<String>,
 }
 
 impl GithubClient {
@@ -397,6 +399,11 @@ impl GithubClient {
             let outcome = tokio::time::timeout(self.timeout, async {
                 let mut response = request.send().await?;
                 let status = response.status();
+                let link = response
+                    .headers()
+                    .get(reqwest::header::LINK)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 let mut bytes = Vec::new();
                 while let Some(chunk) = response.chunk().await? {
                     // Past the cap the rest is not needed: a message is
@@ -406,7 +413,7 @@ impl GithubClient {
                     }
                     bytes.extend_from_slice(&chunk);
                 }
-                Ok::<_, reqwest::Error>(Answered { status, body: bytes })
+                Ok::<_, reqwest::Error>(Answered { status, body: bytes, link })
             })
             .await;
             let failure = match outcome {
@@ -547,6 +554,33 @@ impl GithubClient {
             .host_str()
             .map(|h| (h.to_ascii_lowercase(), callback.port_or_known_default()));
         host.is_some() && host == self.api_host
+    }
+}
+
+// ----- App-level calls, for the redelivery reconciler (platform/redeliver.rs)
+
+/// The answer to an App-authenticated call.
+pub(crate) struct AppAnswer {
+    pub status: u16,
+    /// The `Link` header, for pagination.
+    pub link: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl GithubClient {
+    /// Sends one request authenticated as the App (a fresh App JWT per
+    /// attempt), with the client's headers, timeout and retries. An `Err`
+    /// is a short, secret-free sentence.
+    pub(crate) async fn app_call(&self, method: Method, url: Url, max_body: usize) -> Result<AppAnswer, String> {
+        match self.call(method, url, Auth::AppJwt, None, max_body).await {
+            Ok(a) => Ok(AppAnswer { status: a.status.as_u16(), link: a.link, body: a.body }),
+            Err(f) => Err(f.describe("GitHub App call")),
+        }
+    }
+
+    /// GitHub's `message` in an error body, short and on one line.
+    pub(crate) fn message_of(body: &[u8]) -> Option<String> {
+        github_message(body)
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod github;
 pub mod gitlab;
+pub mod redeliver;
 
 use async_trait::async_trait;
 

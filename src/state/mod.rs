@@ -56,6 +56,13 @@ pub trait Store: Send + Sync + 'static {
     /// be stored is processed again.
     async fn forget_delivery(&self, id: &str) -> StateResult<()>;
 
+    /// Whether a delivery id is recorded (read only; for the GitHub
+    /// redelivery reconciler). `false` when the backend cannot tell: a
+    /// redelivery is then deduplicated on arrival, as any delivery is.
+    async fn delivery_seen(&self, _id: &str) -> StateResult<bool> {
+        Ok(false)
+    }
+
     /// Stores the attestation as the latest for its run.
     async fn put_attestation(&self, run_key: &str, att: &Attestation, ttl: Duration) -> StateResult<()>;
     async fn get_attestation(&self, run_key: &str) -> StateResult<Option<Attestation>>;

@@ -203,6 +203,11 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn delivery_seen(&self, id: &str) -> StateResult<bool> {
+        let mut c = self.conn.clone();
+        c.exists(self.key("d", id)).await.map_err(err)
+    }
+
     async fn put_attestation(&self, run_key: &str, att: &Attestation, ttl: Duration) -> StateResult<()> {
         let mut c = self.conn.clone();
         let _: () = c

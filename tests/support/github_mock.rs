@@ -170,6 +170,8 @@ struct Inner {
     revoked: HashSet<String>,
     installations: HashMap<String, u64>,
     token_lifetime: Option<time::Duration>,
+    /// The App's webhook deliveries, newest first (see the deliveries section).
+    deliveries: Vec<Value>,
 }
 
 struct Shared {
@@ -403,7 +405,10 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
 
     let outcome = match full_path.strip_prefix(&shared.prefix) {
         Some(path) if shared.prefix.is_empty() || path.starts_with('/') => {
-            route(&shared, &method, path, &headers, json_body.as_ref(), &raw_body)
+            match deliveries_route(&shared, &method, path, req.query_string(), &headers) {
+                Some(outcome) => outcome,
+                None => route(&shared, &method, path, &headers, json_body.as_ref(), &raw_body),
+            }
         }
         _ => Outcome::Rejected {
             status: 404,
@@ -448,6 +453,11 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
         actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = HttpResponse::build(code);
     response.insert_header(("X-GitHub-Api-Version-Selected", API_VERSION));
+    if (200..300).contains(&status)
+        && let Some(link) = deliveries_link(&shared, &req)
+    {
+        response.insert_header(("Link", link));
+    }
     match response_body {
         Some(b) if status != 204 => response
             .content_type("application/json; charset=utf-8")
@@ -701,5 +711,163 @@ fn installation_body(id: u64, owner: &str) -> Value {
         "single_file_paths": [],
         "suspended_by": null,
         "suspended_at": null
+    })
+}
+
+// ----- The App's webhook deliveries (the redelivery reconciler) -----------
+//
+// - `GET /app/hook/deliveries?per_page=N&cursor=C`: requires the App JWT;
+//   answers the deliveries set with [`GithubMock::set_deliveries`], newest
+//   first, `per_page` (default 30, at most 100) at a time, with a `Link`
+//   header whose `rel="next"` URL carries the next page's `cursor`.
+// - `POST /app/hook/deliveries/{delivery_id}/attempts`: requires the App JWT
+//   and an id that is in the list (else 404); answers 202 `{}`.
+
+impl GithubMock {
+    /// The deliveries `GET /app/hook/deliveries` lists, newest first (build
+    /// them with [`delivery_item`]).
+    pub fn set_deliveries(&self, items: Vec<Value>) {
+        self.shared.lock().deliveries = items;
+    }
+
+    /// The delivery ids redelivery was asked for (accepted requests), in order.
+    pub fn redelivery_requests(&self) -> Vec<u64> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/attempts") && r.status == 202)
+            .filter_map(|r| r.path.split('/').rev().nth(1).and_then(|id| id.parse().ok()))
+            .collect()
+    }
+
+    /// Listing requests (any status), in order.
+    pub fn delivery_listings(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/app/hook/deliveries"))
+            .collect()
+    }
+}
+
+/// A real-shaped item of `GET /app/hook/deliveries`.
+pub fn delivery_item(
+    id: u64,
+    guid: &str,
+    delivered_at: time::OffsetDateTime,
+    status_code: u16,
+    event: &str,
+    redelivery: bool,
+) -> Value {
+    let status = match status_code {
+        200..=299 => "OK".to_string(),
+        0 => "timed out".to_string(),
+        code => format!("Invalid HTTP Response: {code}"),
+    };
+    json!({
+        "id": id,
+        "guid": guid,
+        "delivered_at": delivered_at
+            .replace_nanosecond(0)
+            .unwrap_or(delivered_at)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        "redelivery": redelivery,
+        "duration": 0.27,
+        "status": status,
+        "status_code": status_code,
+        "event": event,
+        "action": if event == "deployment_protection_rule" { json!("requested") } else { Value::Null },
+        "installation_id": TEST_INSTALLATION_ID,
+        "repository_id": 1296269,
+        "throttled_at": null
+    })
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn page_bounds(query: &str, total: usize) -> Result<(usize, usize), String> {
+    let per_page = match query_param(query, "per_page") {
+        None => 30,
+        Some(p) => p
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or("mock: per_page must be 1..=100")?,
+    };
+    let start = match query_param(query, "cursor") {
+        None => 0,
+        Some(c) => c
+            .strip_prefix("v1_")
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or("mock: unknown cursor")?,
+    };
+    Ok((start.min(total), (start + per_page).min(total)))
+}
+
+fn deliveries_route(
+    shared: &Shared,
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &BTreeMap<String, String>,
+) -> Option<Outcome> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let list = match (method, segments.as_slice()) {
+        ("GET", ["app", "hook", "deliveries"]) => true,
+        ("POST", ["app", "hook", "deliveries", _, "attempts"]) => false,
+        _ => return None,
+    };
+    if let Err(message) = check_common_headers(headers).and_then(|()| check_app_jwt(shared, headers)) {
+        return Some(Outcome::Rejected { status: 400, message });
+    }
+    let inner = shared.lock();
+    if list {
+        return Some(match page_bounds(query, inner.deliveries.len()) {
+            Ok((from, to)) => Outcome::Normal {
+                status: 200,
+                body: Some(Value::Array(inner.deliveries[from..to].to_vec())),
+            },
+            Err(message) => Outcome::Rejected { status: 400, message },
+        });
+    }
+    let known = segments[3]
+        .parse::<u64>()
+        .ok()
+        .is_some_and(|id| inner.deliveries.iter().any(|d| d["id"] == id));
+    Some(if known {
+        Outcome::Normal {
+            status: 202,
+            body: Some(json!({})),
+        }
+    } else {
+        Outcome::Rejected {
+            status: 404,
+            message: "Not Found".into(),
+        }
+    })
+}
+
+/// The `Link` header of a deliveries page that has a next page.
+fn deliveries_link(shared: &Shared, req: &HttpRequest) -> Option<String> {
+    let path = req.path().strip_prefix(&shared.prefix)?;
+    if req.method() != actix_web::http::Method::GET || path != "/app/hook/deliveries" {
+        return None;
+    }
+    let total = shared.lock().deliveries.len();
+    let (_, to) = page_bounds(req.query_string(), total).ok()?;
+    let per_page = query_param(req.query_string(), "per_page").unwrap_or_else(|| "30".into());
+    let base = format!(
+        "http://{}{}{}",
+        req.connection_info().host(),
+        shared.prefix,
+        "/app/hook/deliveries"
+    );
+    (to < total).then(|| {
+        format!(
+            "<{base}?per_page={per_page}&cursor=v1_{to}>; rel=\"next\", <{base}?per_page={per_page}>; rel=\"first\""
+        )
     })
 }
