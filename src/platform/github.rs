@@ -413,7 +413,11 @@ impl GithubClient {
                     }
                     bytes.extend_from_slice(&chunk);
                 }
-                Ok::<_, reqwest::Error>(Answered { status, body: bytes, link })
+                Ok::<_, reqwest::Error>(Answered {
+                    status,
+                    body: bytes,
+                    link,
+                })
             })
             .await;
             let failure = match outcome {
@@ -573,7 +577,11 @@ impl GithubClient {
     /// is a short, secret-free sentence.
     pub(crate) async fn app_call(&self, method: Method, url: Url, max_body: usize) -> Result<AppAnswer, String> {
         match self.call(method, url, Auth::AppJwt, None, max_body).await {
-            Ok(a) => Ok(AppAnswer { status: a.status.as_u16(), link: a.link, body: a.body }),
+            Ok(a) => Ok(AppAnswer {
+                status: a.status.as_u16(),
+                link: a.link,
+                body: a.body,
+            }),
             Err(f) => Err(f.describe("GitHub App call")),
         }
     }

@@ -181,7 +181,9 @@ async fn build_audit(config: &Config, _store: &SharedStore) -> Result<Arc<dyn Au
         }
         AuditBackend::Redis => {
             let StateBackend::Redis { url, key_prefix } = &config.state.backend else {
-                return Err(StartError::Audit("audit.backend = \"redis\" needs state.backend = \"redis\"".into()));
+                return Err(StartError::Audit(
+                    "audit.backend = \"redis\" needs state.backend = \"redis\"".into(),
+                ));
             };
             let options = crate::audit::redis::RedisAuditOptions {
                 require_persistence: config.audit.require_persistence,
