@@ -26,6 +26,7 @@ pub mod gate;
 pub mod identity;
 pub mod platform;
 pub mod server;
+pub mod slack;
 pub mod state;
 pub mod time_fmt;
 pub mod verdict;

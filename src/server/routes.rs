@@ -26,6 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/requests/{id}", web::get().to(get_request))
         .route("/v1/audit", web::get().to(list_audit))
         .route("/v1/audit/{id}", web::get().to(get_audit))
+        .configure(super::slack_routes::configure)
         .default_service(web::to(not_found));
 }
 

@@ -9,3 +9,4 @@ pub mod gitlab_mock;
 pub mod oidc;
 pub mod prism;
 pub mod redis;
+pub mod slack_mock;
