@@ -1,0 +1,70 @@
+// The Probot peer of portcullis's load driver (BENCHMARKS.md): a Probot 14
+// GitHub App doing the work a team would otherwise write for a deployment
+// protection rule. Per `deployment_protection_rule.requested` delivery it
+// verifies the signature (Probot's webhooks middleware), parses the payload,
+// checks the sender against a list of approvers, and posts the review to
+// the GitHub API (the driver's local mock), as an installation.
+//
+// Usage: node server.mjs <port> (0 for any); prints `READY <port>`.
+// Environment: APP_ID, PRIVATE_KEY_PATH, WEBHOOK_SECRET, GITHUB_API_URL,
+// APPROVERS (comma-separated, default "octocat,hubot").
+//
+// Fairness choices, each in Probot's favour:
+// - no request logging: a plain `node:http` server around
+//   `createNodeMiddleware` (Probot's own server adds pino-http, which halves
+//   throughput), and `logLevel: "fatal"`;
+// - Octokit's throttling plugin off: by default it spaces write requests of
+//   one installation 1 s apart (GitHub's secondary rate limit guidance),
+//   which would cap this app at one review a second.
+import { readFileSync } from "node:fs";
+import { createServer } from "node:http";
+
+import { Probot, ProbotOctokit, createNodeMiddleware } from "probot";
+
+const port = Number(process.argv[2] ?? 0);
+const approvers = new Set((process.env.APPROVERS ?? "octocat,hubot").split(",").map((s) => s.trim().toLowerCase()));
+const runPath = /\/repos\/([^/]+)\/([^/]+)\/actions\/runs\/(\d+)\/deployment_protection_rule$/;
+
+const app = (probot) => {
+  probot.on("deployment_protection_rule.requested", async (context) => {
+    const p = context.payload;
+    const match = runPath.exec(new URL(p.deployment_callback_url).pathname);
+    if (!match || !p.environment) {
+      throw new Error("the delivery names no workflow run or environment");
+    }
+    const [, owner, repo, runId] = match;
+    const sender = p.sender?.login ?? "";
+    const approved = approvers.has(sender.toLowerCase());
+    await context.octokit.request("POST /repos/{owner}/{repo}/actions/runs/{run_id}/deployment_protection_rule", {
+      owner,
+      repo,
+      run_id: Number(runId),
+      environment_name: p.environment,
+      state: approved ? "approved" : "rejected",
+      comment: approved
+        ? `${sender} may deploy ${p.deployment?.sha ?? ""} to ${p.environment}.`
+        : `${sender} is not an approver of ${p.environment}.`,
+    });
+  });
+};
+
+const probot = new Probot({
+  appId: process.env.APP_ID,
+  privateKey: readFileSync(process.env.PRIVATE_KEY_PATH, "utf8"),
+  secret: process.env.WEBHOOK_SECRET,
+  baseUrl: process.env.GITHUB_API_URL,
+  logLevel: "fatal",
+  // A function, so the setting survives Probot's own option merging.
+  Octokit: ProbotOctokit.defaults((options) => ({ ...options, throttle: { ...options.throttle, enabled: false } })),
+});
+
+const middleware = await createNodeMiddleware(app, { probot, webhooksPath: "/webhooks/github" });
+const server = createServer((req, res) => {
+  middleware(req, res, () => {
+    res.writeHead(404).end();
+  });
+});
+server.keepAliveTimeout = 60_000;
+server.listen(port, "127.0.0.1", () => {
+  console.log(`READY ${server.address().port}`);
+});

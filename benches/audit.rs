@@ -1,0 +1,92 @@
+//! Audit append throughput: one durable append at a time (one fsync per
+//! record) against bursts of concurrent appends (group commit), and the cost
+//! of verifying a chain.
+//!
+//! `cargo bench --bench audit`. The file goes to the system temp directory,
+//! so the numbers are that disk's fsync latency.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use portcullis::audit::{AuditEvent, AuditLog, EventKind, FileAudit, MemoryAudit, verify_lines};
+use portcullis::domain::Platform;
+
+fn event(i: usize) -> AuditEvent {
+    AuditEvent::new(EventKind::Decision)
+        .request(format!("req_{i}"))
+        .platform(Platform::Github)
+        .repository("octo-org/app")
+        .environment("production")
+        .sha("0123456789abcdef0123456789abcdef01234567")
+        .actor("octocat")
+        .decision("approved")
+}
+
+fn appends(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let log = Arc::new(
+        rt.block_on(FileAudit::open(&dir.path().join("audit.jsonl")))
+            .expect("open"),
+    );
+
+    let mut group = c.benchmark_group("audit_append");
+    group.sample_size(10).measurement_time(Duration::from_secs(5));
+
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("sequential", |b| {
+        b.iter(|| rt.block_on(log.append(event(0))).expect("append"))
+    });
+
+    for burst in [16usize, 128] {
+        group.throughput(Throughput::Elements(burst as u64));
+        group.bench_function(format!("concurrent_{burst}"), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let tasks: Vec<_> = (0..burst)
+                        .map(|i| {
+                            let log = Arc::clone(&log);
+                            tokio::spawn(async move { log.append(event(i)).await })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.expect("task").expect("append");
+                    }
+                })
+            })
+        });
+    }
+    group.finish();
+    eprintln!(
+        "audit bench: {} records in {} fsyncs ({:.1} per fsync)",
+        log.records_written(),
+        log.fsync_count(),
+        log.records_written() as f64 / log.fsync_count().max(1) as f64
+    );
+}
+
+fn verify(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let log = MemoryAudit::new();
+    rt.block_on(async {
+        for i in 0..10_000 {
+            log.append(event(i)).await.expect("append");
+        }
+    });
+    let lines = log.to_lines();
+    let mut group = c.benchmark_group("audit_verify");
+    group.sample_size(10).throughput(Throughput::Elements(10_000));
+    group.bench_function("10k_records", |b| {
+        b.iter(|| verify_lines(black_box(&lines[..])).expect("verifies"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, appends, verify);
+criterion_main!(benches);
