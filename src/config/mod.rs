@@ -606,8 +606,18 @@ impl Validator<'_> {
         let backend = match raw.backend.as_deref().unwrap_or("memory") {
             "memory" => StateBackend::Memory,
             "redis" => {
-                let url = raw.url.clone().unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
-                if !(url.starts_with("redis://")
+                let url = match &raw.url {
+                    None => "redis://127.0.0.1:6379/0".to_string(),
+                    Some(RawSecret::Inline(u)) => {
+                        if Url::parse(u).is_ok_and(|p| p.password().is_some()) {
+                            self.err("state.url", "a URL with a password is a secret: use { env = \"VAR\" } or { file = \"path\" }");
+                        }
+                        u.clone()
+                    }
+                    Some(secret) => self.secret("state.url", secret).map(|s| s.0).unwrap_or_default(),
+                };
+                if !self.skip_secrets
+                    && !(url.starts_with("redis://")
                     || url.starts_with("rediss://")
                     || url.starts_with("redis+unix://")
                     || url.starts_with("unix://"))

@@ -65,7 +65,8 @@ pub(super) struct RawServer {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawState {
     pub backend: Option<String>,
-    pub url: Option<String>,
+    /// A URL without a password, or `{ env }`/`{ file }` for one with.
+    pub url: Option<RawSecret>,
     pub key_prefix: Option<String>,
     pub attestation_ttl: Option<String>,
     pub verdict_ttl: Option<String>,

@@ -197,3 +197,21 @@ fn the_example_configuration_is_valid() {
     let c = Config::from_toml(text, &env_of(&[("PORTCULLIS_GITHUB_WEBHOOK_SECRET", "dev")]));
     assert!(c.is_ok(), "{}", c.err().map(|e| e.to_string()).unwrap_or_default());
 }
+
+#[test]
+fn a_redis_url_with_a_password_must_be_a_secret() {
+    let text = format!("{MINIMAL}\n[state]\nbackend = \"redis\"\nurl = \"redis://:hunter2@127.0.0.1:6379/0\"\n");
+    assert_eq!(
+        errors(&text),
+        vec!["state.url: a URL with a password is a secret: use { env = \"VAR\" } or { file = \"path\" }".to_string()]
+    );
+    let text = format!("{MINIMAL}\n[state]\nbackend = \"redis\"\nurl = {{ env = \"SECRET\" }}\n");
+    let err = errors(&text);
+    assert_eq!(err, vec!["state.url: must be a redis://, rediss:// or unix:// URL".to_string()], "the env value is used");
+    let c = Config::from_toml(
+        &format!("{MINIMAL}\n[state]\nbackend = \"redis\"\nurl = {{ env = \"R\" }}\n"),
+        &env_of(&[("R", "redis://:pw@127.0.0.1:1/0")]),
+    )
+    .unwrap();
+    assert!(matches!(&c.state.backend, StateBackend::Redis { url, .. } if url.expose() == "redis://:pw@127.0.0.1:1/0"));
+}
