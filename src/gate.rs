@@ -725,12 +725,22 @@ impl Gate {
     /// Evaluates one request at `now`. Pending stays pending (with what is
     /// missing written down); a final decision is acted on under the lease.
     pub async fn evaluate(self: &Arc<Self>, id: &str, now: OffsetDateTime) -> Result<(), GateError> {
-        let span = info_span!("evaluate", request = %id);
+        // Every log line of a decision carries the request, its environment
+        // and the delivery that created it.
+        let span = info_span!(
+            "evaluate",
+            request = %id,
+            environment = tracing::field::Empty,
+            delivery = tracing::field::Empty
+        );
         async move {
             for _ in 0..8 {
                 let Some(req) = self.store.get_request(id).await? else {
                     return Ok(());
                 };
+                let current = tracing::Span::current();
+                current.record("environment", req.environment.as_str());
+                current.record("delivery", req.delivery.as_str());
                 match req.status {
                     RequestStatus::Done | RequestStatus::Superseded => return Ok(()),
                     RequestStatus::Deciding => return self.redrive(req).await,
