@@ -427,7 +427,7 @@ impl Writer {
                 drop(self.file);
                 while let Ok(job) = rx.try_recv() {
                     match job {
-                        Job::Append { reply, .. } => answer(reply, Err(AuditError::Closed)),
+                        Job::Append { event, reply } => refuse(&self.path, *event, reply, AuditError::Closed),
                         Job::Close(r) => {
                             let _ = r.send(Ok(()));
                         }

@@ -9,6 +9,7 @@
 //! Backends:
 //! - [`FileAudit`]: a JSON-lines file with group commit (one `fsync` per batch
 //!   of concurrent appends). The embedded default.
+//! - [`RedisAudit`]: the same chain in Redis, shared by replicas.
 //! - [`MemoryAudit`]: the same chain in memory, for tests and dry trials.
 //!
 //! Secrets never enter a record: callers pass a token's SHA-256
@@ -281,7 +282,11 @@ pub trait AuditLog: Send + Sync + 'static {
 
     /// Enqueues without waiting for durability. Order is kept, so a later
     /// successful [`append`](AuditLog::append) implies this record is durable
-    /// too. A failure is logged, and stops the log (see the backend).
+    /// too: no backend lets a later record succeed past a failed write (the
+    /// file backend stops, the Redis backend retries until stored). Failures
+    /// are logged, having no caller to tell; so is a record refused on its
+    /// own (over [`MAX_LINE_BYTES`]), the one case where a later append may
+    /// succeed without it.
     fn append_nowait(&self, event: AuditEvent);
 
     /// The record with this `id`.
