@@ -153,6 +153,10 @@ impl Application {
         self.stop.cancel();
         let _ = sweeper.await;
         self.gate.drain(self.gate.config.server.shutdown_timeout).await;
+        // Records queued without waiting become durable before the exit.
+        if let Err(e) = self.gate.audit.close().await {
+            tracing::error!(error = %e, "the audit trail could not be closed cleanly");
+        }
         info!("stopped");
         result
     }
