@@ -572,75 +572,49 @@ async fn interaction_payloads_signed_stale_and_forged() {
     let stale_msg = "the Slack request timestamp is more than five minutes from now";
     let invalid_msg = "the Slack signature is missing or does not verify";
     let sig = |secret: &str, at: i64, b: &[u8]| portcullis::slack::signature::sign(secret.as_bytes(), at, b);
-    let cases: Vec<(&str, Vec<u8>, Option<String>, Option<String>, u16, Value)> = vec![
+    // (name, X-Slack-Request-Timestamp, X-Slack-Signature, status, code, message)
+    let stale = ("signature_stale", stale_msg);
+    let invalid = ("signature_invalid", invalid_msg);
+    let ts = |at: i64| Some(at.to_string());
+    let signed = |secret: &str, at: i64| Some(sig(secret, at, &body));
+    let cases = [
         (
             "stale: signed six minutes ago",
-            body.clone(),
-            Some((t - 360).to_string()),
-            Some(sig(SIGNING_SECRET, t - 360, &body)),
-            401,
-            error("signature_stale", stale_msg),
+            ts(t - 360),
+            signed(SIGNING_SECRET, t - 360),
+            stale,
         ),
         (
             "stale: dated ten minutes ahead",
-            body.clone(),
-            Some((t + 600).to_string()),
-            Some(sig(SIGNING_SECRET, t + 600, &body)),
-            401,
-            error("signature_stale", stale_msg),
+            ts(t + 600),
+            signed(SIGNING_SECRET, t + 600),
+            stale,
         ),
+        ("forged: another secret", ts(t), signed("not-the-secret", t), invalid),
         (
-            "forged: another secret",
-            body.clone(),
-            Some(t.to_string()),
-            Some(sig("not-the-secret", t, &body)),
-            401,
-            error("signature_invalid", invalid_msg),
-        ),
-        (
-            "forged: the body changed after signing",
-            body.clone(),
-            Some(t.to_string()),
+            "forged: signed another body",
+            ts(t),
             Some(sig(SIGNING_SECRET, t, b"payload=%7B%7D")),
-            401,
-            error("signature_invalid", invalid_msg),
+            invalid,
         ),
         (
-            "forged: a replayed signature with a fresh timestamp",
-            body.clone(),
-            Some(t.to_string()),
-            Some(sig(SIGNING_SECRET, t - 360, &body)),
-            401,
-            error("signature_invalid", invalid_msg),
+            "forged: an old signature, a fresh timestamp",
+            ts(t),
+            signed(SIGNING_SECRET, t - 360),
+            invalid,
         ),
-        (
-            "no signature",
-            body.clone(),
-            Some(t.to_string()),
-            None,
-            401,
-            error("signature_invalid", invalid_msg),
-        ),
-        (
-            "no timestamp",
-            body.clone(),
-            None,
-            Some(sig(SIGNING_SECRET, t, &body)),
-            401,
-            error("signature_invalid", invalid_msg),
-        ),
+        ("no signature", ts(t), None, invalid),
+        ("no timestamp", None, signed(SIGNING_SECRET, t), invalid),
         (
             "not v0",
-            body.clone(),
-            Some(t.to_string()),
-            Some(sig(SIGNING_SECRET, t, &body).replace("v0=", "v1=")),
-            401,
-            error("signature_invalid", invalid_msg),
+            ts(t),
+            signed(SIGNING_SECRET, t).map(|s| s.replace("v0=", "v1=")),
+            invalid,
         ),
     ];
-    for (name, b, ts, s, want_code, want_body) in cases {
-        let (code, answer) = w.post_interaction_raw(&b, ts.as_deref(), s.as_deref()).await;
-        assert_eq!((code, &answer), (want_code, &want_body), "{name}");
+    for (name, ts, sig, (code, message)) in cases {
+        let (status, answer) = w.post_interaction_raw(&body, ts.as_deref(), sig.as_deref()).await;
+        assert_eq!((status, answer), (401, error(code, message)), "{name}");
     }
 
     // Signed but malformed, or of no interest.
@@ -1557,8 +1531,25 @@ fn review_buttons_appear_only_when_reviews_are_all_that_is_missing() {
     let rejected = Some(
         json!({"outcome": "rejected", "reasons": [{"code": "verdict_denied", "message": "denied: 2 CVEs <script>"}]}),
     );
-    let cases: Vec<(&str, &str, Option<Value>, &str, &[&str], &str)> = vec![
-        (
+    struct Case {
+        name: &'static str,
+        env: &'static str,
+        decision: Option<Value>,
+        status: &'static str,
+        buttons: &'static [&'static str],
+        text: &'static str,
+    }
+    let case = |name, env, decision, status, buttons, text| Case {
+        name,
+        env,
+        decision,
+        status,
+        buttons,
+        text,
+    };
+    let both: &[&str] = &[ACTION_APPROVE, ACTION_REJECT];
+    let cases = [
+        case(
             "requested, not yet evaluated",
             "production",
             None,
@@ -1566,7 +1557,7 @@ fn review_buttons_appear_only_when_reviews_are_all_that_is_missing() {
             &[],
             ":inbox_tray: *Requested*",
         ),
-        (
+        case(
             "the verdict is missing too",
             "production",
             pending(&["verdict_missing", "reviews_missing"]),
@@ -1574,7 +1565,7 @@ fn review_buttons_appear_only_when_reviews_are_all_that_is_missing() {
             &[],
             "*Still missing:*",
         ),
-        (
+        case(
             "the attestation is missing too",
             "production",
             pending(&["attestation_missing", "reviews_missing"]),
@@ -1582,15 +1573,15 @@ fn review_buttons_appear_only_when_reviews_are_all_that_is_missing() {
             &[],
             "attestation_missing",
         ),
-        (
+        case(
             "only reviews are missing",
             "production",
             pending(&["reviews_missing"]),
             "pending",
-            &[ACTION_APPROVE, ACTION_REJECT],
+            both,
             "reviews_missing",
         ),
-        (
+        case(
             "only reviews, via SSO",
             "sso",
             pending(&["reviews_missing"]),
@@ -1598,7 +1589,7 @@ fn review_buttons_appear_only_when_reviews_are_all_that_is_missing() {
             &[ACTION_SSO],
             "reviews_missing",
         ),
-        (
+        case(
             "no reviews required",
             "plain",
             pending(&["verdict_missing"]),
@@ -1606,7 +1597,7 @@ fn review_buttons_appear_only_when_reviews_are_all_that_is_missing() {
             &[],
             "verdict_missing",
         ),
-        (
+        case(
             "being decided",
             "production",
             approved.clone(),
@@ -1614,7 +1605,7 @@ fn review_buttons_appear_only_when_reviews_are_all_that_is_missing() {
             &[],
             ":white_check_mark: *Approved*",
         ),
-        (
+        case(
             "approved and answered",
             "production",
             approved,
@@ -1622,7 +1613,7 @@ fn review_buttons_appear_only_when_reviews_are_all_that_is_missing() {
             &[],
             "*Why it was approved:*",
         ),
-        (
+        case(
             "rejected",
             "production",
             rejected,
@@ -1630,7 +1621,7 @@ fn review_buttons_appear_only_when_reviews_are_all_that_is_missing() {
             &[],
             "denied: 2 CVEs &lt;script&gt;",
         ),
-        (
+        case(
             "decided on the platform",
             "production",
             pending(&["reviews_missing"]),
@@ -1639,7 +1630,15 @@ fn review_buttons_appear_only_when_reviews_are_all_that_is_missing() {
             "*Decided on the platform*",
         ),
     ];
-    for (name, env, decision, status, want_buttons, want_text) in cases {
+    for Case {
+        name,
+        env,
+        decision,
+        status,
+        buttons: want_buttons,
+        text: want_text,
+    } in cases
+    {
         let req = request("github", env, decision, status);
         let policy = config.environment(env);
         let links = Links::of(&config, &req, |r| format!("https://portcullis.example/v1/audit/{r}"));
