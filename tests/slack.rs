@@ -1856,3 +1856,166 @@ fn slack_identities_map_to_reviews_the_engine_counts() {
         );
     }
 }
+
+// ----- GitLab: the same gating ---------------------------------------------------------
+
+const GL_PROJECT_ID: u64 = 4711;
+const GL_PROJECT: &str = "platform/payments-api";
+const GL_TOKEN: &str = "glpat-test-only-0123456789";
+const GL_HOOK_TOKEN: &str = "test-only-hook-token";
+
+fn gitlab_fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/gitlab/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gitlab_deployment_goes_through_the_same_slack_reviews() {
+    let oidc = OidcProvider::start().await;
+    let gl = support::gitlab_mock::GitlabMock::start(GL_TOKEN).await;
+    gl.add_project(GL_PROJECT_ID, GL_PROJECT);
+    let slack = SlackMock::start().await;
+    slack.add_user("U0ALICE", "alice", Some("alice@example.com"), "Alice");
+    slack.add_user("U0BOB", "bob", Some("bob@example.com"), "Bob");
+    let config = format!(
+        r##"
+[server]
+listen = "127.0.0.1:0"
+public_url = "{PUBLIC_URL}"
+
+[audit]
+path = "{{dir}}/audit.jsonl"
+
+[gitlab]
+url = "{gl}"
+token = {{ env = "GL_TOKEN" }}
+webhook_token = {{ env = "GL_HOOK_TOKEN" }}
+request_timeout = "2s"
+
+[slack]
+bot_token = {{ env = "SLACK_BOT_TOKEN" }}
+signing_secret = {{ env = "SLACK_SIGNING_SECRET" }}
+api_url = "{slack}"
+
+[[issuers]]
+name = "gitlab"
+kind = "gitlab"
+issuer = "{issuer}"
+audience = "portcullis"
+
+[environments.production]
+approvers = ["alice"]
+[environments.production.verdict]
+required = false
+[environments.production.reviews]
+required = 1
+reviewers = ["alice@example.com", "bob@example.com"]
+[environments.production.slack]
+channel = "#deploys-production"
+"##,
+        gl = gl.url(),
+        slack = slack.url(),
+        issuer = oidc.issuer(),
+    );
+    let app = App::start(
+        &config,
+        &[
+            ("GL_TOKEN", GL_TOKEN),
+            ("GL_HOOK_TOKEN", GL_HOOK_TOKEN),
+            ("SLACK_BOT_TOKEN", BOT_TOKEN),
+            ("SLACK_SIGNING_SECRET", SIGNING_SECRET),
+        ],
+    )
+    .await;
+
+    // A pipeline of `alice` (GitLab `user_login`) asks to deploy.
+    let (dep, pipeline, s) = (2101_u64, 53101_u64, sha(2101));
+    let mut claims = support::oidc::gitlab_claims(&s);
+    claims["project_path"] = json!(GL_PROJECT);
+    claims["project_id"] = json!(GL_PROJECT_ID.to_string());
+    claims["pipeline_id"] = json!(pipeline.to_string());
+    let token = oidc.mint("portcullis", claims).await;
+    assert_eq!(app.post_bearer("/v1/attestations", &token, None).await.0, 201);
+    let mut api = gitlab_fixture("api.deployment.json");
+    api["id"] = json!(dep);
+    api["sha"] = json!(s);
+    api["environment"]["name"] = json!("production");
+    api["deployable"]["id"] = json!(dep + 100_000);
+    api["deployable"]["pipeline"]["id"] = json!(pipeline);
+    api["deployable"]["pipeline"]["sha"] = json!(s);
+    gl.add_deployment(GL_PROJECT_ID, api);
+    let mut hook = gitlab_fixture("deployment.blocked.json");
+    hook["deployment_id"] = json!(dep);
+    hook["deployable_id"] = json!(dep + 100_000);
+    hook["environment"] = json!("production");
+    hook["short_sha"] = json!(&s[..8]);
+    let r = app
+        .http
+        .post(app.url("/webhooks/gitlab"))
+        .header("content-type", "application/json")
+        .header("x-gitlab-event", "Deployment Hook")
+        .header("x-gitlab-token", GL_HOOK_TOKEN)
+        .header("idempotency-key", "idem-2101")
+        .body(serde_json::to_vec(&hook).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().await.unwrap()["request"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The same message, with the pipeline's link and the buttons once only
+    // reviews are missing.
+    let m = slack
+        .wait_message(WAIT, "with buttons", |m| !m.action_ids().is_empty())
+        .await;
+    assert_eq!(m.action_ids(), [ACTION_APPROVE, ACTION_REJECT]);
+    let pipeline_link = format!(
+        "<{}/{GL_PROJECT}/-/pipelines/{pipeline}|GitLab pipeline {pipeline}>",
+        gl.url().trim_end_matches('/')
+    );
+    assert!(m.all_text().contains(&pipeline_link), "{}", m.all_text());
+
+    let click = |user: &str| {
+        let body = click_payload(user, ACTION_APPROVE, &id, &slack.response_url(user));
+        let sig = portcullis::slack::signature::sign(SIGNING_SECRET.as_bytes(), now(), &body);
+        app.http
+            .post(app.url("/webhooks/slack"))
+            .header("x-slack-request-timestamp", now().to_string())
+            .header("x-slack-signature", sig)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    // alice triggered it: her approval (alias `alice`) does not count.
+    let answer: Value = click("U0ALICE").await.unwrap().json().await.unwrap();
+    assert!(
+        text_of(&answer).contains("It does not count: you triggered this deployment"),
+        "{answer}"
+    );
+    assert!(gl.approvals().is_empty());
+    // bob's does: approved through GitLab's approval API.
+    let answer: Value = click("U0BOB").await.unwrap().json().await.unwrap();
+    assert!(text_of(&answer).ends_with("The deployment is approved."), "{answer}");
+    let approvals = gl.wait_for_approvals(1, WAIT).await;
+    assert_eq!(
+        (approvals[0].deployment_id, approvals[0].status.as_str()),
+        (dep, "approved")
+    );
+    let req = app.wait_request(&id, "done", WAIT).await;
+    let audit_url = format!("{PUBLIC_URL}/v1/audit/{}", req["decision_record"].as_str().unwrap());
+    slack
+        .wait_message(WAIT, "approved, linked to the audit", |m| {
+            m.all_text().contains(&audit_url)
+        })
+        .await;
+    let decision = app
+        .audit_records()
+        .into_iter()
+        .find(|r| r["event"] == "decision")
+        .unwrap();
+    assert_eq!(decision["slack"]["ts"], json!(m.ts));
+    assert_eq!(slack.problems(), Vec::<String>::new());
+}
