@@ -734,20 +734,18 @@ async fn self_review_through_slack_is_recorded_but_does_not_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_down_slow_or_rate_limited_never_delays_or_changes_a_decision() {
     let w = world().await;
-    // Slow: the post takes 3 s. The decision does not wait for it.
+    // Slow: the post takes 5 s. The decision does not wait for it.
     w.slack
-        .script("chat.postMessage", [Reply::normal().delay(Duration::from_secs(3))]);
+        .script("chat.postMessage", [Reply::normal().delay(Duration::from_secs(5))]);
     let (run, s) = (9401, sha(9401));
     w.attest(run, &s).await;
-    let started = std::time::Instant::now();
     let id = w.webhook(run, "staging", &s).await;
     let req = w.app.wait_request(&id, "done", WAIT).await;
     assert_eq!(req["decision"]["outcome"], "approved");
     assert!(w.gh.wait_for_reviews(1, WAIT).await[0].body.as_ref().unwrap()["state"] == "approved");
     assert!(
-        started.elapsed() < Duration::from_millis(2500),
-        "decided in {:?}",
-        started.elapsed()
+        w.slack.calls_to("chat.postMessage").is_empty(),
+        "decided and answered while Slack was still answering the post"
     );
     // The message arrives later, decided, and the request gets its reference.
     let m = w
@@ -1404,7 +1402,7 @@ async fn the_client_honours_retry_after_within_bounds_and_times_out() {
         .await
         .unwrap_err();
     assert_eq!(err, SlackError::RateLimited(Some(Duration::from_secs(120))));
-    assert!(t.elapsed() < Duration::from_millis(500));
+    assert!(t.elapsed() < Duration::from_secs(2), "no wait: {:?}", t.elapsed());
 
     // Still limited after every attempt.
     mock.script("chat.update", (0..3).map(|_| Reply::rate_limited(1)));
@@ -1431,7 +1429,7 @@ async fn the_client_honours_retry_after_within_bounds_and_times_out() {
         client.permalink("C0PRODUCTION", "1.1").await,
         Err(SlackError::Timeout(Duration::from_millis(800)))
     );
-    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(t.elapsed() < Duration::from_millis(2500), "{:?}", t.elapsed());
 }
 
 // ----- the message, table-driven --------------------------------------------------------
