@@ -1174,3 +1174,39 @@ fn random_interleavings_across_replicas_call_once_and_never_approve_without_ever
         panic!("{e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deliveries_listing_keeps_githubs_contract() {
+    // Prism serves GitHub's own description: the listing request must pass
+    // its validation (path, query, headers). Its examples are `issues`
+    // events that succeeded, so nothing is asked for again.
+    let prism = support::prism::Prism::start().await;
+    let w = redeliver_world(1).await;
+    let mut config = w.gh.github_config();
+    config.api_url = url::Url::parse(&prism.url()).unwrap();
+    let client = portcullis::platform::github::GithubClient::new(&config).unwrap();
+    let mut rc = redeliver_config(5);
+    rc.lookback = Duration::from_secs(20 * 365 * 24 * 3600);
+    let report = redeliver_once(&w.gates[0], &client, &rc, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.listed, report.failed, report.requested.len()),
+        (2, 0, 0),
+        "{report:?}"
+    );
+    let exchanges = prism.exchanges();
+    assert_eq!(exchanges.len(), 1, "{exchanges:?}");
+    let e = &exchanges[0];
+    assert_eq!(
+        (e.method.as_str(), e.path.as_str(), e.status),
+        ("GET", "/app/hook/deliveries", 200),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.violations,
+        None,
+        "Prism found the request off-contract: {e:?}\n{}",
+        prism.log_tail(40)
+    );
+}

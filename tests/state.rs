@@ -214,3 +214,18 @@ async fn an_unreachable_redis_is_an_error_not_a_hang() {
     }
     assert!(ok, "reconnected after the restart");
 }
+
+#[tokio::test]
+async fn redis_backend_reports_seen_deliveries_without_marking_them() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url(), "t4:").unwrap();
+    assert!(!store.delivery_seen("github:g1").await.unwrap());
+    assert!(
+        !store.delivery_seen("github:g1").await.unwrap(),
+        "asking does not record"
+    );
+    assert!(store.mark_delivery("github:g1", Duration::from_secs(60)).await.unwrap());
+    assert!(store.delivery_seen("github:g1").await.unwrap());
+    store.forget_delivery("github:g1").await.unwrap();
+    assert!(!store.delivery_seen("github:g1").await.unwrap());
+}

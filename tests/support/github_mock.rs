@@ -80,6 +80,8 @@ pub struct Recorded {
     /// The status the mock answered (or was about to, when the client
     /// gave up during a scripted delay).
     pub status: u16,
+    /// When the request arrived (the load run measures latency with it).
+    pub at: std::time::Instant,
 }
 
 impl Recorded {
@@ -445,6 +447,7 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
         body: json_body,
         raw_body,
         status,
+        at: std::time::Instant::now(),
     });
     if !delay.is_zero() {
         actix_web::rt::time::sleep(delay).await;
