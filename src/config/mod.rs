@@ -610,18 +610,19 @@ impl Validator<'_> {
                     None => "redis://127.0.0.1:6379/0".to_string(),
                     Some(RawSecret::Inline(u)) => {
                         if Url::parse(u).is_ok_and(|p| p.password().is_some()) {
-                            self.err("state.url", "a URL with a password is a secret: use { env = \"VAR\" } or { file = \"path\" }");
+                            self.err(
+                                "state.url",
+                                "a URL with a password is a secret: use { env = \"VAR\" } or { file = \"path\" }",
+                            );
                         }
                         u.clone()
                     }
                     Some(secret) => self.secret("state.url", secret).map(|s| s.0).unwrap_or_default(),
                 };
-                if !self.skip_secrets
-                    && !(url.starts_with("redis://")
-                    || url.starts_with("rediss://")
-                    || url.starts_with("redis+unix://")
-                    || url.starts_with("unix://"))
-                {
+                let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+                    .iter()
+                    .any(|p| url.starts_with(p));
+                if !self.skip_secrets && !scheme_ok {
                     self.err("state.url", "must be a redis://, rediss:// or unix:// URL");
                 }
                 StateBackend::Redis {
