@@ -511,7 +511,8 @@ async fn concurrent_writers_on_one_chain_group_appends_and_the_export_verifies()
                     if i % 2 == 0 {
                         log.append(ev).await.map(|_| ())
                     } else {
-                        Ok(log.append_nowait(ev))
+                        log.append_nowait(ev);
+                        Ok(())
                     }
                 }));
             }
