@@ -445,6 +445,9 @@ async fn a_redis_restart_gives_503s_then_recovers_and_loses_nothing() {
         assert_eq!(body["state"], "unavailable");
     }
 
+    // Down long enough for the call in flight to return meanwhile (its
+    // replica cannot record the result) and for its lease to lapse.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     c.redis.restart();
     for app in c.live() {
         let deadline = Instant::now() + WAIT;
@@ -474,9 +477,16 @@ async fn a_redis_restart_gives_503s_then_recovers_and_loses_nothing() {
     assert_eq!(c.reviews_for(pending_run).len(), 1);
     assert_eq!(c.reviews_for(lost_run).len(), 1);
     let inflight = c.reviews_for(inflight_run);
+    assert_eq!(
+        inflight.len(),
+        2,
+        "the call in flight, then one idempotent repeat after the restart: {inflight:?}"
+    );
+    assert_eq!(inflight[1].status, 422);
     assert!(
-        inflight.len() <= 2 && inflight.iter().skip(1).all(|r| r.status == 422),
-        "at most the call in flight and an idempotent repeat: {inflight:?}"
+        c.logs().contains("re-driving a decision left in flight"),
+        "{}",
+        c.logs()
     );
     c.verify_audit();
     for run in [pending_run, inflight_run, lost_run] {
