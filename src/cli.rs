@@ -171,7 +171,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Audit {
             command: AuditCommand::Verify(a),
         } => {
-            let config = load_for_audit(&a.config)?;
+            let mut config = load_for_audit(&a.config)?;
+            // A Redis URL given as a secret (it holds a password) is needed here.
+            if let crate::config::StateBackend::Redis { url, .. } = &config.state.backend
+                && url.expose().is_empty()
+                && matches!(config.audit.backend, AuditBackend::Redis)
+            {
+                config = load(&a.config)?;
+            }
             let (shown, result) = match audit_path(&config)? {
                 Some(path) => (path.display().to_string(), crate::audit::verify_file(&path)),
                 // Redis: exported to a temporary file, verified by the same code.
@@ -208,7 +215,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     since,
                 },
         } => {
-            let config = load_for_audit(&config.config)?;
+            let config_path = config.config;
+            let mut config = load_for_audit(&config_path)?;
+            // A Redis URL given as a secret (it holds a password) is needed here.
+            if let crate::config::StateBackend::Redis { url, .. } = &config.state.backend
+                && url.expose().is_empty()
+                && matches!(config.audit.backend, AuditBackend::Redis)
+            {
+                config = load(&config_path)?;
+            }
             let since = match since.as_deref() {
                 Some(s) => Some(
                     crate::time_fmt::parse_rfc3339(s)
