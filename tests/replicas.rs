@@ -642,6 +642,7 @@ async fn audit_records_enqueued_while_redis_is_down_are_stored_after_it_returns(
 // ----- lost GitHub deliveries ---------------------------------------------------
 
 struct RedeliverWorld {
+    _dir: tempfile::TempDir,
     _redis: RedisServer,
     gh: GithubMock,
     gates: Vec<Arc<Gate>>,
@@ -651,14 +652,21 @@ struct RedeliverWorld {
 async fn redeliver_world(replicas: usize) -> RedeliverWorld {
     let redis = RedisServer::start();
     let gh = GithubMock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("app.pem");
+    std::fs::write(&key, test_app_private_key()).unwrap();
     let config = Arc::new(
         Config::from_toml(
             &format!(
                 "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\n\
-                 [state]\nbackend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"rd:\"\n[audit]\nbackend = \"redis\"\n",
-                redis.url()
+                 [state]\nbackend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"rd:\"\n[audit]\nbackend = \"redis\"\n\
+                 [github]\napp_id = {TEST_APP_ID}\nprivate_key = {{ file = \"{}\" }}\n\
+                 webhook_secrets = [{{ env = \"S\" }}]\napi_url = \"{}\"\n",
+                redis.url(),
+                key.display(),
+                gh.url()
             ),
-            &|_| None,
+            &|_| Some("s".into()),
         )
         .unwrap(),
     );
@@ -678,6 +686,7 @@ async fn redeliver_world(replicas: usize) -> RedeliverWorld {
     }
     let client = portcullis::platform::github::GithubClient::new(&gh.github_config()).unwrap();
     RedeliverWorld {
+        _dir: dir,
         _redis: redis,
         gh,
         gates,
@@ -1298,4 +1307,55 @@ async fn audit_verify_and_query_read_the_redis_chain_through_the_cli() {
         stderr.contains("audit chain broken in redis cli:audit") && stderr.contains("seq 2"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_redeliver_on_two_replicas_runs_about_once_per_interval_and_stops() {
+    let w = redeliver_world(2).await;
+    let now = OffsetDateTime::now_utc();
+    w.gh.set_deliveries(vec![delivery_item(
+        7,
+        "g-lost",
+        now,
+        503,
+        "deployment_protection_rule",
+        false,
+    )]);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tasks: Vec<_> = w
+        .gates
+        .iter()
+        .map(|g| {
+            tokio::spawn(portcullis::platform::redeliver::run_redeliver(
+                g.clone(),
+                redeliver_config(5),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.cancel();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .expect("stops when cancelled")
+            .unwrap();
+    }
+    // Both replicas tick every second; the lease lets one run per interval.
+    let asked = w.gh.redelivery_requests();
+    assert!((2..=3).contains(&asked.len()), "{asked:?}");
+    assert!(asked.iter().all(|id| *id == 7));
+    let listings = w.gh.delivery_listings().len();
+    assert_eq!(listings, asked.len(), "one listing per run");
+    // Once the gate has the delivery, nothing more is asked.
+    w.gates[0]
+        .store
+        .mark_delivery("github:g-lost", Duration::from_secs(60))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = redeliver_once(&w.gates[1], &w.client, &redeliver_config(5), OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert_eq!((r.ran, r.already_processed, r.requested.len()), (true, 1, 0), "{r:?}");
 }

@@ -166,7 +166,7 @@ pub async fn redeliver_once(
     let mut report = RedeliverReport::default();
     let holder = format!("redeliver-{}", uuid::Uuid::new_v4().simple());
     // Most of an interval, so that the next tick of any replica finds it expired.
-    let ttl = (config.interval.mul_f64(0.9)).max(Duration::from_secs(1));
+    let ttl = config.interval.mul_f64(0.9).max(Duration::from_millis(100));
     let Some(lease) = gate.store.acquire_lease(LEASE, &holder, ttl).await? else {
         return Ok(report);
     };
