@@ -357,7 +357,7 @@ async fn a_replica_killed_during_the_platform_call_is_taken_over_without_a_secon
 
     let req = wait_done(c.app(survivor), run).await;
     assert!(
-        killed_at.elapsed() >= Duration::from_secs(2),
+        killed_at.elapsed() >= Duration::from_secs(1),
         "taken over only after the lease expired"
     );
     assert_eq!(req["decision"]["outcome"], "approved");
