@@ -612,6 +612,21 @@ async fn a_redis_without_persistence_is_refused_by_name_unless_allowed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_hides_config_is_used_with_a_warning() {
+    // Managed Redis: CONFIG is not allowed, so persistence cannot be checked.
+    let redis = RedisServer::start_without_config_command();
+    let log = RedisAudit::open(&redis.url(), "mg:", RedisAuditOptions::default())
+        .await
+        .expect("starts");
+    assert_eq!(
+        log.reader().persistence().await.unwrap(),
+        portcullis::audit::redis::Persistence::Unknown
+    );
+    let record = log.append(AuditEvent::new(EventKind::Decision)).await.unwrap();
+    assert_eq!(record.seq, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_records_enqueued_while_redis_is_down_are_stored_after_it_returns() {
     let mut redis = RedisServer::start();
     let log = RedisAudit::open(&redis.url(), "down:", RedisAuditOptions::default())

@@ -11,6 +11,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     aof: bool,
+    /// Extra `redis-server` arguments.
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -31,13 +33,24 @@ impl RedisServer {
         Self::start_with(false)
     }
 
+    /// Starts a persistent server on which `CONFIG` is not available, as on
+    /// managed Redis services.
+    pub fn start_without_config_command() -> RedisServer {
+        Self::start_with_args(true, &["--rename-command", "CONFIG", ""])
+    }
+
     fn start_with(aof: bool) -> RedisServer {
+        Self::start_with_args(aof, &[])
+    }
+
+    fn start_with_args(aof: bool, extra: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = RedisServer {
             child: None,
             port: free_port(),
             dir,
             aof,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s
@@ -57,6 +70,7 @@ impl RedisServer {
             .arg(if self.aof { "yes" } else { "no" })
             .arg("--appendfsync")
             .arg("everysec")
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let child = cmd
