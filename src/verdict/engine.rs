@@ -40,7 +40,7 @@ fn timer() -> ExecutionTimerConfig {
 /// `*_test.rego` files only through [`PolicyEngine::load_with_tests`]).
 ///
 /// Evaluation runs regorus's compiled form (its register VM, "RVM"), about
-/// five times faster than its tree-walking interpreter on the shipped policy;
+/// three to five times faster than its tree-walking interpreter on the shipped policy;
 /// when a policy uses something the compiler does not support yet (`with`,
 /// for one), every query goes to the interpreter instead, with the same
 /// results.

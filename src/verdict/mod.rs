@@ -112,7 +112,7 @@ impl Evaluation {
         match listed {
             None | Some(Value::Null) | Some(Value::Bool(false)) => {}
             Some(Value::Array(items)) => reasons.extend(items.iter().map(reason_text)),
-            Some(Value::Bool(true)) => reasons.push(format!("{} is true", path.sibling("deny").rego())),
+            Some(Value::Bool(true)) => reasons.push(format!("{}'s deny rule holds", path.package_rego())),
             Some(Value::Object(map)) if map.is_empty() => {}
             Some(other) => reasons.push(reason_text(other)),
         }

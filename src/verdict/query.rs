@@ -45,6 +45,12 @@ impl RulePath {
         &self.components
     }
 
+    /// The package's Rego reference, e.g. `data.deploy.hipaa`.
+    pub(crate) fn package_rego(&self) -> String {
+        let package = &self.components[..self.components.len().saturating_sub(1)];
+        format!("data.{}", package.join("."))
+    }
+
     /// The Rego reference, e.g. `data.deploy.hipaa.allow`.
     pub(crate) fn rego(&self) -> String {
         format!("data.{}", self.components.join("."))

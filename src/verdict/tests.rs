@@ -513,6 +513,26 @@ fn data_files_merge_at_the_root_beside_the_approvers() {
 }
 
 #[test]
+fn a_path_may_name_a_file_and_a_boolean_deny_counts() {
+    let dir = dir_with(&[
+        (
+            "p.rego",
+            "package p\n\nimport rego.v1\n\nallow := true\ndeny if input.bad\n",
+        ),
+        ("ignored.txt", "not a policy"),
+    ]);
+    let engine = PolicyEngine::load(&[dir.path().join("p.rego")], &approvers()).unwrap();
+    assert!(engine.evaluate("data.p.allow", &json!({}), NOW).unwrap().allow);
+    assert_eq!(
+        engine.evaluate("data.p.allow", &json!({"bad": true}), NOW).unwrap(),
+        Evaluation {
+            allow: false,
+            reasons: vec!["data.p's deny rule holds".to_owned()]
+        }
+    );
+}
+
+#[test]
 fn bad_data_files_are_named() {
     let (dir, err) = load_error(&[("p.rego", GOOD), ("d.json", "[1, 2]")]);
     assert!(
