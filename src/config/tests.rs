@@ -207,7 +207,11 @@ fn a_redis_url_with_a_password_must_be_a_secret() {
     );
     let text = format!("{MINIMAL}\n[state]\nbackend = \"redis\"\nurl = {{ env = \"SECRET\" }}\n");
     let err = errors(&text);
-    assert_eq!(err, vec!["state.url: must be a redis://, rediss:// or unix:// URL".to_string()], "the env value is used");
+    assert_eq!(
+        err,
+        vec!["state.url: must be a redis://, rediss:// or unix:// URL".to_string()],
+        "the env value is used"
+    );
     let c = Config::from_toml(
         &format!("{MINIMAL}\n[state]\nbackend = \"redis\"\nurl = {{ env = \"R\" }}\n"),
         &env_of(&[("R", "redis://:pw@127.0.0.1:1/0")]),

@@ -147,6 +147,13 @@ impl Application {
                 tokio::spawn(self.gate.clone().run_gitlab_poller(poll, self.stop.clone()));
             }
         }
+        if let Some(gh) = &self.gate.config.github {
+            tokio::spawn(crate::platform::redeliver::run_redeliver(
+                self.gate.clone(),
+                gh.redeliver.clone(),
+                self.stop.clone(),
+            ));
+        }
         info!(port = self.port, "listening on 127.0.0.1:{}", self.port);
         let result = self.server.await;
         info!("shutting down: finishing decisions in flight");
