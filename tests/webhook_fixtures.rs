@@ -114,7 +114,9 @@ fn every_github_fixture_matches_its_contract() {
     let validator = deployment_protection_rule_validator();
     let files = fixture_files();
     assert!(
-        files.iter().any(|p| p.ends_with("deployment_protection_rule.requested.json")),
+        files
+            .iter()
+            .any(|p| p.ends_with("deployment_protection_rule.requested.json")),
         "the requested fixture is missing: {files:?}"
     );
     let mut failures = Vec::new();
@@ -123,7 +125,11 @@ fn every_github_fixture_matches_its_contract() {
             failures.push(format!("{}: {problem}", path.display()));
         }
     }
-    assert!(failures.is_empty(), "fixtures break their contract:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "fixtures break their contract:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -147,7 +153,10 @@ fn the_requested_fixture_is_full_size_and_consistent() {
     assert!(run.parse::<u64>().is_ok(), "run id `{run}`");
     assert_eq!(payload["deployment"]["environment"], payload["environment"]);
     assert_eq!(payload["deployment"]["repository_url"], payload["repository"]["url"]);
-    assert_eq!(payload["repository"]["owner"]["login"], payload["organization"]["login"]);
+    assert_eq!(
+        payload["repository"]["owner"]["login"],
+        payload["organization"]["login"]
+    );
     let sha = payload["deployment"]["sha"].as_str().expect("sha");
     assert!(sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()), "{sha}");
     assert!(payload["installation"]["id"].is_u64());
@@ -165,12 +174,32 @@ fn the_schema_rejects_broken_payloads() {
 
     type Breakage = fn(&mut Value);
     let cases: [(&str, Breakage, &str); 6] = [
-        ("no repository", |p| drop(p.as_object_mut().map(|o| o.remove("repository"))), "repository"),
-        ("no sender", |p| drop(p.as_object_mut().map(|o| o.remove("sender"))), "sender"),
+        (
+            "no repository",
+            |p| drop(p.as_object_mut().map(|o| o.remove("repository"))),
+            "repository",
+        ),
+        (
+            "no sender",
+            |p| drop(p.as_object_mut().map(|o| o.remove("sender"))),
+            "sender",
+        ),
         ("other action", |p| p["action"] = json!("completed"), "/action"),
-        ("callback not a URI", |p| p["deployment_callback_url"] = json!("not a uri"), "/deployment_callback_url"),
-        ("owner without login", |p| drop(p["repository"]["owner"].as_object_mut().map(|o| o.remove("login"))), "/repository/owner"),
-        ("deployment id a string", |p| p["deployment"]["id"] = json!("2345678901"), "/deployment/id"),
+        (
+            "callback not a URI",
+            |p| p["deployment_callback_url"] = json!("not a uri"),
+            "/deployment_callback_url",
+        ),
+        (
+            "owner without login",
+            |p| drop(p["repository"]["owner"].as_object_mut().map(|o| o.remove("login"))),
+            "/repository/owner",
+        ),
+        (
+            "deployment id a string",
+            |p| p["deployment"]["id"] = json!("2345678901"),
+            "/deployment/id",
+        ),
     ];
     for (name, breakage, expected) in cases {
         let mut broken = good.clone();

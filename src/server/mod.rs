@@ -43,7 +43,11 @@ pub fn load_policies(config: &Config) -> Result<Option<Arc<crate::verdict::Polic
     if config.policies.paths.is_empty() {
         return Ok(None);
     }
-    let approvers = config.environments.iter().map(|(name, e)| (name.clone(), e.approvers.clone())).collect();
+    let approvers = config
+        .environments
+        .iter()
+        .map(|(name, e)| (name.clone(), e.approvers.clone()))
+        .collect();
     let engine = crate::verdict::PolicyEngine::load(&config.policies.paths, &approvers)
         .map_err(|e| StartError::Policy(e.to_string()))?;
     for (name, env) in &config.environments {
