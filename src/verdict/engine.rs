@@ -24,8 +24,8 @@ const MAX_DEPTH: usize = 16;
 
 /// The compiled program asks the host for `time.now_ns()` (a host-await
 /// builtin); this many answers are queued per rule evaluated. The shipped
-/// policy asks five times; a policy that asks more fails with an evaluation
-/// error, never an allow.
+/// policy asks five times; past the queue a policy gets no answer, so the
+/// expression is undefined (or an error): never an allow.
 const CLOCK_READS: usize = 256;
 
 fn timer() -> ExecutionTimerConfig {
@@ -42,8 +42,10 @@ fn timer() -> ExecutionTimerConfig {
 /// Evaluation runs regorus's compiled form (its register VM, "RVM"), about
 /// three to five times faster than its tree-walking interpreter on the shipped policy;
 /// when a policy uses something the compiler does not support yet (`with`,
-/// for one), every query goes to the interpreter instead, with the same
-/// results.
+/// for one), every query goes to the interpreter instead. Both forms give
+/// the same answers, tests check it, but for two failures that never allow
+/// in either: rule values in conflict are an error interpreted and undefined
+/// compiled; a builtin error is undefined in both (OPA's default).
 ///
 /// It is `Send + Sync`: each evaluation runs on its own VM (or interpreter
 /// clone) over the shared program, modules and data (reference-counted), so

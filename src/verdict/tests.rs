@@ -732,6 +732,27 @@ fn builtin_errors_and_conflicts_never_allow_in_either_form() {
 }
 
 #[test]
+fn a_policy_reading_the_clock_too_often_fails_closed() {
+    let (_dir, engine) = engine_with(
+        "package p\n\nimport rego.v1\n\nallow if count([t | some i in numbers.range(1, 300); t := time.now_ns() + i]) == 300\n",
+    );
+    assert!(engine.compiled());
+    // Past the queued answers the rule goes undefined (or errs): never an allow.
+    let got = engine.evaluate("data.p.allow", &json!({}), NOW);
+    assert!(
+        matches!(
+            &got,
+            Err(PolicyError::Evaluation { .. }) | Ok(Evaluation { allow: false, .. })
+        ),
+        "{got:?}"
+    );
+    let (_dir, engine) = engine_with(
+        "package p\n\nimport rego.v1\n\nallow if count([t | some i in numbers.range(1, 100); t := time.now_ns() + i]) == 100\n",
+    );
+    assert!(engine.evaluate("data.p.allow", &json!({}), NOW).unwrap().allow);
+}
+
+#[test]
 fn a_policy_the_compiler_does_not_support_runs_interpreted() {
     let (_dir, engine) = engine_with(
         "package p\n\nimport rego.v1\n\ninner if input.x == 1\nallow if inner with input as {\"x\": 1}\ndeny contains \"no\" if not allow\n",
