@@ -144,7 +144,7 @@ impl PolicyEngine {
 
         let approvers_data = serde_json::json!({ "approvers": approvers });
         engine
-            .add_data(regorus::Value::from(approvers_data.clone()))
+            .add_data(to_rego(&approvers_data))
             .map_err(|e| PolicyError::Data {
                 file: "[environments] approvers".to_owned(),
                 message: e.to_string(),
@@ -192,12 +192,10 @@ impl PolicyEngine {
                             message: "must be a JSON object".to_owned(),
                         });
                     }
-                    engine
-                        .add_data(regorus::Value::from(value))
-                        .map_err(|e| PolicyError::Data {
-                            file: display.clone(),
-                            message: first_line(&e.to_string()),
-                        })?;
+                    engine.add_data(to_rego(&value)).map_err(|e| PolicyError::Data {
+                        file: display.clone(),
+                        message: first_line(&e.to_string()),
+                    })?;
                 }
             }
         }
@@ -261,7 +259,7 @@ impl PolicyEngine {
     /// and [`PolicyError::Evaluation`] when the policy raises an error.
     pub fn evaluate(&self, query: &str, input: &Value, now: OffsetDateTime) -> Result<Evaluation, PolicyError> {
         let path = RulePath::parse(query)?;
-        let input = regorus::Value::from(input.clone());
+        let input = to_rego(input);
         // The deny set, or failing that the reasons set; an undeclared rule
         // is undefined without evaluating anything.
         let listed: Vec<RulePath> = [path.sibling("deny"), path.sibling("reasons")]
@@ -401,6 +399,28 @@ fn eval_rule(
         .and_then(|r| r.expressions.into_iter().next())
         .map(|e| e.value);
     Ok(value.filter(|v| *v != regorus::Value::Undefined))
+}
+
+/// A JSON value as regorus's, built directly (regorus's own `From` goes
+/// through serde and needs an owned copy: a twentieth of an evaluation).
+fn to_rego(value: &Value) -> regorus::Value {
+    match value {
+        Value::Null => regorus::Value::Null,
+        Value::Bool(b) => regorus::Value::from(*b),
+        Value::Number(n) => n
+            .as_i64()
+            .map(regorus::Value::from)
+            .or_else(|| n.as_u64().map(regorus::Value::from))
+            .or_else(|| n.as_f64().map(regorus::Value::from))
+            .unwrap_or(regorus::Value::Undefined),
+        Value::String(s) => regorus::Value::from(s.as_str()),
+        Value::Array(items) => regorus::Value::from(items.iter().map(to_rego).collect::<Vec<_>>()),
+        Value::Object(map) => regorus::Value::from(
+            map.iter()
+                .map(|(k, v)| (regorus::Value::from(k.as_str()), to_rego(v)))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+    }
 }
 
 fn to_json(value: regorus::Value) -> Value {

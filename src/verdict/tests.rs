@@ -900,6 +900,22 @@ fn evidence_errors_never_echo_the_posted_value() {
 }
 
 #[test]
+fn input_values_keep_their_types() {
+    let (_dir, engine) = engine_with(
+        "package p\n\nimport rego.v1\n\nallow if {\n  input.i == 3\n  input.big == 18446744073709551615\n  input.neg == -9007199254740993\n  input.f == 1.5\n  input.n == null\n  input.b == false\n  input.s == \"é\"\n  input.a == [1, {\"k\": \"v\"}]\n  is_object(input.o)\n}\n",
+    );
+    let input = json!({"i": 3, "big": u64::MAX, "neg": -9_007_199_254_740_993_i64, "f": 1.5, "n": null, "b": false, "s": "é", "a": [1, {"k": "v"}], "o": {}});
+    assert!(engine.evaluate("data.p.allow", &input, NOW).unwrap().allow);
+    assert!(
+        engine
+            .interpreted()
+            .evaluate("data.p.allow", &input, NOW)
+            .unwrap()
+            .allow
+    );
+}
+
+#[test]
 fn the_digest_is_of_canonical_json() {
     let a: Value = serde_json::from_str(r#"{"b": [1, {"y": 2, "x": "é\n"}], "a": true}"#).unwrap();
     let b: Value = serde_json::from_str(r#"{ "a" : true , "b" : [1, {"x": "é\n", "y": 2}] }"#).unwrap();
