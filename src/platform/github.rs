@@ -63,38 +63,7 @@ pub enum GithubClientError {
     HttpClient(String),
 }
 
-/// How many times a call is tried, and the first back-off delay (doubled
-/// after each attempt, with ±20% jitter).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub base_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 3,
-            base_delay: Duration::from_millis(200),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The pause before attempt `attempt + 1` (`attempt` counts from 1).
-    fn delay(&self, attempt: u32) -> Duration {
-        let nominal = self
-            .base_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-        let mut byte = [0u8; 1];
-        // A failed RNG only loses the jitter, never the retry.
-        let spread = match aws_lc_rs::rand::fill(&mut byte) {
-            Ok(()) => f64::from(byte[0]) / 255.0,
-            Err(_) => 0.5,
-        };
-        nominal.mul_f64(0.8 + 0.4 * spread)
-    }
-}
+pub use super::RetryPolicy;
 
 /// The claims of the App JWT GitHub expects.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -404,15 +373,7 @@ impl GithubClient {
                     .get(reqwest::header::LINK)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                let mut bytes = Vec::new();
-                while let Some(chunk) = response.chunk().await? {
-                    // Past the cap the rest is not needed: a message is
-                    // short and a token response is far smaller.
-                    if bytes.len() + chunk.len() > max_body {
-                        break;
-                    }
-                    bytes.extend_from_slice(&chunk);
-                }
+                let bytes = super::read_capped(&mut response, max_body).await?;
                 Ok::<_, reqwest::Error>(Answered {
                     status,
                     body: bytes,

@@ -403,15 +403,7 @@ impl GitlabClient {
                     .get("x-next-page")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse().ok());
-                let mut bytes = Vec::new();
-                while let Some(chunk) = response.chunk().await? {
-                    // Past the cap the rest is not read: the parse fails
-                    // and the answer counts as malformed.
-                    if bytes.len() + chunk.len() > max_body {
-                        break;
-                    }
-                    bytes.extend_from_slice(&chunk);
-                }
+                let bytes = super::read_capped(&mut response, max_body).await?;
                 Ok::<_, reqwest::Error>(Answered {
                     status,
                     body: bytes,
@@ -453,7 +445,7 @@ impl GitlabClient {
                     return Err(GitlabApiError::Transport { cause, attempts });
                 }
             }
-            tokio::time::sleep(backoff(&self.retry, attempt)).await;
+            tokio::time::sleep(self.retry.delay(attempt)).await;
             attempt += 1;
         }
     }
@@ -542,21 +534,6 @@ impl PlatformClient for GitlabClient {
         );
         result
     }
-}
-
-/// The pause before attempt `attempt + 1`: the policy's base delay doubled
-/// per attempt, with ±20% jitter.
-fn backoff(retry: &RetryPolicy, attempt: u32) -> Duration {
-    let nominal = retry
-        .base_delay
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    let mut byte = [0u8; 1];
-    // A failed RNG only loses the jitter, never the retry.
-    let spread = match aws_lc_rs::rand::fill(&mut byte) {
-        Ok(()) => f64::from(byte[0]) / 255.0,
-        Err(_) => 0.5,
-    };
-    nominal.mul_f64(0.8 + 0.4 * spread)
 }
 
 /// A failed approval call as an audit line: the status, the likely cause,
@@ -883,8 +860,8 @@ mod tests {
             base_delay: Duration::from_millis(100),
         };
         for _ in 0..50 {
-            let first = backoff(&policy, 1);
-            let second = backoff(&policy, 2);
+            let first = policy.delay(1);
+            let second = policy.delay(2);
             assert!(
                 (Duration::from_millis(80)..=Duration::from_millis(120)).contains(&first),
                 "{first:?}"
