@@ -308,21 +308,7 @@ async fn decide(
                 .verify(text.trim(), now)
                 .await
                 .map_err(|e| format!("token refused ({}): {e}", e.code()))?;
-            Some(crate::domain::Attestation {
-                id: "offline".into(),
-                issuer_name: v.issuer_name,
-                issuer: v.issuer,
-                platform: v.platform,
-                subject: v.subject,
-                actor: v.actor,
-                repository: v.repository,
-                run: v.run,
-                sha: v.sha,
-                claims: v.claims,
-                token_sha256: v.token_sha256,
-                verified_at: now,
-                expires_at: v.expires_at,
-            })
+            Some(v.into_attestation(now))
         }
     };
 

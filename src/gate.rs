@@ -304,21 +304,7 @@ impl Gate {
                 return Err(e.into());
             }
         };
-        let att = Attestation {
-            id: format!("att_{}", &verified.token_sha256[..20]),
-            issuer_name: verified.issuer_name.clone(),
-            issuer: verified.issuer.clone(),
-            platform: verified.platform,
-            subject: verified.subject.clone(),
-            actor: verified.actor.clone(),
-            repository: verified.repository.clone(),
-            run: verified.run.clone(),
-            sha: verified.sha.clone(),
-            claims: verified.claims.clone(),
-            token_sha256: verified.token_sha256.clone(),
-            verified_at: now,
-            expires_at: verified.expires_at,
-        };
+        let att = verified.into_attestation(now);
         let run_key = att.run_ref().key();
         self.store
             .put_attestation(&run_key, &att, self.config.state.attestation_ttl)

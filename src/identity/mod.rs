@@ -58,6 +58,28 @@ pub struct VerifiedToken {
     pub expires_at: OffsetDateTime,
 }
 
+impl VerifiedToken {
+    /// The attestation of this token's run, verified at `now`. Its id derives
+    /// from the token's hash, so the same token gives the same attestation.
+    pub fn into_attestation(self, now: OffsetDateTime) -> crate::domain::Attestation {
+        crate::domain::Attestation {
+            id: format!("att_{}", &self.token_sha256[..self.token_sha256.len().min(20)]),
+            issuer_name: self.issuer_name,
+            issuer: self.issuer,
+            platform: self.platform,
+            subject: self.subject,
+            actor: self.actor,
+            repository: self.repository,
+            run: self.run,
+            sha: self.sha,
+            claims: self.claims,
+            token_sha256: self.token_sha256,
+            verified_at: now,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
 /// Why a token was refused. Messages never contain the token, its claims'
 /// values or anything an issuer answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
