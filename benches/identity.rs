@@ -11,7 +11,13 @@
 //!   cache: one SHA-256 and one lookup, plus the time checks);
 //! - `signature_only_*`: the RSA signature check alone, through
 //!   `jsonwebtoken::crypto::verify` with the JWKS's `(n, e)` key (what
-//!   `Verifier` does) and through a pre-parsed `aws_lc_rs` key.
+//!   `Verifier` does) and through a pre-parsed `aws_lc_rs` key;
+//! - `clone_verified_token`: the copy a cache hit hands out (the token's
+//!   claims map is cloned on every hit).
+//!
+//! Then, timed by hand and printed: first-sight verification while the
+//! verified-token cache is full (10 000 entries), against the same with an
+//! empty cache: the cost of evicting at capacity.
 //!
 //! `cargo bench --bench identity`.
 
@@ -102,19 +108,25 @@ fn claims(run: usize, now: i64) -> Value {
 }
 
 fn mint(alg: Algorithm, run: usize, now: i64) -> String {
-    let (key, kid) = match alg {
-        Algorithm::RS256 => (
-            EncodingKey::from_rsa_pem(&read("rs256.private.pem")),
-            "portcullis-test-rs256",
-        ),
-        _ => (
-            EncodingKey::from_ec_pem(&read("es256.private.pem")),
-            "portcullis-test-es256",
-        ),
-    };
+    mint_with(alg, &signing_key(alg), claims(run, now))
+}
+
+fn signing_key(alg: Algorithm) -> EncodingKey {
+    match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&read("rs256.private.pem")),
+        _ => EncodingKey::from_ec_pem(&read("es256.private.pem")),
+    }
+    .expect("key")
+}
+
+fn mint_with(alg: Algorithm, key: &EncodingKey, claims: Value) -> String {
     let mut header = Header::new(alg);
+    let kid = match alg {
+        Algorithm::RS256 => "portcullis-test-rs256",
+        _ => "portcullis-test-es256",
+    };
     header.kid = Some(kid.to_owned());
-    jsonwebtoken::encode(&header, &claims(run, now), &key.expect("key")).expect("sign")
+    jsonwebtoken::encode(&header, &claims, key).expect("sign")
 }
 
 struct Bench {
@@ -188,7 +200,10 @@ fn verify(c: &mut Criterion) {
 
     let verifier = b.warm_verifier(Algorithm::RS256);
     let token = mint(Algorithm::RS256, 0, now.unix_timestamp());
-    b.rt.block_on(verifier.verify(&token, now)).expect("verifies");
+    let verified = b.rt.block_on(verifier.verify(&token, now)).expect("verifies");
+    group.bench_function("clone_verified_token", |bench| {
+        bench.iter(|| std::hint::black_box(&verified).clone())
+    });
     group.bench_function("cached_repeat", |bench| {
         bench.iter(|| {
             b.rt.block_on(verifier.verify(std::hint::black_box(&token), now))
@@ -228,5 +243,54 @@ fn pem_der(pem: &[u8]) -> Vec<u8> {
     STANDARD.decode(b64).expect("pem base64")
 }
 
-criterion_group!(benches, verify);
+/// First-sight verifications with the verified-token cache at capacity
+/// (10 000 entries) and with it empty. Timed by hand: each measured token
+/// must be new, which criterion's iteration counts cannot promise.
+fn full_cache(_: &mut Criterion) {
+    const CAPACITY: usize = 10_000;
+    const MEASURED: usize = 2_000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let b = Bench {
+        rt,
+        jwks_url: url::Url::parse(&serve_jwks()).expect("url"),
+        now: OffsetDateTime::now_utc(),
+    };
+    let now = b.now.unix_timestamp();
+    let key = signing_key(Algorithm::ES256);
+    // The filler expires first, so evictions take filler, never a measured token.
+    let filler: Vec<String> = (0..CAPACITY)
+        .map(|i| {
+            let mut c = claims(1_000_000 + i, now);
+            c["exp"] = json!(now + 600);
+            mint_with(Algorithm::ES256, &key, c)
+        })
+        .collect();
+    let fresh: Vec<String> = (0..2 * MEASURED)
+        .map(|i| mint_with(Algorithm::ES256, &key, claims(i, now)))
+        .collect();
+    let time = |verifier: &Verifier, tokens: &[String]| {
+        let start = Instant::now();
+        b.rt.block_on(async {
+            for t in tokens {
+                verifier.verify(t, b.now).await.expect("verifies");
+            }
+        });
+        start.elapsed() / tokens.len() as u32
+    };
+    let full = b.warm_verifier(Algorithm::ES256);
+    time(&full, &filler);
+    let at_capacity = time(&full, &fresh[..MEASURED]);
+    let empty = b.warm_verifier(Algorithm::ES256);
+    let below = time(&empty, &fresh[MEASURED..]);
+    eprintln!(
+        "identity_verify/es256_first_sight with the token cache full ({CAPACITY}): {at_capacity:?} per token; \
+         with it nearly empty: {below:?}; eviction at capacity costs {:?} per new token",
+        at_capacity.saturating_sub(below)
+    );
+}
+
+criterion_group!(benches, verify, full_cache);
 criterion_main!(benches);

@@ -126,10 +126,14 @@ fn parsing(c: &mut Criterion) {
 fn intake(c: &mut Criterion) {
     let config = Config::from_toml(
         r#"
+[server]
+dry_run = true
 [github]
 webhook_secrets = [{ env = "SECRET" }]
 [environments.production]
 approvers = ["octocat"]
+[environments.production.verdict]
+required = false
 "#,
         &|_| Some(SECRET.to_owned()),
     )

@@ -71,7 +71,15 @@ Options (defaults in brackets):
                         (starts its own redis-server on a free port)
   --portcullis-log F    RUST_LOG for portcullis [warn]; `info` is its default
   --portcullis-bin P    [<repo>/target/release/portcullis]
+  --portcullis-env K=V  an environment variable for portcullis (repeatable), e.g.
+                        LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+  --work-dir DIR        where portcullis keeps its configuration and audit
+                        file [the system temporary directory]; /dev/shm shows
+                        what the fsyncs of the audit trail cost
   --json PATH           also write the results as JSON
+  --perf DIR            record `perf` profiles (cpu-clock, DWARF call graphs) of
+                        each saturation phase into DIR (use with --rounds 1;
+                        Probot runs with --perf-basic-prof so JIT frames resolve)
   --quick               small numbers, for a smoke test
 ";
 
@@ -91,7 +99,10 @@ struct Args {
     redis: bool,
     portcullis_log: String,
     portcullis_bin: PathBuf,
+    portcullis_env: Vec<(String, String)>,
     json: Option<PathBuf>,
+    perf: Option<PathBuf>,
+    work_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -134,7 +145,10 @@ fn parse_args() -> Result<Args, String> {
         redis: false,
         portcullis_log: "warn".into(),
         portcullis_bin: repo().join("target/release/portcullis"),
+        portcullis_env: Vec::new(),
         json: None,
+        perf: None,
+        work_dir: std::env::temp_dir(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -169,7 +183,16 @@ fn parse_args() -> Result<Args, String> {
             "--redis" => a.redis = true,
             "--portcullis-log" => a.portcullis_log = value()?,
             "--portcullis-bin" => a.portcullis_bin = PathBuf::from(value()?),
+            "--portcullis-env" => {
+                let kv = value()?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| format!("--portcullis-env: `{kv}` is not K=V"))?;
+                a.portcullis_env.push((k.to_string(), v.to_string()));
+            }
             "--json" => a.json = Some(PathBuf::from(value()?)),
+            "--perf" => a.perf = Some(PathBuf::from(value()?)),
+            "--work-dir" => a.work_dir = PathBuf::from(value()?),
             "--quick" => {
                 a.rounds = 1;
                 a.saturation = Duration::from_secs(2);
@@ -246,7 +269,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot read the webhook fixture: {e}"))?;
     let deliveries = Arc::new(Deliveries::new(&fixture, &mock.url(), SECRET));
     let minter = jwt::Minter::new(&keys, mock.url());
-    let work = std::env::temp_dir().join(format!("portcullis-bench-{}", std::process::id()));
+    let work = args.work_dir.join(format!("portcullis-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
     let _cleanup = RemoveDir(work.clone());
     if args.targets.contains(&Kind::Portcullis) && !args.portcullis_bin.is_file() {
@@ -508,6 +531,8 @@ async fn run(args: Args) -> Result<(), String> {
                 "connections": args.connections, "saturation_secs": args.saturation.as_secs_f64(),
                 "rate": args.rate, "rate_secs": args.rate_secs, "full_secs": args.full_secs,
                 "delivery_bytes": b.deliveries.body_len(), "portcullis_log": args.portcullis_log,
+                "work_dir": args.work_dir,
+                "portcullis_env": args.portcullis_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
             },
             "meta": extra,
         });
@@ -545,6 +570,7 @@ async fn side_by_side(
     settle(b, kind).await;
     b.mock.state.take_reviews();
 
+    let perf = profile(b, pid, &format!("{}-saturation", kind.name()), a.saturation);
     let cpu0 = cpu_secs(pid);
     let s = load::closed_loop(
         proc.addr(),
@@ -555,6 +581,7 @@ async fn side_by_side(
     )
     .await;
     let sat_cpu = cpu_secs(pid) - cpu0;
+    finish_profile(perf);
     check_phase(&proc, "saturation", &s)?;
     settle(b, kind).await;
     b.mock.state.take_reviews();
@@ -660,6 +687,10 @@ fn start(b: &Bench, kind: Kind, state: &str, redis_url: Option<&str>) -> Result<
                 return Err(format!("Probot is not installed: run `npm ci` in {}", dir.display()));
             }
             let mut cmd = Command::new("node");
+            if b.args.perf.is_some() {
+                // Symbol maps of JIT-compiled code, so that `perf report` names it.
+                cmd.arg("--perf-basic-prof");
+            }
             cmd.arg(dir.join("server.mjs"))
                 .arg("0")
                 .current_dir(&dir)
@@ -735,7 +766,8 @@ producers = [{{ job_workflow_ref = "{gate}" }}]
                 .current_dir(&dir)
                 .env("RUST_LOG", format!("{},portcullis::server=info", b.args.portcullis_log))
                 .env("NO_COLOR", "1")
-                .env("BENCH_WEBHOOK_SECRET", SECRET);
+                .env("BENCH_WEBHOOK_SECRET", SECRET)
+                .envs(b.args.portcullis_env.iter().map(|(k, v)| (k, v)));
             Proc::spawn("portcullis", cmd, |l| {
                 let rest = l.split("listening on 127.0.0.1:").nth(1)?;
                 rest.chars()
@@ -874,6 +906,7 @@ async fn attested_saturation(b: &Bench) -> Result<Value, String> {
     attest(b, &proc, runs.clone()).await?;
     let signed = Arc::new(b.deliveries.sign(runs));
     b.mock.state.take_reviews();
+    let perf = profile(b, pid, "portcullis-full-work", Duration::from_secs(3));
     let cpu0 = cpu_secs(pid);
     let start_at = Instant::now();
     let p = load::closed_loop(
@@ -887,6 +920,7 @@ async fn attested_saturation(b: &Bench) -> Result<Value, String> {
     check_phase(&proc, "full work", &p)?;
     wait_reviews(b, p.ok as usize, Duration::from_secs(30)).await;
     let cpu = cpu_secs(pid) - cpu0;
+    finish_profile(perf);
     let reviews = b.mock.state.take_reviews();
     let last = reviews.iter().map(|(_, at)| *at).max().unwrap_or(start_at);
     let (path, missing) = load::full_path(&p.sends, &reviews);
@@ -979,6 +1013,41 @@ async fn with_redis(b: &Bench) -> Result<FullPath, String> {
     })?;
     let url = format!("redis://127.0.0.1:{port}/0");
     full_path_with(b, "redis", Some(&url)).await
+}
+
+/// Starts `perf record` on `pid` for `secs`, if `--perf` was given.
+fn profile(b: &Bench, pid: u32, name: &str, secs: Duration) -> Option<std::process::Child> {
+    let dir = b.args.perf.as_ref()?;
+    let _ = std::fs::create_dir_all(dir);
+    let out = dir.join(format!("{name}-{}.data", b.instances.get()));
+    let child = Command::new("perf")
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "999",
+            "--call-graph",
+            "dwarf,16384",
+            "-p",
+        ])
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(&out)
+        .args(["--", "sleep", &format!("{:.1}", secs.as_secs_f64())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| eprintln!("perf record did not start: {e}"))
+        .ok()?;
+    println!("  profiling {name} into {}", out.display());
+    Some(child)
+}
+
+fn finish_profile(perf: Option<std::process::Child>) {
+    if let Some(mut p) = perf {
+        let _ = p.wait();
+    }
 }
 
 fn ms(d: Duration) -> f64 {
