@@ -561,3 +561,28 @@ async fn open_creates_parent_directories_and_an_empty_log_verifies() {
         Err(AuditError::Io { .. })
     ));
 }
+
+#[tokio::test]
+async fn only_batches_someone_waits_on_are_fsynced_and_they_cover_the_rest() {
+    let dir = TempDir::new().unwrap();
+    let log = FileAudit::open(&log_path(&dir)).await.expect("open");
+    log.append_nowait(event(1));
+    // The nowait record is written (readers see it) without an fsync.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while lines(&log_path(&dir)).len() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the nowait record was never written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(log.fsync_count(), 0);
+    // A durable append fsyncs, covering the nowait record before it.
+    let second = log.append(event(2)).await.expect("append");
+    assert_eq!((second.seq, log.fsync_count()), (2, 1));
+    // Closing makes a trailing nowait record durable.
+    log.append_nowait(event(3));
+    log.close().await.expect("close");
+    assert_eq!(log.fsync_count(), 2);
+    assert_eq!(verify_file(&log_path(&dir)).expect("verifies").records, 3);
+}

@@ -8,7 +8,12 @@
 //! with one `fsync` (`File::sync_data`), then answers each waiting
 //! [`append`](AuditLog::append). Appends that arrive while an `fsync` runs
 //! form the next batch, so concurrent decisions share the cost of one `fsync`
-//! and no latency is added when the log is idle. A std thread rather than a
+//! and no latency is added when the log is idle. A batch of
+//! [`append_nowait`](AuditLog::append_nowait) records only (nobody waits on
+//! them) is written without an `fsync`: the next batch someone waits on, or
+//! closing the log, covers it, which keeps the promise that a durable append
+//! implies every earlier record is durable while sparing a decision the wait
+//! for the webhook's own `request_received` fsync. A std thread rather than a
 //! tokio task: the work is blocking file I/O from start to end.
 //!
 //! # Failure
@@ -297,6 +302,7 @@ fn open_blocking(path: PathBuf) -> Result<FileAudit, AuditError> {
         head: report.head_hash.clone(),
         last_at: report.last_at.as_deref().and_then(parse_rfc3339),
         good_len: report.complete_bytes,
+        unsynced: false,
         shared: Arc::clone(&shared),
     };
     let (tx, rx) = mpsc::channel();
@@ -390,9 +396,13 @@ struct Writer {
     seq: u64,
     head: String,
     last_at: Option<OffsetDateTime>,
-    /// The end of the last durable record: where the file is cut back to if
-    /// a batch fails.
+    /// The end of the last record written whole: where the file is cut back
+    /// to if a batch fails.
     good_len: u64,
+    /// Records were written that no fsync covers yet (a batch of
+    /// `append_nowait` records only: nobody waits on them, so their fsync is
+    /// left to the next batch someone waits on, or to close).
+    unsynced: bool,
     shared: Arc<Shared>,
 }
 
@@ -417,6 +427,12 @@ impl Writer {
             }
             self.commit(batch);
             if let Some(reply) = close {
+                if self.unsynced
+                    && self.shared.stopped().is_none()
+                    && let Err(message) = self.sync()
+                {
+                    self.stop(&message);
+                }
                 self.shared.closed.store(true, Ordering::Release);
                 let outcome = match self.shared.stopped() {
                     Some(reason) => Err(AuditError::Stopped(reason)),
@@ -482,14 +498,17 @@ impl Writer {
             return;
         }
 
-        match self.write_durably(&buf) {
+        // Only a batch someone waits on is fsynced; its fsync also covers any
+        // earlier batch written without one, so "a later durable append
+        // implies this one is durable" still holds for append_nowait.
+        let waited_on = sealed.iter().any(|(_, reply)| reply.is_some());
+        match self.write(&buf, waited_on) {
             Ok(()) => {
                 let n = sealed.len() as u64;
                 self.seq = seq;
                 self.head = head;
                 self.last_at = last_at;
                 self.good_len += buf.len() as u64;
-                self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
                 self.shared.records.fetch_add(n, Ordering::Relaxed);
                 self.shared.batches.fetch_add(1, Ordering::Relaxed);
                 self.shared.largest_batch.fetch_max(n, Ordering::Relaxed);
@@ -506,14 +525,26 @@ impl Writer {
         }
     }
 
-    fn write_durably(&mut self, buf: &[u8]) -> Result<(), String> {
+    fn write(&mut self, buf: &[u8], sync: bool) -> Result<(), String> {
         match path_identity(&self.path) {
             Ok(id) if id == self.identity => {}
             Ok(_) => return Err(MOVED.into()),
             Err(e) => return Err(format!("the log file is gone ({e})")),
         }
         self.file.write_all(buf).map_err(|e| format!("write failed: {e}"))?;
-        self.file.sync_data().map_err(|e| format!("fsync failed: {e}"))
+        if sync {
+            self.sync()
+        } else {
+            self.unsynced = true;
+            Ok(())
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        self.file.sync_data().map_err(|e| format!("fsync failed: {e}"))?;
+        self.unsynced = false;
+        self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Cuts the file back to the last durable record and stops the log.
