@@ -265,8 +265,14 @@ impl TokenCache {
         if entries.len() >= self.capacity && !entries.contains_key(&digest) {
             entries.retain(|_, t| t.expires_at.checked_add(LEEWAY).is_none_or(|end| end >= now));
             if entries.len() >= self.capacity {
-                let soonest = entries.iter().min_by_key(|(_, t)| t.expires_at).map(|(k, _)| k.clone());
-                if let Some(key) = soonest {
+                // Evict the soonest-expiring tenth in one pass, so a full
+                // cache pays this O(n) scan once per `capacity / 10` new
+                // tokens instead of on every one.
+                let evict = (self.capacity / 10).max(1).min(entries.len());
+                let mut by_expiry: Vec<(OffsetDateTime, String)> =
+                    entries.iter().map(|(k, t)| (t.expires_at, k.clone())).collect();
+                by_expiry.select_nth_unstable(evict - 1);
+                for (_, key) in by_expiry.into_iter().take(evict) {
                     entries.remove(&key);
                 }
             }
@@ -333,6 +339,20 @@ mod tests {
         assert_eq!(cache.len(), 3);
         assert!(cache.get("soon").is_none(), "then the soonest to expire");
         assert!(cache.get("late").is_some() && cache.get("new2").is_some());
+    }
+
+    #[test]
+    fn a_full_cache_evicts_the_soonest_tenth_at_once() {
+        let now = datetime!(2025-06-01 12:00:00 UTC);
+        let cache = TokenCache::new(20);
+        for i in 0..20 {
+            let key = format!("t{i:02}");
+            cache.insert(key.clone(), verified(&key, now + Duration::minutes(i + 1)), now);
+        }
+        cache.insert("new".into(), verified("new", now + Duration::hours(2)), now);
+        assert_eq!(cache.len(), 19, "two evicted, one inserted");
+        assert!(cache.get("t00").is_none() && cache.get("t01").is_none());
+        assert!(cache.get("t02").is_some() && cache.get("new").is_some());
     }
 
     #[tokio::test]
