@@ -569,7 +569,7 @@ async fn only_batches_someone_waits_on_are_fsynced_and_they_cover_the_rest() {
     log.append_nowait(event(1));
     // The nowait record is written (readers see it) without an fsync.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while lines(&log_path(&dir)).len() < 1 {
+    while lines(&log_path(&dir)).is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "the nowait record was never written"
