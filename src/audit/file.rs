@@ -82,16 +82,16 @@ struct Shared {
     batches: AtomicU64,
     largest_batch: AtomicU64,
     closed: AtomicBool,
-    stopped: Mutex<Option<String>>,
+    stopped: super::StopFlag,
 }
 
 impl Shared {
     fn stopped(&self) -> Option<String> {
-        self.stopped.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stopped.reason()
     }
 
     fn stop(&self, reason: String) {
-        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.stopped.stop(reason);
     }
 }
 

@@ -29,6 +29,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+/// Why a log stopped accepting records, once it has: shared by a backend's
+/// handle and its writer. Set once; a poisoned lock still holds the reason.
+#[derive(Debug, Default)]
+pub(crate) struct StopFlag(std::sync::Mutex<Option<String>>);
+
+impl StopFlag {
+    pub(crate) fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn stop(&self, reason: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+}
+
 pub use chain::{ChainError, MAX_LINE_BYTES, VerifyReport, record_hash, verify_lines};
 pub use file::{FileAudit, get_file, query_file, verify_file};
 pub use memory::MemoryAudit;

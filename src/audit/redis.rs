@@ -54,8 +54,8 @@
 //! [`verify_lines`](super::verify_lines).
 
 use std::io::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -546,15 +546,16 @@ struct Shared {
     /// The writer holds a batch Redis has not taken yet.
     failing: AtomicBool,
     closed: AtomicBool,
-    stopped: Mutex<Option<String>>,
+    stopped: super::StopFlag,
 }
 
 impl Shared {
     fn stopped(&self) -> Option<String> {
-        self.stopped.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stopped.reason()
     }
+
     fn stop(&self, reason: String) {
-        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.stopped.stop(reason);
     }
 }
 
