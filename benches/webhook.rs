@@ -150,7 +150,11 @@ required = false
             let GithubEvent::ProtectionRule(p) = parse(EVENT, black_box(&body), &gh.api_url).expect("parses") else {
                 panic!("not a protection rule")
             };
-            portcullis::gate::github_request(&config, "delivery-1", &p, now)
+            let timeout = config
+                .environment(&p.environment)
+                .map(|e| e.pending_timeout)
+                .unwrap_or_default();
+            portcullis::webhook::github::deployment_request(timeout, "delivery-1", &p, now)
         })
     });
     group.finish();

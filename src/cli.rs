@@ -292,7 +292,11 @@ async fn decide(
         Ok(_) => return Err("the webhook is not a requested deployment_protection_rule".into()),
         Err(e) => return Err(format!("webhook {}: {e}", webhook.display())),
     };
-    let request = crate::gate::github_request(&config, "offline", &parsed, now);
+    let timeout = config
+        .environment(&parsed.environment)
+        .map(|e| e.pending_timeout)
+        .unwrap_or_default();
+    let request = crate::webhook::github::deployment_request(timeout, "offline", &parsed, now);
 
     let attestation = match token {
         None => None,
@@ -314,16 +318,16 @@ async fn decide(
 
     let mut policy = config.environment(&request.environment).cloned();
     // A verdict file (`allow` or `evidence`) or a bare evidence bundle.
-    let posted: Option<(crate::gate::VerdictBody, String)> = match (verdict, evidence) {
+    let posted: Option<(crate::domain::VerdictBody, String)> = match (verdict, evidence) {
         (Some(path), _) => {
-            let body: crate::gate::VerdictBody = serde_json::from_slice(&read_file(path, "verdict")?)
+            let body: crate::domain::VerdictBody = serde_json::from_slice(&read_file(path, "verdict")?)
                 .map_err(|e| format!("verdict {}: {e}", path.display()))?;
             Some((body, path.display().to_string()))
         }
         (None, Some(path)) => {
             let bundle: serde_json::Value = serde_json::from_slice(&read_file(path, "evidence")?)
                 .map_err(|e| format!("evidence {}: {e}", path.display()))?;
-            let body = crate::gate::VerdictBody {
+            let body = crate::domain::VerdictBody {
                 environment: request.environment.clone(),
                 sha: request.sha.clone(),
                 policy: None,
@@ -365,7 +369,7 @@ async fn decide(
             };
             match (&body.evidence, body.allow) {
                 (Some(bundle), None) => {
-                    evaluate_offline(&config, policy.as_ref(), &mut v, bundle, attestation.as_ref(), now)?
+                    evaluate_offline(&config, policy.as_ref(), &mut v, bundle, attestation.as_ref(), now).await?
                 }
                 (None, Some(_)) => {}
                 _ => return Err("the verdict file needs exactly one of `allow` or `evidence`".into()),
@@ -398,10 +402,11 @@ async fn decide(
     })
 }
 
-/// Evaluates an evidence bundle with the configured Rego policies, as the
-/// service does for `POST /v1/verdicts` with `evidence`; the attested actor
-/// (if a token was given) stands for the poster.
-fn evaluate_offline(
+/// Evaluates an evidence bundle as the service does for `POST /v1/verdicts`
+/// with `evidence`, in every verdict mode (the configured Rego policies in
+/// process, or the environment's OPA server); the attested actor (if a token
+/// was given) stands for the poster.
+async fn evaluate_offline(
     config: &Config,
     policy: Option<&crate::config::EnvironmentPolicy>,
     verdict: &mut Verdict,
@@ -410,36 +415,58 @@ fn evaluate_offline(
     now: OffsetDateTime,
 ) -> Result<(), String> {
     let policy = policy.ok_or_else(|| format!("environment `{}` is not configured", verdict.environment))?;
-    let query = policy
-        .verdict
-        .policy
-        .clone()
-        .or_else(|| verdict.policy.clone())
-        .ok_or_else(|| format!("environments.{}.verdict.policy names no query to evaluate", policy.name))?;
-    crate::verdict::validate_evidence(bundle).map_err(|e| format!("invalid evidence: evidence{e}"))?;
-    let engine = crate::server::load_policies(config)
-        .map_err(|e| e.to_string())?
-        .ok_or("no [policies] paths are configured")?;
+    let mut policy = policy.clone();
+    if policy.verdict.policy.is_none() {
+        policy.verdict.policy = verdict.policy.clone();
+    }
+    if policy.verdict.policy.is_none() {
+        return Err(format!(
+            "environments.{}.verdict.policy names no query to evaluate",
+            policy.name
+        ));
+    }
+    let engine = match policy.verdict.mode {
+        crate::config::VerdictMode::Opa => None,
+        _ => Some(
+            crate::server::load_policies(config)
+                .map_err(|e| e.to_string())?
+                .ok_or("no [policies] paths are configured")?,
+        ),
+    };
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let opa = crate::verdict::OpaClient::new(http);
     let (actor, claims) = attestation
         .map(|a| (a.actor.clone(), a.claims.clone()))
         .unwrap_or_default();
-    let input = crate::verdict::build_input(
+    let poster = crate::verdict::Poster {
+        repository: &verdict.repository,
+        actor: &actor,
+        claims: &claims,
+    };
+    let evaluated = crate::verdict::evaluate_evidence(
+        engine.as_deref(),
+        &opa,
+        &policy,
         bundle,
-        &policy.name,
         &verdict.sha,
-        &verdict.repository,
-        &actor,
-        &claims,
-        &serde_json::json!([]),
+        poster,
+        verdict.evidence_digest.as_deref(),
         now,
-    );
-    let evaluation = engine.evaluate(&query, &input, now).map_err(|e| e.to_string())?;
-    verdict.allow = evaluation.allow;
-    verdict.reasons = evaluation.reasons;
-    verdict.source = VerdictSource::Evaluated;
-    verdict.policy = Some(query);
-    verdict.evidence_digest = Some(crate::verdict::evidence_digest(bundle));
-    verdict.policy_revision = Some(engine.revision().to_string());
+    )
+    .await
+    .map_err(|e| match e {
+        crate::verdict::EvaluateError::Invalid { message, .. } => format!("invalid evidence: {message}"),
+        crate::verdict::EvaluateError::Unavailable(message) => message,
+    })?;
+    verdict.allow = evaluated.allow;
+    verdict.reasons = evaluated.reasons;
+    verdict.source = evaluated.source;
+    verdict.policy = Some(evaluated.policy);
+    verdict.evidence_digest = Some(evaluated.evidence_digest);
+    verdict.policy_revision = Some(evaluated.policy_revision);
     Ok(())
 }
 

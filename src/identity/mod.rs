@@ -17,6 +17,7 @@
 
 mod claims;
 mod jwks;
+pub mod reviewer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;

@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::domain::ErrorCode;
 use crate::gate::GateError;
 use crate::identity::TokenError;
 use crate::webhook::WebhookError;
@@ -89,16 +90,47 @@ impl From<GateError> for ApiError {
                     "the audit trail is unavailable; try again",
                 )
             }
-            GateError::Invalid { code, message } => {
-                let status = if code == "request_not_found" {
-                    StatusCode::NOT_FOUND
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                ApiError::new(status, code, message)
-            }
-            GateError::Forbidden { code, message } => ApiError::new(StatusCode::FORBIDDEN, code, message),
-            GateError::Unavailable { code, message } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message),
+            GateError::Refused { code, message } => ApiError::new(status_of(code), code.as_str(), message),
         }
+    }
+}
+
+/// The HTTP status of each error code: the one table.
+pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
+    use ErrorCode as E;
+    match code {
+        E::NotFound | E::RequestNotFound | E::AuditRecordNotFound => StatusCode::NOT_FOUND,
+        E::EnvironmentNotConfigured
+        | E::PayloadMalformed
+        | E::PayloadUnreadable
+        | E::HeaderMissing
+        | E::HeaderInvalid
+        | E::InvalidSha
+        | E::InvalidVerdict
+        | E::InvalidEvidence
+        | E::InvalidEvidenceDigest
+        | E::EvidenceDigestMismatch
+        | E::EvidenceRequired
+        | E::EvidenceNotSupported
+        | E::InvalidQuery => StatusCode::BAD_REQUEST,
+        E::SignatureMissing
+        | E::SignatureInvalid
+        | E::SignatureStale
+        | E::TokenExpired
+        | E::TokenNotYetValid
+        | E::TokenMalformed
+        | E::IssuerNotTrusted
+        | E::AudienceMismatch
+        | E::AlgorithmNotAllowed
+        | E::ReadTokenRequired
+        | E::ReadTokenInvalid => StatusCode::UNAUTHORIZED,
+        E::ProducerNotTrusted => StatusCode::FORBIDDEN,
+        E::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        E::IssuerUnavailable
+        | E::StateUnavailable
+        | E::AuditUnavailable
+        | E::PolicyUnavailable
+        | E::PlatformUnavailable
+        | E::PlatformNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

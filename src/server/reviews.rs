@@ -780,7 +780,7 @@ async fn submit(
     };
     let gate = gate.into_inner();
     match gate.add_review(&id, review).await {
-        Ok(true) => {
+        Ok(crate::gate::ReviewOutcome::Recorded { .. }) => {
             info!(request = %id, reviewer = %email, groups = %groups, approve, via = "sso", "review recorded");
             let state = match gate.store.get_request(&id).await {
                 Ok(Some(r)) => crate::slack::interaction::status_line(&r),
@@ -805,7 +805,7 @@ async fn submit(
             }
             response
         }
-        Ok(false) => match gate.store.get_request(&id).await {
+        Ok(crate::gate::ReviewOutcome::AlreadyDecided) => match gate.store.get_request(&id).await {
             Ok(Some(r)) => already_decided(&r),
             _ => already_decided(&request),
         },

@@ -12,7 +12,8 @@ use tracing::{Instrument, info, info_span};
 
 use super::ApiError;
 use crate::audit::AuditFilter;
-use crate::gate::{DELIVERY_TTL, Gate, VerdictBody, github_request};
+use crate::domain::VerdictBody;
+use crate::gate::{DELIVERY_TTL, Gate};
 use crate::webhook::github::{GithubEvent, parse as parse_github, verify_signature};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -199,7 +200,9 @@ async fn github_webhook(
                     info!("duplicate delivery ignored");
                     return Ok(HttpResponse::Accepted().json(json!({"status": "duplicate"})));
                 }
-                let request = github_request(&gate.config, delivery, &p, OffsetDateTime::now_utc());
+                let timeout = gate.pending_timeout(&p.environment);
+                let request =
+                    crate::webhook::github::deployment_request(timeout, delivery, &p, OffsetDateTime::now_utc());
                 let span = info_span!("request", request = %request.id, environment = %request.environment);
                 let gate2 = gate.clone().into_inner();
                 match gate2.receive_request(request).instrument(span).await {
@@ -305,7 +308,8 @@ async fn gitlab_hook(
             "GitLab's deployments API did not answer; try again",
         )
     })?;
-    let request = crate::gate::gitlab_request(&gate.config, delivery, hook, &info, now);
+    let timeout = gate.pending_timeout(&hook.environment);
+    let request = crate::webhook::gitlab::deployment_request(timeout, delivery, hook.deployment(), &info, now);
     let span = info_span!("request", request = %request.id, environment = %request.environment);
     let (id, _) = gate.receive_request(request).instrument(span).await?;
     gate.metrics.webhooks_accepted.fetch_add(1, Ordering::Relaxed);

@@ -24,9 +24,9 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use crate::config::ReviewVia;
-use crate::decision::{Outcome, ReasonCode};
+use crate::decision::{Outcome, ReasonCode, ReviewRefusal, review_eligibility};
 use crate::domain::{DeploymentRequest, RequestStatus, Review};
-use crate::gate::Gate;
+use crate::gate::{Gate, ReviewOutcome};
 
 use super::client::{SlackClient, SlackUser};
 use super::{ACTION_APPROVE, ACTION_REJECT, ACTION_SSO};
@@ -96,27 +96,12 @@ pub fn parse(body: &[u8]) -> Result<Interaction, String> {
 /// The names a Slack user goes by, besides the email: handle, display name,
 /// real name, email local part. Empty and repeated ones are dropped.
 pub fn aliases(user: &SlackUser) -> Vec<String> {
-    let local = user
-        .email
-        .as_deref()
-        .and_then(|e| e.split_once('@'))
-        .map(|(l, _)| l.to_string());
-    let mut out: Vec<String> = Vec::new();
-    for name in [
+    crate::identity::reviewer::aliases([
         Some(user.name.clone()),
         user.display_name.clone(),
         user.real_name.clone(),
-        local,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let name = name.trim().to_string();
-        if !name.is_empty() && !out.iter().any(|o| o.eq_ignore_ascii_case(&name)) {
-            out.push(name);
-        }
-    }
-    out
+        user.email.as_deref().and_then(crate::identity::reviewer::local_part),
+    ])
 }
 
 /// The review a Slack user's click stands for, or `None` without an email.
@@ -143,15 +128,8 @@ pub async fn handle(gate: &Arc<Gate>, client: &SlackClient, click: &Click) -> St
         }
     };
     let env = req.environment.clone();
-    let Some(policy) = gate.config.environment(&env) else {
-        return format!("{env} is not configured in portcullis; nothing was recorded.");
-    };
-    if policy.reviews.required == 0 {
-        return format!("{env} takes no reviews; nothing was recorded.");
-    }
-    if policy.reviews.via == ReviewVia::Sso {
-        let base = gate.config.server.public_url.as_str().trim_end_matches('/');
-        return format!("Reviews for {env} are made by signing in: {base}/reviews/{}", req.id);
+    if let Err(refusal) = review_eligibility(&env, gate.config.environment(&env), ReviewVia::Slack, None) {
+        return refusal_text(gate, &req, &refusal);
     }
     if req.status != RequestStatus::Pending {
         return already_decided(&req);
@@ -176,29 +154,30 @@ pub async fn handle(gate: &Arc<Gate>, client: &SlackClient, click: &Click) -> St
             "Your Slack profile shows no email address, so you cannot be matched to the reviewers of {env}; nothing was recorded."
         );
     };
-    if !policy
-        .reviews
-        .reviewers
-        .iter()
-        .any(|r| r.eq_ignore_ascii_case(&review.reviewer))
-    {
+    if let Err(refusal) = review_eligibility(
+        &env,
+        gate.config.environment(&env),
+        ReviewVia::Slack,
+        Some(&review.reviewer),
+    ) {
         info!(slack_user = %user.id, reviewer = %review.reviewer, request = %req.id, environment = %env,
               "slack review refused: not a reviewer of the environment");
-        return format!("You are not a reviewer for {env}; nothing was recorded.");
+        return refusal_text(gate, &req, &refusal);
     }
     let reviewer = review.reviewer.clone();
     let approve = review.approve;
-    let is_self = !policy.reviews.allow_self_review && is_actor(gate, &req, &review).await;
     match gate.add_review(&req.id, review).await {
-        Ok(false) => already_decided(&gate.store.get_request(&req.id).await.ok().flatten().unwrap_or(req)),
-        Ok(true) => {
+        Ok(ReviewOutcome::AlreadyDecided) => {
+            already_decided(&gate.store.get_request(&req.id).await.ok().flatten().unwrap_or(req))
+        }
+        Ok(ReviewOutcome::Recorded { counts }) => {
             info!(request = %req.id, reviewer = %reviewer, approve, via = "slack", "review recorded");
             let verb = if approve { "approval" } else { "rejection" };
             let mut out = format!(
                 "Recorded your {verb} of the deployment of {} to {env}, as {reviewer} (identity verified through Slack).",
                 short(&req.sha)
             );
-            if approve && is_self {
+            if approve && !counts {
                 out.push_str(&format!(
                     " It does not count: you triggered this deployment, and {env} does not allow self-review."
                 ));
@@ -216,13 +195,19 @@ pub async fn handle(gate: &Arc<Gate>, client: &SlackClient, click: &Click) -> St
     }
 }
 
-async fn is_actor(gate: &Gate, req: &DeploymentRequest, review: &Review) -> bool {
-    match gate.store.get_attestation(&req.run_ref().key()).await {
-        Ok(Some(att)) => {
-            review.reviewer.eq_ignore_ascii_case(&att.actor)
-                || review.aliases.iter().any(|a| a.eq_ignore_ascii_case(&att.actor))
+/// What the clicker is told when a review cannot be taken.
+fn refusal_text(gate: &Gate, req: &DeploymentRequest, refusal: &ReviewRefusal) -> String {
+    let env = &req.environment;
+    match refusal {
+        ReviewRefusal::EnvironmentNotConfigured(_) => {
+            format!("{env} is not configured in portcullis; nothing was recorded.")
         }
-        _ => false,
+        ReviewRefusal::NoReviews(_) => format!("{env} takes no reviews; nothing was recorded."),
+        ReviewRefusal::OtherChannel { .. } => {
+            let base = gate.config.server.public_url.as_str().trim_end_matches('/');
+            format!("Reviews for {env} are made by signing in: {base}/reviews/{}", req.id)
+        }
+        ReviewRefusal::NotAReviewer { .. } => format!("You are not a reviewer for {env}; nothing was recorded."),
     }
 }
 

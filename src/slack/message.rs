@@ -15,7 +15,7 @@
 use serde_json::{Value, json};
 
 use crate::config::{Config, EnvironmentPolicy, ReviewVia};
-use crate::decision::{Outcome, Reason, ReasonCode};
+use crate::decision::{Outcome, Reason};
 use crate::domain::{DeploymentRequest, Platform, RequestStatus};
 
 use super::{ACTION_APPROVE, ACTION_REJECT, ACTION_SSO};
@@ -84,12 +84,7 @@ pub fn buttons_allowed(req: &DeploymentRequest, policy: Option<&EnvironmentPolic
     if policy.reviews.required == 0 || req.status != RequestStatus::Pending {
         return false;
     }
-    match &req.decision {
-        Some(d) if d.outcome == Outcome::Pending && !d.reasons.is_empty() => {
-            d.reasons.iter().all(|r| r.code == ReasonCode::ReviewsMissing)
-        }
-        _ => false,
-    }
+    crate::decision::only_reviews_missing(req.decision.as_ref())
 }
 
 /// Where the request is, as the message says it.

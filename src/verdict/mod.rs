@@ -10,11 +10,15 @@
 //!    environment's query and its sibling `deny`/`reasons` set into an [`Evaluation`];
 //! 4. the verdict records [`evidence_digest`] and [`PolicyEngine::revision`].
 //!
+//! [`evaluate_evidence`] runs those steps for an environment, in whichever
+//! mode it is configured; the service and the offline `decide` share it.
+//!
 //! An `Err` here means "could not decide"; a denial is `Ok` with `allow: false`
 //! and its reasons. Neither path ever produces an allow by default.
 
 mod check;
 mod engine;
+mod evaluate;
 mod evidence;
 mod opa;
 mod query;
@@ -23,6 +27,7 @@ mod query;
 mod tests;
 
 pub use engine::{PolicyEngine, RegoTestResult};
+pub use evaluate::{EvaluateError, EvaluatedEvidence, Poster, evaluate_evidence};
 pub use evidence::{EvidenceError, build_input, evidence_digest, validate_evidence};
 pub use opa::OpaClient;
 pub use query::validate_query;

@@ -7,7 +7,8 @@ use url::Url;
 use super::{WebhookError, parse_error};
 use crate::config::Secret;
 use crate::crypto::hmac_sha256_verify;
-use crate::decision::{Reason, ReasonCode};
+use crate::domain::{DeploymentRequest, Platform, Reason, ReasonCode, RequestStatus, Target, deadline};
+use time::OffsetDateTime;
 
 /// Checks `X-Hub-Signature-256: sha256=<hex>` over the raw body against every
 /// configured secret (several, for rotation), each in constant time.
@@ -210,6 +211,45 @@ fn repo_from_callback(url: &Url, api_url: &Url) -> Option<(String, String)> {
     let s = segments_after_base(url, api_url)?;
     let n = s.len();
     (n >= 7).then(|| (s[n - 6].to_string(), s[n - 5].to_string()))
+}
+
+/// Builds the GitHub deployment request from a verified, parsed delivery.
+/// The delivery's problems (a callback on a foreign host, say) come along as
+/// intake problems, which reject the request without calling the callback.
+pub fn deployment_request(
+    pending_timeout: std::time::Duration,
+    delivery: &str,
+    p: &ProtectionRuleRequest,
+    now: OffsetDateTime,
+) -> DeploymentRequest {
+    let run = p.run_id.to_string();
+    DeploymentRequest {
+        id: DeploymentRequest::derive_id(Platform::Github, &p.repository, &run, &p.environment),
+        platform: Platform::Github,
+        repository: p.repository.clone(),
+        run,
+        environment: p.environment.clone(),
+        sha: p.sha.clone(),
+        target: Target::Github {
+            owner: p.owner.clone(),
+            repo: p.repo.clone(),
+            run_id: p.run_id,
+            installation_id: p.installation_id,
+            callback_url: p.callback_url.clone(),
+        },
+        delivery: delivery.to_string(),
+        received_at: now,
+        deadline: deadline(now, pending_timeout),
+        intake_problems: p.problems.clone(),
+        reviews: Vec::new(),
+        status: RequestStatus::Pending,
+        decision: None,
+        decision_record: None,
+        platform_attempts: 0,
+        platform_result: None,
+        slack: None,
+        version: 0,
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::decision::{Decision, Reason};
+mod error_code;
+mod reason;
+
+pub use error_code::ErrorCode;
+pub use reason::{Decision, Outcome, Reason, ReasonCode};
 
 /// Which CI/CD platform a request, run or token belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -320,4 +324,32 @@ impl DeploymentRequest {
         let digest = crate::crypto::sha256_hex(key.as_bytes());
         format!("req_{}", &digest[..24])
     }
+}
+
+/// A policy-gate job's verdict post (`POST /v1/verdicts`): an asserted
+/// `allow`, or `evidence` for portcullis to evaluate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictBody {
+    pub environment: String,
+    pub sha: String,
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub allow: Option<bool>,
+    #[serde(default)]
+    pub evidence: Option<Value>,
+    #[serde(default)]
+    pub evidence_digest: Option<String>,
+    #[serde(default)]
+    pub reasons: Vec<String>,
+}
+
+/// When a request received at `now` times out: `now + pending_timeout`,
+/// saturating at the end of the representable time rather than overflowing.
+pub fn deadline(now: OffsetDateTime, pending_timeout: std::time::Duration) -> OffsetDateTime {
+    time::Duration::try_from(pending_timeout)
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        .unwrap_or(time::PrimitiveDateTime::MAX.assume_utc())
 }

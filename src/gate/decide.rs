@@ -1,0 +1,273 @@
+//! Deciding: evaluation of a request under its lease, and the sequence that
+//! acts on a final decision — audit it durably, answer the platform, audit
+//! the answer, close the request.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::json;
+use time::OffsetDateTime;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::{Gate, GateError, events};
+use crate::decision::{self, Decision, Inputs, Outcome};
+use crate::domain::{DeploymentRequest, PlatformOutcome, RequestStatus};
+use crate::platform::CallResult;
+use crate::state::{Cas, Lease, StateError};
+
+/// Transient platform failures are retried this many times (by re-driving).
+const MAX_PLATFORM_ATTEMPTS: u32 = 5;
+
+impl Gate {
+    /// Evaluates one request at `now`. Pending stays pending (with what is
+    /// missing written down); a final decision is acted on under the lease.
+    pub async fn evaluate(self: &Arc<Self>, id: &str, now: OffsetDateTime) -> Result<(), GateError> {
+        // Every log line of a decision carries the request, its environment
+        // and the delivery that created it.
+        let span = info_span!(
+            "evaluate",
+            request = %id,
+            environment = tracing::field::Empty,
+            delivery = tracing::field::Empty
+        );
+        async move {
+            for _ in 0..8 {
+                let Some(req) = self.store.get_request(id).await? else {
+                    return Ok(());
+                };
+                let current = tracing::Span::current();
+                current.record("environment", req.environment.as_str());
+                current.record("delivery", req.delivery.as_str());
+                match req.status {
+                    RequestStatus::Done | RequestStatus::Superseded => return Ok(()),
+                    RequestStatus::Deciding => return self.redrive(req).await,
+                    RequestStatus::Pending => {}
+                }
+                let decision = self.decide(&req, now).await?;
+                if !decision.is_final() {
+                    if req.decision.as_ref() != Some(&decision) {
+                        let mut next = req.clone();
+                        next.decision = Some(decision);
+                        if let Cas::Conflict(_) = self.store.update_request(&next).await? {
+                            continue;
+                        }
+                        self.notify(id);
+                    }
+                    return Ok(());
+                }
+                let Some(lease) = self
+                    .store
+                    .acquire_lease(id, &self.holder, self.config.state.lease_ttl)
+                    .await?
+                else {
+                    // Another replica is acting on it.
+                    return Ok(());
+                };
+                let mut next = req.clone();
+                next.status = RequestStatus::Deciding;
+                next.decision = Some(decision);
+                match self.store.update_request(&next).await? {
+                    Cas::Written(v) => {
+                        next.version = v;
+                        let result = self.act(next, &lease).await;
+                        self.store.release_lease(&lease).await?;
+                        return result;
+                    }
+                    Cas::Conflict(_) => {
+                        self.store.release_lease(&lease).await?;
+                        continue;
+                    }
+                }
+            }
+            Err(GateError::State(StateError(
+                "the request kept changing while being decided".into(),
+            )))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Reads the inputs of a request and runs the pure engine.
+    pub async fn decide(&self, req: &DeploymentRequest, now: OffsetDateTime) -> Result<Decision, GateError> {
+        let policy = self.config.environment(&req.environment);
+        let attestation = self.store.get_attestation(&req.run_ref().key()).await?;
+        let verdict = match policy {
+            Some(p) if p.verdict.required => self.store.get_verdict(&req.verdict_key()).await?,
+            _ => None,
+        };
+        Ok(decision::evaluate(&Inputs {
+            policy,
+            request: req,
+            attestation: attestation.as_ref(),
+            verdict: verdict.as_ref(),
+            reviews: &req.reviews,
+            now,
+        }))
+    }
+
+    /// Takes over a `Deciding` request whose lease lapsed (its replica died
+    /// or its platform call failed transiently).
+    async fn redrive(self: &Arc<Self>, req: DeploymentRequest) -> Result<(), GateError> {
+        let Some(lease) = self
+            .store
+            .acquire_lease(&req.id, &self.holder, self.config.state.lease_ttl)
+            .await?
+        else {
+            return Ok(());
+        };
+        // Re-read under the lease: the previous holder may have finished.
+        let result = match self.store.get_request(&req.id).await? {
+            Some(fresh) if fresh.status == RequestStatus::Deciding => {
+                info!(request = %fresh.id, "re-driving a decision left in flight");
+                self.act(fresh, &lease).await
+            }
+            _ => Ok(()),
+        };
+        self.store.release_lease(&lease).await?;
+        result
+    }
+
+    /// Audits the decision durably, answers the platform, audits the result
+    /// and closes the request. Fenced: every step after a write checks the
+    /// lease is still ours.
+    async fn act(self: &Arc<Self>, mut req: DeploymentRequest, lease: &Lease) -> Result<(), GateError> {
+        let Some(decision) = req.decision.clone() else {
+            return Err(GateError::State(StateError(
+                "a deciding request has no decision".into(),
+            )));
+        };
+        let approve = decision.outcome == Outcome::Approved;
+
+        if req.decision_record.is_none() {
+            if !self.store.lease_valid(lease).await? {
+                return Ok(());
+            }
+            let record = self.audit_decision(&req, &decision).await?;
+            req.decision_record = Some(record);
+            match self.store.update_request(&req).await? {
+                Cas::Written(v) => req.version = v,
+                Cas::Conflict(_) => return Ok(()),
+            }
+            match decision.outcome {
+                Outcome::Approved => self.metrics.decisions_approved.fetch_add(1, Ordering::Relaxed),
+                _ => self.metrics.decisions_rejected.fetch_add(1, Ordering::Relaxed),
+            };
+            info!(request = %req.id, environment = %req.environment, outcome = decision.outcome.as_str(),
+                  reasons = %decision.reasons.iter().map(|r| r.code.as_str()).collect::<Vec<_>>().join(","), "decided");
+        }
+        let record_id = req.decision_record.clone().unwrap_or_default();
+        let comment = self.comment(&req, &decision, &record_id);
+
+        let dry_run = self.config.server.dry_run;
+        let callback_trusted = !req
+            .intake_problems
+            .iter()
+            .any(|p| p.code == decision::ReasonCode::CallbackHostMismatch);
+        let call = if dry_run {
+            CallResult {
+                ok: true,
+                status: None,
+                detail: "dry run: the platform was not called".into(),
+            }
+        } else if !callback_trusted {
+            CallResult {
+                ok: true,
+                status: None,
+                detail: "not called: the callback URL is not on the configured API host".into(),
+            }
+        } else {
+            match self.platform_for(req.platform) {
+                Some(client) => client.answer(&req, approve, &comment).await,
+                None => CallResult {
+                    ok: false,
+                    status: None,
+                    detail: format!("{} is not configured", req.platform),
+                },
+            }
+        };
+        req.platform_attempts += 1;
+        let transient = !call.ok && call.status.is_none_or(|s| s >= 500 || s == 429);
+        if call.ok {
+            self.metrics.platform_calls_ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.metrics.platform_calls_failed.fetch_add(1, Ordering::Relaxed);
+        }
+
+        if !self.store.lease_valid(lease).await? {
+            warn!(request = %req.id, "lost the lease during the platform call; the new holder finishes");
+            return Ok(());
+        }
+        let give_up = transient && req.platform_attempts >= MAX_PLATFORM_ATTEMPTS;
+        let outcome = PlatformOutcome {
+            ok: call.ok,
+            status: call.status,
+            detail: call.detail.clone(),
+            dry_run,
+            at: OffsetDateTime::now_utc(),
+        };
+        let ev = events::platform_result(
+            &req,
+            &decision,
+            json!({
+                "ok": call.ok, "status": call.status, "detail": call.detail, "dry_run": dry_run,
+                "attempt": req.platform_attempts, "retrying": transient && !give_up, "decision_record": record_id,
+            }),
+        );
+        self.audit
+            .append(ev)
+            .await
+            .map_err(|e| GateError::Audit(e.to_string()))?;
+
+        req.platform_result = Some(outcome);
+        if !transient || give_up {
+            req.status = RequestStatus::Done;
+        }
+        if let Cas::Conflict(_) = self.store.update_request(&req).await? {
+            warn!(request = %req.id, "the request changed while answering the platform");
+        }
+        self.notify(&req.id);
+        if call.ok {
+            info!(request = %req.id, status = ?call.status, "platform answered");
+        } else {
+            warn!(request = %req.id, status = ?call.status, detail = %call.detail, retrying = transient && !give_up, "platform call failed");
+        }
+        Ok(())
+    }
+    /// The comment posted with the answer: outcome, reasons, audit link;
+    /// the platform client caps it at the platform's limit.
+    fn comment(&self, req: &DeploymentRequest, decision: &Decision, record_id: &str) -> String {
+        let mut out = format!(
+            "portcullis {} the deployment of {} to {}.",
+            decision.outcome.as_str(),
+            short(&req.sha),
+            req.environment
+        );
+        for r in &decision.reasons {
+            out.push_str(&format!("\n- {}: {}", r.code.as_str(), r.message));
+        }
+        out.push_str(&format!("\nAudit: {}", self.audit_link(record_id)));
+        // Keep the link whole even when reasons are long: cut the reasons.
+        if out.chars().count() > 1024 {
+            let link = format!("\n…\nAudit: {}", self.audit_link(record_id));
+            let keep = 1024usize.saturating_sub(link.chars().count());
+            out = out.chars().take(keep).collect::<String>() + &link;
+        }
+        out
+    }
+
+    /// Appends the durable `decision` record, naming the inputs it weighed.
+    async fn audit_decision(&self, req: &DeploymentRequest, decision: &Decision) -> Result<String, GateError> {
+        let attestation = self.store.get_attestation(&req.run_ref().key()).await?;
+        let verdict = self.store.get_verdict(&req.verdict_key()).await?;
+        let record = self
+            .audit
+            .append(events::decision(req, decision, attestation.as_ref(), verdict.as_ref()))
+            .await
+            .map_err(|e| GateError::Audit(e.to_string()))?;
+        Ok(record.id)
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}

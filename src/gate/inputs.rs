@@ -1,0 +1,265 @@
+//! Inputs coming in: deployment requests, attestations, verdicts and
+//! reviews. Each is checked, stored, audited, and re-evaluates the requests
+//! it may unblock.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use time::OffsetDateTime;
+use tracing::info;
+
+use super::{Gate, GateError, events};
+use crate::decision;
+use crate::domain::{
+    Attestation, CommitSha, DeploymentRequest, ErrorCode, Producer, RequestStatus, Review, Verdict, VerdictBody,
+    VerdictSource, verdict_key,
+};
+use crate::identity::{TokenError, VerifiedToken};
+use crate::state::{Cas, StateError};
+use crate::verdict::{EvaluateError, Poster, evaluate_evidence};
+
+/// What became of a review handed to [`Gate::add_review`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewOutcome {
+    /// Recorded. `counts` is false for an approval by the deploying actor
+    /// where the environment does not allow self-review (and for rejections).
+    Recorded { counts: bool },
+    /// The request was already decided: the review changes nothing.
+    AlreadyDecided,
+}
+
+impl Gate {
+    /// Stores a new deployment request (idempotent on its id) and schedules
+    /// its evaluation. Returns the request id and whether it was new.
+    pub async fn receive_request(self: &Arc<Self>, req: DeploymentRequest) -> Result<(String, bool), GateError> {
+        let created = self.store.insert_request(&req).await?;
+        if created {
+            self.audit.append_nowait(events::request_received(&req));
+            info!(request = %req.id, environment = %req.environment, repository = %req.repository, run = %req.run, "deployment request received");
+            self.notify(&req.id);
+        }
+        self.spawn_evaluate(req.id.clone());
+        Ok((req.id, created))
+    }
+
+    /// Verifies a CI job's token and keeps its claims as the attestation of
+    /// its run; re-evaluates that run's pending requests.
+    pub async fn attest(self: &Arc<Self>, token: &str) -> Result<Attestation, GateError> {
+        let now = OffsetDateTime::now_utc();
+        let verified = match self.verifier.verify(token, now).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.metrics.attestations_rejected.fetch_add(1, Ordering::Relaxed);
+                self.token_rejected(token, &e, "attestation");
+                return Err(e.into());
+            }
+        };
+        let att = verified.into_attestation(now);
+        let run_key = att.run_ref().key();
+        self.store
+            .put_attestation(&run_key, &att, self.config.state.attestation_ttl)
+            .await?;
+        self.audit.append_nowait(events::attestation_accepted(&att));
+        self.metrics.attestations_accepted.fetch_add(1, Ordering::Relaxed);
+        info!(repository = %att.repository, run = %att.run, actor = %att.actor, "attestation accepted");
+        for id in self.store.requests_for_run(&run_key).await? {
+            self.spawn_evaluate(id);
+        }
+        Ok(att)
+    }
+
+    /// Records a verdict posted by a policy-gate job, after checking the
+    /// poster against the environment's producers.
+    pub async fn record_verdict(self: &Arc<Self>, token: &str, body: VerdictBody) -> Result<Verdict, GateError> {
+        let now = OffsetDateTime::now_utc();
+        let verified = match self.verifier.verify(token, now).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.token_rejected(token, &e, "verdict");
+                return Err(e.into());
+            }
+        };
+        let policy = self.config.environment(&body.environment).ok_or_else(|| {
+            GateError::refused(
+                ErrorCode::EnvironmentNotConfigured,
+                format!("environment `{}` is not configured", body.environment),
+            )
+        })?;
+        let sha =
+            CommitSha::parse(&body.sha).map_err(|m| GateError::refused(ErrorCode::InvalidSha, format!("sha: {m}")))?;
+        if let Some(d) = &body.evidence_digest
+            && !is_sha256_digest(d)
+        {
+            return Err(GateError::refused(
+                ErrorCode::InvalidEvidenceDigest,
+                "evidence_digest must be `sha256:` followed by 64 hex digits",
+            ));
+        }
+        let evaluates = policy.verdict.mode != crate::config::VerdictMode::Asserted;
+        match (body.allow, &body.evidence) {
+            (Some(_), None) if !evaluates => {}
+            (None, Some(_)) if evaluates => {}
+            (Some(_), None) => {
+                return Err(GateError::refused(
+                    ErrorCode::EvidenceRequired,
+                    format!(
+                        "environment `{}` evaluates evidence itself: post `evidence`, not `allow`",
+                        body.environment
+                    ),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(GateError::refused(
+                    ErrorCode::EvidenceNotSupported,
+                    format!(
+                        "environment `{}` takes asserted verdicts (`allow`), not evidence",
+                        body.environment
+                    ),
+                ));
+            }
+            _ => {
+                return Err(GateError::refused(
+                    ErrorCode::InvalidVerdict,
+                    "exactly one of `allow` or `evidence` is required",
+                ));
+            }
+        }
+        if !decision::producer_trusted(policy, &verified.claims) {
+            self.audit.append_nowait(events::producer_refused(&verified, &body));
+            info!(subject = %verified.subject, environment = %body.environment, "verdict refused: producer not trusted");
+            return Err(GateError::refused(
+                ErrorCode::ProducerNotTrusted,
+                format!(
+                    "{} is not a trusted verdict producer for {}",
+                    verified.subject, body.environment
+                ),
+            ));
+        }
+        let mut verdict = Verdict {
+            platform: verified.platform,
+            repository: verified.repository.clone(),
+            sha: sha.to_string(),
+            environment: body.environment.clone(),
+            allow: body.allow.unwrap_or(false),
+            source: VerdictSource::Asserted,
+            policy: body.policy.clone(),
+            evidence_digest: body.evidence_digest.clone(),
+            policy_revision: None,
+            reasons: body.reasons.clone(),
+            producer: producer_of(&verified),
+            recorded_at: now,
+        };
+        if let Some(evidence) = &body.evidence {
+            let poster = Poster {
+                repository: &verified.repository,
+                actor: &verified.actor,
+                claims: &verified.claims,
+            };
+            let evaluated = evaluate_evidence(
+                self.policies.as_deref(),
+                &self.opa,
+                policy,
+                evidence,
+                &verdict.sha,
+                poster,
+                body.evidence_digest.as_deref(),
+                now,
+            )
+            .await
+            .map_err(|e| match e {
+                EvaluateError::Invalid { code, message } => GateError::refused(code, message),
+                EvaluateError::Unavailable(message) => GateError::refused(ErrorCode::PolicyUnavailable, message),
+            })?;
+            verdict.allow = evaluated.allow;
+            verdict.reasons = evaluated.reasons;
+            verdict.source = evaluated.source;
+            verdict.policy = Some(evaluated.policy);
+            verdict.evidence_digest = Some(evaluated.evidence_digest);
+            verdict.policy_revision = Some(evaluated.policy_revision);
+        }
+        self.store_verdict(verdict).await
+    }
+
+    /// Stores a verdict as the latest for its key, audits it and re-evaluates
+    /// the requests waiting on it.
+    pub async fn store_verdict(self: &Arc<Self>, verdict: Verdict) -> Result<Verdict, GateError> {
+        let key = verdict_key(
+            verdict.platform,
+            &verdict.repository,
+            &verdict.sha,
+            &verdict.environment,
+        );
+        self.store
+            .put_verdict(&key, &verdict, self.config.state.verdict_ttl)
+            .await?;
+        self.audit.append_nowait(events::verdict_recorded(&verdict));
+        self.metrics.verdicts_recorded.fetch_add(1, Ordering::Relaxed);
+        info!(repository = %verdict.repository, sha = %verdict.sha, environment = %verdict.environment, allow = verdict.allow, "verdict recorded");
+        for id in self.store.requests_for_verdict(&key).await? {
+            self.spawn_evaluate(id);
+        }
+        Ok(verdict)
+    }
+
+    /// Adds a human review to a request (durably audited) and re-evaluates
+    /// it. The reviewer's eligibility was checked by the caller with
+    /// [`decision::review_eligibility`]; whether an approval counts is the
+    /// engine's rule, reported back for the reviewer.
+    pub async fn add_review(self: &Arc<Self>, id: &str, review: Review) -> Result<ReviewOutcome, GateError> {
+        for _ in 0..8 {
+            let Some(mut req) = self.store.get_request(id).await? else {
+                return Err(GateError::refused(
+                    ErrorCode::RequestNotFound,
+                    format!("no request `{id}`"),
+                ));
+            };
+            if req.status != RequestStatus::Pending {
+                return Ok(ReviewOutcome::AlreadyDecided);
+            }
+            req.reviews
+                .retain(|r| !r.reviewer.eq_ignore_ascii_case(&review.reviewer));
+            req.reviews.push(review.clone());
+            if let Cas::Written(_) = self.store.update_request(&req).await? {
+                self.audit
+                    .append(events::review_recorded(&req, &review))
+                    .await
+                    .map_err(|e| GateError::Audit(e.to_string()))?;
+                self.notify(id);
+                let counts = match self.config.environment(&req.environment) {
+                    Some(policy) => {
+                        let attestation = self.store.get_attestation(&req.run_ref().key()).await?;
+                        decision::reviews::counts(policy, &review, attestation.as_ref().map(|a| a.actor.as_str()))
+                    }
+                    None => false,
+                };
+                self.evaluate(id, OffsetDateTime::now_utc()).await?;
+                return Ok(ReviewOutcome::Recorded { counts });
+            }
+        }
+        Err(GateError::State(StateError(
+            "the request kept changing; try again".into(),
+        )))
+    }
+
+    /// Audits a refused token: its hash and why, never the token.
+    fn token_rejected(&self, token: &str, err: &TokenError, purpose: &str) {
+        let hash = crate::crypto::sha256_hex(token.as_bytes());
+        self.audit.append_nowait(events::token_rejected(hash, err, purpose));
+        info!(code = err.code(), purpose, "token refused");
+    }
+}
+
+fn producer_of(v: &VerifiedToken) -> Producer {
+    Producer {
+        issuer: v.issuer.clone(),
+        subject: v.subject.clone(),
+        actor: v.actor.clone(),
+        claims: v.claims.clone(),
+        token_sha256: v.token_sha256.clone(),
+    }
+}
+
+fn is_sha256_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}

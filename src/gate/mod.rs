@@ -1,0 +1,281 @@
+//! The gate: turns inputs (deployment requests, attestations, verdicts,
+//! reviews, the clock) into decisions, and decisions into platform answers,
+//! exactly once per request and never before the decision is durably audited.
+//!
+//! Every input re-evaluates the requests it may unblock. A final decision is
+//! acted on by the holder of the request's lease only: it writes `Deciding`
+//! (compare-and-set), appends the `decision` record (durable), calls the
+//! platform, appends `platform_result`, writes `Done`. A replica that dies
+//! anywhere in between leaves `Deciding` behind with an expiring lease; the
+//! sweeper of any replica re-drives it, reusing the recorded decision, and the
+//! platform's "already reviewed" answer makes a repeated call harmless.
+//!
+//! - [`inputs`]: requests, attestations, verdicts and reviews coming in;
+//! - [`decide`]: evaluation under the lease, the audit-then-answer sequence;
+//! - [`events`]: the one place that builds the gate's audit records;
+//! - [`gitlab`]: GitLab status hooks and the blocked-deployment poller;
+//! - [`metrics`]: the counters behind `/metrics`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::domain::{ErrorCode, Platform, RequestStatus};
+use crate::identity::{TokenError, Verifier};
+use crate::platform::PlatformClient;
+use crate::state::{Cas, SharedStore, StateError};
+
+mod decide;
+mod events;
+mod gitlab;
+mod inputs;
+mod metrics;
+
+pub use crate::domain::VerdictBody;
+pub use inputs::ReviewOutcome;
+pub use metrics::Metrics;
+
+/// How often the sweeper looks for timed-out and abandoned requests.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How long delivery ids are remembered for dedup.
+pub const DELIVERY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The platform clients the gate answers through.
+#[derive(Clone, Default)]
+pub struct Platforms {
+    pub github: Option<Arc<dyn PlatformClient>>,
+    pub gitlab: Option<Arc<dyn PlatformClient>>,
+    /// GitLab's read API (deployment lookups, the blocked-deployment poller);
+    /// present whenever a GitLab token is configured, dry run or not.
+    pub gitlab_api: Option<Arc<crate::platform::gitlab::GitlabClient>>,
+}
+
+/// Told whenever a request changes (received, pending with other reasons,
+/// decided, answered, reviewed), to mirror it elsewhere (Slack). Called in
+/// the background: a slow or failing notifier never delays or changes a
+/// decision. Implementations re-read the request, so calls may coalesce.
+#[async_trait::async_trait]
+pub trait Notifier: Send + Sync + 'static {
+    async fn request_changed(&self, gate: Arc<Gate>, request_id: String);
+}
+
+/// Why the gate could not take an input. Each maps to an HTTP answer by its
+/// [`ErrorCode`].
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("{0}")]
+    State(#[from] StateError),
+    #[error("the audit trail is unavailable: {0}")]
+    Audit(String),
+    /// The input was refused (a bad body, an untrusted poster, an unknown
+    /// request) or a dependency could not answer (an OPA server); the code
+    /// says which.
+    #[error("{message}")]
+    Refused { code: ErrorCode, message: String },
+}
+
+impl GateError {
+    pub(crate) fn refused(code: ErrorCode, message: impl Into<String>) -> Self {
+        GateError::Refused {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+pub struct Gate {
+    pub config: Arc<Config>,
+    pub store: SharedStore,
+    pub audit: Arc<dyn AuditLog>,
+    pub verifier: Arc<Verifier>,
+    platforms: Platforms,
+    /// This replica's name in leases.
+    holder: String,
+    tasks: TaskTracker,
+    runtime: tokio::runtime::Handle,
+    pub metrics: Metrics,
+    notifier: std::sync::OnceLock<Arc<dyn Notifier>>,
+    /// Compiled Rego policies, for environments with `verdict.mode = "evaluated"`.
+    policies: Option<Arc<crate::verdict::PolicyEngine>>,
+    opa: crate::verdict::OpaClient,
+}
+
+impl Gate {
+    pub fn new(
+        config: Arc<Config>,
+        store: SharedStore,
+        audit: Arc<dyn AuditLog>,
+        verifier: Arc<Verifier>,
+        platforms: Platforms,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Gate> {
+        Self::with_policies(
+            config,
+            store,
+            audit,
+            verifier,
+            platforms,
+            runtime,
+            None,
+            crate::verdict::OpaClient::new(reqwest::Client::new()),
+        )
+    }
+
+    /// A gate that evaluates evidence with `policies` (in process) and `opa`
+    /// (OPA servers).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_policies(
+        config: Arc<Config>,
+        store: SharedStore,
+        audit: Arc<dyn AuditLog>,
+        verifier: Arc<Verifier>,
+        platforms: Platforms,
+        runtime: tokio::runtime::Handle,
+        policies: Option<Arc<crate::verdict::PolicyEngine>>,
+        opa: crate::verdict::OpaClient,
+    ) -> Arc<Gate> {
+        Arc::new(Gate {
+            config,
+            store,
+            audit,
+            verifier,
+            platforms,
+            holder: format!("replica-{}", uuid::Uuid::new_v4().simple()),
+            tasks: TaskTracker::new(),
+            runtime,
+            metrics: Metrics::default(),
+            notifier: std::sync::OnceLock::new(),
+            policies,
+            opa,
+        })
+    }
+
+    /// Installs the notifier (once, at start).
+    pub fn set_notifier(&self, notifier: Arc<dyn Notifier>) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    /// Tells the notifier, in the background, that a request changed.
+    pub fn notify(self: &Arc<Self>, id: &str) {
+        if let Some(n) = self.notifier.get() {
+            let (n, gate, id) = (n.clone(), Arc::clone(self), id.to_string());
+            self.tasks
+                .spawn_on(async move { n.request_changed(gate, id).await }, &self.runtime);
+        }
+    }
+
+    /// Records the Slack message mirroring a request (compare-and-set, retried).
+    /// Returns `false`, writing nothing, while the request is `Deciding`: the
+    /// decision's own writes must not meet a conflict; the notifier is told
+    /// again when the request is answered and records it then.
+    pub async fn set_slack_ref(&self, id: &str, slack: crate::domain::SlackRef) -> Result<bool, GateError> {
+        for _ in 0..8 {
+            let Some(mut req) = self.store.get_request(id).await? else {
+                return Ok(false);
+            };
+            if req.slack.as_ref() == Some(&slack) {
+                return Ok(true);
+            }
+            if req.status == RequestStatus::Deciding {
+                return Ok(false);
+            }
+            req.slack = Some(slack.clone());
+            if let Cas::Written(_) = self.store.update_request(&req).await? {
+                return Ok(true);
+            }
+        }
+        Err(GateError::State(StateError(
+            "the request kept changing; the Slack reference was not recorded".into(),
+        )))
+    }
+
+    /// Runs `evaluate(id)` in the background, tracked so that shutdown waits
+    /// for decisions in flight.
+    pub fn spawn_evaluate(self: &Arc<Self>, id: String) {
+        let gate = Arc::clone(self);
+        self.tasks.spawn_on(
+            async move {
+                if let Err(e) = gate.evaluate(&id, OffsetDateTime::now_utc()).await {
+                    gate.metrics.internal_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(request = %id, error = %e, "could not decide; the request stays open and is retried");
+                }
+            },
+            &self.runtime,
+        );
+    }
+
+    /// Stops taking background work and waits (bounded) for work in flight.
+    pub async fn drain(&self, timeout: Duration) {
+        self.tasks.close();
+        if tokio::time::timeout(timeout, self.tasks.wait()).await.is_err() {
+            warn!(
+                "shutdown: decisions still in flight after {:?}; their leases will expire and another replica re-drives them",
+                timeout
+            );
+        }
+    }
+
+    /// Re-drives due work every second until `stop` fires.
+    pub async fn run_sweeper(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.sweep(OffsetDateTime::now_utc()).await {
+                warn!(error = %e, "sweep failed; retrying");
+            }
+        }
+    }
+
+    /// One sweep: evaluates every request past its deadline and every
+    /// abandoned `Deciding` request. Public so tests drive it step by step.
+    pub async fn sweep(self: &Arc<Self>, now: OffsetDateTime) -> Result<usize, GateError> {
+        let due = self.store.due_requests(now, 256).await?;
+        let n = due.len();
+        for id in due {
+            if let Err(e) = self.evaluate(&id, now).await {
+                warn!(request = %id, error = %e, "sweep: could not decide");
+            }
+        }
+        Ok(n)
+    }
+    pub fn gitlab_api(&self) -> Option<&Arc<crate::platform::gitlab::GitlabClient>> {
+        self.platforms.gitlab_api.as_ref()
+    }
+
+    fn platform_for(&self, platform: Platform) -> Option<&Arc<dyn PlatformClient>> {
+        match platform {
+            Platform::Github => self.platforms.github.as_ref(),
+            Platform::Gitlab => self.platforms.gitlab.as_ref(),
+        }
+    }
+
+    /// The link to an audit record, as comments and Slack messages give it.
+    pub fn audit_link(&self, record_id: &str) -> String {
+        let base = self.config.server.public_url.as_str().trim_end_matches('/');
+        format!("{base}/v1/audit/{record_id}")
+    }
+}
+
+impl Gate {
+    /// The environment's `pending_timeout` (zero for an unconfigured
+    /// environment, whose request is rejected at once anyway).
+    pub fn pending_timeout(&self, environment: &str) -> Duration {
+        self.config
+            .environment(environment)
+            .map(|e| e.pending_timeout)
+            .unwrap_or(Duration::ZERO)
+    }
+}
