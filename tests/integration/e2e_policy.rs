@@ -3,14 +3,12 @@
 //! it, records the verdict with the evidence digest and the policy revision,
 //! and the decision uses it.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::app::App;
+use crate::support::github_mock::{GithubMock, TEST_APP_ID, review_path, test_app_private_key};
+use crate::support::oidc::{OidcProvider, github_claims};
 use serde_json::{Value, json};
-use support::app::App;
-use support::github_mock::{GithubMock, TEST_APP_ID, review_path, test_app_private_key};
-use support::oidc::{OidcProvider, github_claims};
 
 const REPO: &str = "octo-org/payments";
 const GATE: &str = "octo-org/compliance/.github/workflows/gate.yml@refs/heads/main";
@@ -58,7 +56,12 @@ paths = ["{policies}"]
         issuer = oidc.issuer(),
         policies = concat!(env!("CARGO_MANIFEST_DIR"), "/config/policies"),
     );
-    let app = App::start_in(dir, &config, &[("GH_WEBHOOK_SECRET", support::app::WEBHOOK_SECRET)]).await;
+    let app = App::start_in(
+        dir,
+        &config,
+        &[("GH_WEBHOOK_SECRET", crate::support::app::WEBHOOK_SECRET)],
+    )
+    .await;
     World { oidc, gh, app }
 }
 

@@ -2,15 +2,13 @@
 //! Hook, GitLab-shaped ID tokens from a real OpenID Provider, and a recording
 //! GitLab API mock that checks every request.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::app::App;
+use crate::support::gitlab_mock::{GitlabMock, Reply};
+use crate::support::oidc::{OidcProvider, gitlab_claims};
 use base64::Engine;
 use serde_json::{Value, json};
-use support::app::App;
-use support::gitlab_mock::{GitlabMock, Reply};
-use support::oidc::{OidcProvider, gitlab_claims};
 
 const PROJECT_ID: u64 = 4711;
 const PROJECT: &str = "platform/payments-api";
@@ -150,7 +148,7 @@ impl World {
         assert_eq!(code, 201, "{resp}");
     }
 
-    async fn approval_for(&self, deployment: u64) -> support::gitlab_mock::Approval {
+    async fn approval_for(&self, deployment: u64) -> crate::support::gitlab_mock::Approval {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             if let Some(a) = self.gl.approvals().into_iter().find(|a| a.deployment_id == deployment) {

@@ -3,17 +3,15 @@
 //! forged tokens (signed in-process with the same committed test keys, or a
 //! rogue key) are refused with the exact error.
 
-mod support;
-
 use std::time::Instant;
 
-use portcullis::domain::Platform;
-use portcullis::identity::{TokenError, VerifiedToken, Verifier};
-use serde_json::{Value, json};
-use support::oidc::{
+use crate::support::oidc::{
     OidcProvider, ProviderStats, TestKey, forge, forge_hs256_with_public_key, forge_unsigned, github_claims,
     gitlab_claims, header, payload, tamper, unused_loopback_port, with_registered,
 };
+use portcullis::domain::Platform;
+use portcullis::identity::{TokenError, VerifiedToken, Verifier};
+use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
 const AUDIENCE: &str = "portcullis";
@@ -352,7 +350,7 @@ async fn unknown_kid_refetches_the_jwks_once_then_is_signature_invalid() {
     for i in 0..10 {
         let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         h.kid = Some(format!("made-up-{i}"));
-        let token = support::oidc::forge_with_header(TestKey::Rogue, h, &forged_claims(&provider));
+        let token = crate::support::oidc::forge_with_header(TestKey::Rogue, h, &forged_claims(&provider));
         assert_refused(
             verifier.verify(&token, now()).await,
             TokenError::SignatureInvalid,
@@ -380,7 +378,7 @@ async fn rogue_key_under_a_known_kid_is_signature_invalid() {
     let verifier = github_verifier(&provider);
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     h.kid = Some(TestKey::ProviderRs256.kid().to_owned());
-    let token = support::oidc::forge_with_header(TestKey::Rogue, h, &forged_claims(&provider));
+    let token = crate::support::oidc::forge_with_header(TestKey::Rogue, h, &forged_claims(&provider));
 
     let result = verifier.verify(&token, now()).await;
 
@@ -395,7 +393,7 @@ async fn es256_header_naming_the_rsa_kid_is_signature_invalid() {
     let verifier = github_verifier(&provider);
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     h.kid = Some(TestKey::ProviderRs256.kid().to_owned());
-    let token = support::oidc::forge_with_header(TestKey::ProviderEs256, h, &forged_claims(&provider));
+    let token = crate::support::oidc::forge_with_header(TestKey::ProviderEs256, h, &forged_claims(&provider));
 
     let result = verifier.verify(&token, now()).await;
 

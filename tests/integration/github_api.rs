@@ -1,17 +1,15 @@
 //! The GitHub App client against a recording, checking mock of GitHub's API
-//! (`support::github_mock`), and against Prism serving GitHub's own OpenAPI
-//! description (`support::prism`).
-
-mod support;
+//! (`crate::support::github_mock`), and against Prism serving GitHub's own OpenAPI
+//! description (`crate::support::prism`).
 
 use std::time::Duration;
 
+use crate::support::github_mock::{self, GithubMock, Reply, TEST_INSTALLATION_ID};
+use crate::support::prism::Prism;
 use portcullis::domain::DeploymentRequest;
 use portcullis::platform::github::{GithubClient, RetryPolicy};
 use portcullis::platform::{CallResult, PlatformClient};
 use serde_json::json;
-use support::github_mock::{self, GithubMock, Reply, TEST_INSTALLATION_ID};
-use support::prism::Prism;
 
 const OWNER: &str = "octo-org";
 const REPO: &str = "payments";

@@ -6,12 +6,14 @@
 //! Real parts: a `redis-server` per test, the `portcullis` binary, the
 //! OpenID Provider, the recording GitHub API mock.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::app::{App, WEBHOOK_SECRET};
+use crate::support::github_mock::{GithubMock, Reply, TEST_APP_ID, delivery_item, review_path, test_app_private_key};
+use crate::support::oidc::{OidcProvider, TestKey, forge, github_claims, with_registered};
+use crate::support::redis::RedisServer;
 use portcullis::audit::redis::{RedisAuditOptions, RedisAuditReader};
 use portcullis::audit::{AuditEvent, AuditLog, EventKind, RedisAudit, verify_lines};
 use portcullis::config::Config;
@@ -21,10 +23,6 @@ use portcullis::platform::redeliver::{RedeliverReport, redeliver_once};
 use portcullis::platform::{CallResult, PlatformClient};
 use portcullis::state::redis::RedisStore;
 use serde_json::{Value, json};
-use support::app::{App, WEBHOOK_SECRET};
-use support::github_mock::{GithubMock, Reply, TEST_APP_ID, delivery_item, review_path, test_app_private_key};
-use support::oidc::{OidcProvider, TestKey, forge, github_claims, with_registered};
-use support::redis::RedisServer;
 use time::OffsetDateTime;
 
 const REPO: &str = "octo-org/payments";
@@ -164,7 +162,7 @@ impl Cluster {
         app.post_bearer("/v1/verdicts", &self.token(c), Some(&body)).await
     }
 
-    fn reviews_for(&self, run: u64) -> Vec<support::github_mock::Recorded> {
+    fn reviews_for(&self, run: u64) -> Vec<crate::support::github_mock::Recorded> {
         let path = review_path("octo-org", "payments", run);
         self.gh.reviews().into_iter().filter(|r| r.path == path).collect()
     }
@@ -1215,7 +1213,7 @@ async fn the_deliveries_listing_keeps_githubs_contract() {
     // Prism serves GitHub's own description: the listing request must pass
     // its validation (path, query, headers). Its examples are `issues`
     // events that succeeded, so nothing is asked for again.
-    let prism = support::prism::Prism::start().await;
+    let prism = crate::support::prism::Prism::start().await;
     let w = redeliver_world(1).await;
     let mut config = w.gh.github_config();
     config.api_url = url::Url::parse(&prism.url()).unwrap();

@@ -1,14 +1,12 @@
 //! The state backends' contract, run against the memory backend and a real
 //! Redis server: insert-if-absent, compare-and-set, indexes, leases.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::redis::RedisServer;
 use portcullis::domain::*;
 use portcullis::state::{Cas, MemoryStore, Store, redis::RedisStore};
-use support::redis::RedisServer;
 use time::OffsetDateTime;
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";

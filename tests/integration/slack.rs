@@ -1,4 +1,4 @@
-//! Human reviews and the Slack-linked audit trail (issue 5).
+//! Human reviews and the Slack-linked audit trail.
 //!
 //! Through the real binary: a real OpenID Provider mints the CI tokens, a
 //! recording GitHub API mock takes the review calls, a checking Slack Web
@@ -9,23 +9,21 @@
 //! Library-level tests cover the Slack client, the message and the engine's
 //! review rules with Slack identities.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::app::App;
+use crate::support::github_mock::{GithubMock, TEST_APP_ID, review_path, test_app_private_key};
+use crate::support::oidc::{OidcProvider, github_claims};
+use crate::support::slack_mock::{self, BOT_TOKEN, Reply, SIGNING_SECRET, SlackMock, TEAM_ID};
 use portcullis::config::{Config, Secret, SlackConfig};
 use portcullis::decision::{self, Inputs, Outcome, ReasonCode};
 use portcullis::domain::{Attestation, DeploymentRequest};
 use portcullis::slack::message::{self, Links};
 use portcullis::slack::{ACTION_APPROVE, ACTION_REJECT, ACTION_SSO, SlackClient, SlackError, SlackUser, interaction};
 use serde_json::{Value, json};
-use support::app::App;
-use support::github_mock::{GithubMock, TEST_APP_ID, review_path, test_app_private_key};
-use support::oidc::{OidcProvider, github_claims};
-use support::slack_mock::{self, BOT_TOKEN, Reply, SIGNING_SECRET, SlackMock, TEAM_ID};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const REPO: &str = "octo-org/payments";
@@ -174,7 +172,7 @@ required = false
         dir,
         &config,
         &[
-            ("GH_WEBHOOK_SECRET", support::app::WEBHOOK_SECRET),
+            ("GH_WEBHOOK_SECRET", crate::support::app::WEBHOOK_SECRET),
             ("SLACK_BOT_TOKEN", BOT_TOKEN),
             ("SLACK_SIGNING_SECRET", SIGNING_SECRET),
             ("SSO_CLIENT_SECRET", SSO_SECRET),
@@ -1870,7 +1868,7 @@ fn gitlab_fixture(name: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gitlab_deployment_goes_through_the_same_slack_reviews() {
     let oidc = OidcProvider::start().await;
-    let gl = support::gitlab_mock::GitlabMock::start(GL_TOKEN).await;
+    let gl = crate::support::gitlab_mock::GitlabMock::start(GL_TOKEN).await;
     gl.add_project(GL_PROJECT_ID, GL_PROJECT);
     let slack = SlackMock::start().await;
     slack.add_user("U0ALICE", "alice", Some("alice@example.com"), "Alice");
@@ -1928,7 +1926,7 @@ channel = "#deploys-production"
 
     // A pipeline of `alice` (GitLab `user_login`) asks to deploy.
     let (dep, pipeline, s) = (2101_u64, 53101_u64, sha(2101));
-    let mut claims = support::oidc::gitlab_claims(&s);
+    let mut claims = crate::support::oidc::gitlab_claims(&s);
     claims["project_path"] = json!(GL_PROJECT);
     claims["project_id"] = json!(GL_PROJECT_ID.to_string());
     claims["pipeline_id"] = json!(pipeline.to_string());

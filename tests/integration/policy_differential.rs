@@ -6,9 +6,6 @@
 //! Both engines fix `time.now_ns()` the same way, with `with time.now_ns as
 //! <ns>` on the query, so freshness is compared at nanosecond boundaries.
 
-#[path = "opa/common.rs"]
-mod common;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 
@@ -16,7 +13,7 @@ use portcullis::verdict::{Evaluation, build_input, validate_evidence};
 use serde_json::{Value, json};
 use time::{OffsetDateTime, UtcOffset};
 
-use common::*;
+use crate::common::*;
 
 const CASES: usize = 400;
 const SEED: u64 = 0x5eed_0f0b_a5e1_1e00;

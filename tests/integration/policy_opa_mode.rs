@@ -3,9 +3,6 @@
 //! compared with the in-process engine; and the failures that must never
 //! allow: a 500, a timeout, an unreachable server, a malformed answer.
 
-#[path = "opa/common.rs"]
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use url::Url;
 
-use common::*;
+use crate::common::*;
 
 /// The Python OPA server; killed when dropped.
 struct OpaServer {

@@ -2,14 +2,12 @@
 //! tokens, a recording GitHub API mock takes the review calls, and the
 //! webhooks are full-size, schema-valid payloads signed as GitHub signs them.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::app::{App, WEBHOOK_SECRET, sign};
+use crate::support::github_mock::{GithubMock, Reply, TEST_APP_ID, review_path, test_app_private_key};
+use crate::support::oidc::{OidcProvider, TestKey, forge, github_claims, with_registered};
 use serde_json::{Value, json};
-use support::app::{App, WEBHOOK_SECRET, sign};
-use support::github_mock::{GithubMock, Reply, TEST_APP_ID, review_path, test_app_private_key};
-use support::oidc::{OidcProvider, TestKey, forge, github_claims, with_registered};
 
 const REPO: &str = "octo-org/payments";
 const GATE_WORKFLOW: &str = "octo-org/compliance/.github/workflows/gate.yml@refs/heads/main";

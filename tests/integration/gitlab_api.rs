@@ -2,17 +2,15 @@
 //! it makes, how it reads deployments, and how every failure becomes a
 //! `CallResult` that is never an approval.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::gitlab_mock::{GitlabMock, Reply};
 use portcullis::config::{GitlabConfig, Secret};
 use portcullis::domain::{DeploymentRequest, Platform, RequestStatus, Target};
 use portcullis::platform::github::RetryPolicy;
 use portcullis::platform::gitlab::{GitlabApiError, GitlabClient};
 use portcullis::platform::{CallResult, PlatformClient};
 use serde_json::{Value, json};
-use support::gitlab_mock::{GitlabMock, Reply};
 use time::OffsetDateTime;
 
 const TOKEN: &str = "glpat-test-only-9f8e7d6c5b4a";

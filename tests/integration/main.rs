@@ -1,0 +1,23 @@
+//! The integration tests, in one test binary (one compile and one link for
+//! all of them). Each module is one area; `support` holds the real parts
+//! they run (an OpenID Provider, API mocks, Redis servers, the binary).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+#[path = "../opa/common.rs"]
+mod common;
+
+mod audit;
+mod e2e_github;
+mod e2e_gitlab;
+mod e2e_policy;
+mod github_api;
+mod gitlab_api;
+mod identity;
+mod policy_differential;
+mod policy_opa_mode;
+mod replicas;
+mod slack;
+mod state;
+mod webhook_fixtures;
