@@ -11,9 +11,10 @@
 //! `actor`, GitLab `user_login`), not an email. So the review carries, as
 //! `aliases`, the names the same person goes by: the Slack handle
 //! (`name`), the display name, the real name and the email's local part
-//! (`octocat` for `octocat@example.com`). The engine refuses an approval
-//! whose email or any alias equals the actor (case-insensitively), unless
-//! the environment sets `allow_self_review`. A reviewer whose CI login
+//! (`octocat` for `octocat@example.com`). The engine's review rule
+//! ([`crate::decision::reviews`]) does not count an approval whose email or
+//! any alias equals the actor (case-insensitively), unless the environment
+//! allows self-review. A reviewer whose CI login
 //! matches none of these is not recognised as the actor: keep Slack handles
 //! or email local parts equal to CI logins where self-review matters.
 

@@ -8,6 +8,7 @@ mod support;
 #[path = "../opa/common.rs"]
 mod common;
 
+mod architecture;
 mod audit;
 mod e2e_github;
 mod e2e_gitlab;
