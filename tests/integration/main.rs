@@ -10,6 +10,7 @@ mod common;
 
 mod architecture;
 mod audit;
+mod decision_props;
 mod e2e_github;
 mod e2e_gitlab;
 mod e2e_policy;
