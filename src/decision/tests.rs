@@ -72,6 +72,7 @@ fn request(env: &str) -> DeploymentRequest {
         reviews: vec![],
         status: RequestStatus::Pending,
         decision: None,
+        decided_on: None,
         decision_record: None,
         platform_attempts: 0,
         platform_result: None,

@@ -282,6 +282,10 @@ pub struct DeploymentRequest {
     /// The last evaluation: pending with what is missing, or the final decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
+    /// The attestation and verdict a final decision weighed, kept from the
+    /// evaluation to the `decision` record so the record names exactly them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_on: Option<Box<DecidedOn>>,
     /// The id of the durable `decision` audit record, once written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision_record: Option<String>,
@@ -324,6 +328,15 @@ impl DeploymentRequest {
         let digest = crate::crypto::sha256_hex(key.as_bytes());
         format!("req_{}", &digest[..24])
     }
+}
+
+/// The inputs a final decision weighed (besides the request's own reviews).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecidedOn {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<Attestation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
 }
 
 /// A policy-gate job's verdict post (`POST /v1/verdicts`): an asserted

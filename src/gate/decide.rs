@@ -11,7 +11,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::{Gate, GateError, events};
 use crate::decision::{self, Decision, Inputs, Outcome};
-use crate::domain::{DeploymentRequest, PlatformOutcome, RequestStatus};
+use crate::domain::{DecidedOn, DeploymentRequest, PlatformOutcome, RequestStatus};
 use crate::platform::CallResult;
 use crate::state::{Cas, Lease, StateError};
 
@@ -43,7 +43,7 @@ impl Gate {
                     RequestStatus::Deciding => return self.redrive(req).await,
                     RequestStatus::Pending => {}
                 }
-                let decision = self.decide(&req, now).await?;
+                let (decision, decided_on) = self.decide_with_inputs(&req, now).await?;
                 if !decision.is_final() {
                     if req.decision.as_ref() != Some(&decision) {
                         let mut next = req.clone();
@@ -66,6 +66,7 @@ impl Gate {
                 let mut next = req.clone();
                 next.status = RequestStatus::Deciding;
                 next.decision = Some(decision);
+                next.decided_on = Some(Box::new(decided_on));
                 match self.store.update_request(&next).await? {
                     Cas::Written(v) => {
                         next.version = v;
@@ -89,20 +90,30 @@ impl Gate {
 
     /// Reads the inputs of a request and runs the pure engine.
     pub async fn decide(&self, req: &DeploymentRequest, now: OffsetDateTime) -> Result<Decision, GateError> {
+        Ok(self.decide_with_inputs(req, now).await?.0)
+    }
+
+    /// [`Gate::decide`], with the attestation and verdict it weighed.
+    async fn decide_with_inputs(
+        &self,
+        req: &DeploymentRequest,
+        now: OffsetDateTime,
+    ) -> Result<(Decision, DecidedOn), GateError> {
         let policy = self.config.environment(&req.environment);
         let attestation = self.store.get_attestation(&req.run_ref().key()).await?;
         let verdict = match policy {
             Some(p) if p.verdict.required => self.store.get_verdict(&req.verdict_key()).await?,
             _ => None,
         };
-        Ok(decision::evaluate(&Inputs {
+        let decision = decision::evaluate(&Inputs {
             policy,
             request: req,
             attestation: attestation.as_ref(),
             verdict: verdict.as_ref(),
             reviews: &req.reviews,
             now,
-        }))
+        });
+        Ok((decision, DecidedOn { attestation, verdict }))
     }
 
     /// Takes over a `Deciding` request whose lease lapsed (its replica died
@@ -256,9 +267,16 @@ impl Gate {
     }
 
     /// Appends the durable `decision` record, naming the inputs it weighed.
+    /// A request decided by an earlier version has no `decided_on`; its
+    /// record names the inputs held now, as that version did.
     async fn audit_decision(&self, req: &DeploymentRequest, decision: &Decision) -> Result<String, GateError> {
-        let attestation = self.store.get_attestation(&req.run_ref().key()).await?;
-        let verdict = self.store.get_verdict(&req.verdict_key()).await?;
+        let (attestation, verdict) = match &req.decided_on {
+            Some(on) => (on.attestation.clone(), on.verdict.clone()),
+            None => (
+                self.store.get_attestation(&req.run_ref().key()).await?,
+                self.store.get_verdict(&req.verdict_key()).await?,
+            ),
+        };
         let record = self
             .audit
             .append(events::decision(req, decision, attestation.as_ref(), verdict.as_ref()))

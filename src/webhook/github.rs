@@ -244,6 +244,7 @@ pub fn deployment_request(
         reviews: Vec::new(),
         status: RequestStatus::Pending,
         decision: None,
+        decided_on: None,
         decision_record: None,
         platform_attempts: 0,
         platform_result: None,

@@ -965,6 +965,7 @@ fn prop_request(run: u64, now: OffsetDateTime) -> DeploymentRequest {
         reviews: vec![],
         status: RequestStatus::Pending,
         decision: None,
+        decided_on: None,
         decision_record: None,
         platform_attempts: 0,
         platform_result: None,
