@@ -165,11 +165,25 @@ impl Gate {
                 body.evidence_digest.as_deref(),
                 now,
             )
-            .await
-            .map_err(|e| match e {
-                EvaluateError::Invalid { code, message } => GateError::refused(code, message),
-                EvaluateError::Unavailable(message) => GateError::refused(ErrorCode::PolicyUnavailable, message),
-            })?;
+            .await;
+            let evaluated = match evaluated {
+                Ok(e) => e,
+                Err(EvaluateError::Invalid { code, message }) => return Err(GateError::refused(code, message)),
+                Err(EvaluateError::Unavailable(message)) => {
+                    // No evaluation, no verdict: and no earlier verdict for this
+                    // commit stands in for it. The request waits for a new one.
+                    let key = verdict_key(
+                        verdict.platform,
+                        &verdict.repository,
+                        &verdict.sha,
+                        &verdict.environment,
+                    );
+                    self.store.delete_verdict(&key).await?;
+                    info!(repository = %verdict.repository, sha = %verdict.sha, environment = %verdict.environment,
+                          "evidence could not be evaluated; the previous verdict is withdrawn");
+                    return Err(GateError::refused(ErrorCode::PolicyUnavailable, message));
+                }
+            };
             verdict.allow = evaluated.allow;
             verdict.reasons = evaluated.reasons;
             verdict.source = evaluated.source;

@@ -133,6 +133,11 @@ impl Store for MemoryStore {
             .map(|(v, _)| v.clone()))
     }
 
+    async fn delete_verdict(&self, key: &str) -> StateResult<()> {
+        self.lock()?.verdicts.remove(key);
+        Ok(())
+    }
+
     async fn insert_request(&self, req: &DeploymentRequest) -> StateResult<bool> {
         let mut g = self.lock()?;
         if g.requests.contains_key(&req.id) {

@@ -70,6 +70,9 @@ pub trait Store: Send + Sync + 'static {
     /// Stores the verdict as the latest for (repository, sha, environment).
     async fn put_verdict(&self, key: &str, verdict: &Verdict, ttl: Duration) -> StateResult<()>;
     async fn get_verdict(&self, key: &str) -> StateResult<Option<Verdict>>;
+    /// Forgets the verdict for a key (its evidence could not be evaluated:
+    /// no earlier verdict may stand in for it).
+    async fn delete_verdict(&self, key: &str) -> StateResult<()>;
 
     /// Creates the request unless one with its id exists; `true` if created.
     /// Indexes it by run, by verdict key and by deadline.

@@ -238,6 +238,12 @@ impl Store for RedisStore {
         s.as_deref().map(decode).transpose()
     }
 
+    async fn delete_verdict(&self, key: &str) -> StateResult<()> {
+        let mut c = self.conn.clone();
+        let _: () = c.del(self.key("v", key)).await.map_err(err)?;
+        Ok(())
+    }
+
     async fn insert_request(&self, req: &DeploymentRequest) -> StateResult<bool> {
         let mut c = self.conn.clone();
         let [r, deadlines, ir, iv, _] = self.request_keys(req);

@@ -150,6 +150,39 @@ async fn contract(store: Arc<dyn Store>) {
         store.get_attestation("github:octo-org/payments:11").await.unwrap(),
         None
     );
+    let verdict = portcullis::domain::Verdict {
+        platform: portcullis::domain::Platform::Github,
+        repository: "octo-org/payments".into(),
+        sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        environment: "production".into(),
+        allow: true,
+        source: portcullis::domain::VerdictSource::Asserted,
+        policy: None,
+        evidence_digest: None,
+        policy_revision: None,
+        reasons: vec![],
+        producer: portcullis::domain::Producer {
+            issuer: "https://issuer.example".into(),
+            subject: "gate".into(),
+            actor: "bot".into(),
+            claims: Default::default(),
+            token_sha256: "00".repeat(32),
+        },
+        recorded_at: now.replace_nanosecond(0).unwrap(),
+    };
+    let key = r1.verdict_key();
+    store
+        .put_verdict(&key, &verdict, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(store.get_verdict(&key).await.unwrap(), Some(verdict));
+    store.delete_verdict(&key).await.unwrap();
+    assert_eq!(
+        store.get_verdict(&key).await.unwrap(),
+        None,
+        "a deleted verdict is gone"
+    );
+    store.delete_verdict(&key).await.unwrap();
     store.ping().await.unwrap();
 }
 
