@@ -1165,10 +1165,17 @@ async fn an_sso_review_through_the_real_openid_provider_approves() {
         recorded[0]["reviews"],
         json!([{"reviewer": "alice@example.com", "approve": true, "via": "sso"}])
     );
-    assert!(
-        w.app.logs().contains("deployers") && w.app.logs().contains("sre"),
-        "the groups are logged with the review"
-    );
+    // The review's log line (with the groups) is written once the review's
+    // evaluation returns; the log is read from the process's stderr.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !(w.app.logs().contains("deployers") && w.app.logs().contains("sre")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the groups are logged with the review; logs:\n{}",
+            w.app.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Signing in again after the decision: the page says so.
     let late = Browser::new().get(&w.app.url(&format!("/reviews/{id}"))).await;
