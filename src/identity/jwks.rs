@@ -124,6 +124,20 @@ impl IssuerKeys {
         &self.config
     }
 
+    /// Installs `keys` as the issuer's keys (for a verifier whose keys are
+    /// given, not fetched).
+    pub(crate) fn preload(&self, keys: Vec<VerifyingKey>) {
+        self.store(Arc::new(KeySet {
+            keys,
+            fetched_at: Instant::now(),
+        }));
+    }
+
+    /// The keys installed by [`IssuerKeys::preload`] (or last fetched).
+    pub(crate) fn preloaded(&self) -> Option<Arc<KeySet>> {
+        self.cached()
+    }
+
     fn cached(&self) -> Option<Arc<KeySet>> {
         // A poisoned lock only means a panic elsewhere while cloning an Arc;
         // the value inside is still whole.

@@ -590,3 +590,60 @@ async fn verify_time() {
     assert!(uncached < std::time::Duration::from_millis(20), "{uncached:?}");
     assert!(cached <= uncached, "cache hit {cached:?} vs {uncached:?}");
 }
+
+#[tokio::test]
+async fn static_keys_verify_offline_and_never_fetch() {
+    // The issuer URL points nowhere: any fetch would fail with
+    // `issuer_unavailable`, so each answer below shows no fetch was made.
+    let issuer = portcullis::config::IssuerConfig {
+        name: "offline".into(),
+        kind: Platform::Github,
+        issuer: "https://issuer.invalid".into(),
+        audience: AUDIENCE.into(),
+        jwks_url: None,
+    };
+    let mut jwk: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/node/keys/es256.private.jwk.json"
+        ))
+        .expect("test key"),
+    )
+    .expect("json");
+    jwk.as_object_mut().expect("object").remove("d");
+    let jwks = json!({ "keys": [jwk] }).to_string().into_bytes();
+    let verifier = Verifier::with_static_keys(
+        vec![issuer],
+        &std::collections::BTreeMap::from([("offline".to_string(), jwks)]),
+    )
+    .expect("static keys");
+    let claims = with_registered(
+        github_claims(SHA),
+        "https://issuer.invalid",
+        AUDIENCE,
+        now().unix_timestamp(),
+        300,
+    );
+
+    let good = forge(TestKey::ProviderEs256, &claims);
+    let verified = verifier.verify(&good, now()).await.expect("verifies offline");
+    assert_eq!(
+        (verified.issuer_name.as_str(), verified.actor.as_str()),
+        ("offline", "octocat")
+    );
+
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("a-kid-nobody-published".into());
+    let unknown_kid = crate::support::oidc::forge_with_header(TestKey::ProviderEs256, header, &claims);
+    assert_refused(
+        verifier.verify(&unknown_kid, now()).await,
+        TokenError::SignatureInvalid,
+        &unknown_kid,
+    );
+    let rogue = forge(TestKey::Rogue, &claims);
+    assert_refused(
+        verifier.verify(&rogue, now()).await,
+        TokenError::SignatureInvalid,
+        &rogue,
+    );
+}
