@@ -78,6 +78,15 @@ pub struct SlackUser {
     pub email: Option<String>,
     pub deleted: bool,
     pub is_bot: bool,
+    /// A multi-channel guest.
+    pub is_restricted: bool,
+    /// A single-channel guest.
+    pub is_ultra_restricted: bool,
+    /// A user of another organisation, seen through a shared channel.
+    pub is_stranger: bool,
+    /// Slack has confirmed the profile's email belongs to the user; absent
+    /// counts as not confirmed.
+    pub is_email_confirmed: bool,
 }
 
 impl SlackUser {
@@ -87,6 +96,7 @@ impl SlackUser {
             .ok_or_else(|| SlackError::Malformed("users.info without `user`".into()))?;
         let s = |v: Option<&Value>| v.and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
         let profile = u.get("profile");
+        let flag = |k: &str| u.get(k).and_then(Value::as_bool).unwrap_or(false);
         Ok(SlackUser {
             id: s(u.get("id")).ok_or_else(|| SlackError::Malformed("users.info without `user.id`".into()))?,
             team_id: s(u.get("team_id")),
@@ -96,7 +106,32 @@ impl SlackUser {
             email: s(profile.and_then(|p| p.get("email"))),
             deleted: u.get("deleted").and_then(Value::as_bool).unwrap_or(false),
             is_bot: u.get("is_bot").and_then(Value::as_bool).unwrap_or(false),
+            is_restricted: flag("is_restricted"),
+            is_ultra_restricted: flag("is_ultra_restricted"),
+            is_stranger: flag("is_stranger"),
+            is_email_confirmed: u.get("is_email_confirmed").and_then(Value::as_bool) == Some(true),
         })
+    }
+
+    /// Why this Slack account may not stand for a reviewer, if it may not:
+    /// deactivated, a bot, a guest, a stranger, of another workspace than
+    /// `team_id` (when one is configured), or with an email Slack has not
+    /// confirmed. The email is the reviewer's identity, so it must be one the
+    /// workspace vouches for.
+    pub fn review_refusal(&self, team_id: Option<&str>) -> Option<&'static str> {
+        if self.deleted || self.is_bot {
+            Some("a deactivated or bot user")
+        } else if self.is_restricted || self.is_ultra_restricted {
+            Some("a guest account")
+        } else if self.is_stranger {
+            Some("a user of another organisation")
+        } else if team_id.is_some_and(|t| self.team_id.as_deref() != Some(t)) {
+            Some("a user of another workspace")
+        } else if !self.is_email_confirmed {
+            Some("an unconfirmed email")
+        } else {
+            None
+        }
     }
 }
 
@@ -113,6 +148,8 @@ pub struct SlackClient {
     token: Secret,
     timeout: Duration,
     max_retry_after: Duration,
+    /// The workspace whose members may review (`[slack] team_id`).
+    team_id: Option<String>,
 }
 
 impl std::fmt::Debug for SlackClient {
@@ -144,6 +181,7 @@ impl SlackClient {
             token: config.bot_token.clone(),
             timeout,
             max_retry_after: MAX_RETRY_AFTER,
+            team_id: None,
         })
     }
 
@@ -194,6 +232,11 @@ impl SlackClient {
     }
 
     /// `users.info` of `user` (a Slack user id).
+    /// The workspace whose members may review, when one is configured.
+    pub fn team_id(&self) -> Option<&str> {
+        self.team_id.as_deref()
+    }
+
     pub async fn user_info(&self, user: &str) -> Result<SlackUser, SlackError> {
         let v = self.call("users.info", Body::Query(&[("user", user)])).await?;
         SlackUser::from_answer(&v)

@@ -145,8 +145,8 @@ pub async fn handle(gate: &Arc<Gate>, client: &SlackClient, click: &Click) -> St
             );
         }
     };
-    if user.deleted || user.is_bot {
-        info!(slack_user = %user.id, request = %req.id, "slack review refused: a deactivated or bot user");
+    if let Some(why) = user.review_refusal(client.team_id()) {
+        info!(slack_user = %user.id, request = %req.id, "slack review refused: {why}");
         return "Your Slack account cannot review deployments; nothing was recorded.".into();
     }
     let Some(review) = review_of(&user, click.approve, OffsetDateTime::now_utc()) else {

@@ -693,6 +693,47 @@ async fn a_click_counts_only_from_a_verified_reviewer_of_the_environment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_strangers_and_unconfirmed_emails_cannot_review_even_when_listed() {
+    let w = world().await;
+    let (run, s) = (9251, sha(9251));
+    w.attest(run, &s).await;
+    w.verdict(&s, "production").await;
+    let id = w.webhook(run, "production", &s).await;
+    w.wait_codes(&id, &["reviews_missing"]).await;
+
+    // carol@example.com is on the reviewers list; each account state alone
+    // makes her Slack account unfit to stand for her.
+    let refused = "Your Slack account cannot review deployments; nothing was recorded.";
+    for (fields, why) in [
+        (json!({"is_restricted": true}), "a guest account"),
+        (json!({"is_ultra_restricted": true}), "a guest account"),
+        (json!({"is_stranger": true}), "a user of another organisation"),
+        (json!({"is_email_confirmed": false}), "an unconfirmed email"),
+        (json!({"deleted": true}), "a deactivated or bot user"),
+    ] {
+        w.slack.patch_user("U0CAROL", fields.clone());
+        let (code, answer) = w.click("U0CAROL", ACTION_APPROVE, &id, "carol").await;
+        assert_eq!((code, text_of(&answer).as_str()), (200, refused), "{fields}");
+        assert!(
+            w.app.logs().contains(&format!("slack review refused: {why}")),
+            "{fields}: {why}"
+        );
+        // Back to an ordinary member before the next case.
+        w.slack.patch_user(
+            "U0CAROL",
+            json!({"is_restricted": false, "is_ultra_restricted": false, "is_stranger": false,
+                   "is_email_confirmed": true, "deleted": false}),
+        );
+    }
+    assert!(w.audit("review_recorded").is_empty(), "nothing was recorded");
+
+    // The same account as an ordinary member counts.
+    let (_, answer) = w.click("U0CAROL", ACTION_APPROVE, &id, "carol").await;
+    assert!(text_of(&answer).contains("Recorded your approval"), "{answer}");
+    assert_eq!(w.audit("review_recorded").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_review_through_slack_is_recorded_but_does_not_count() {
     let w = world().await;
     let (run, s) = (9301, sha(9301));
@@ -1329,6 +1370,10 @@ async fn the_client_posts_updates_links_and_looks_up_users_with_the_bot_token() 
             email: Some("alice@example.com".into()),
             deleted: false,
             is_bot: false,
+            is_restricted: false,
+            is_ultra_restricted: false,
+            is_stranger: false,
+            is_email_confirmed: true,
         }
     );
     let calls = mock.calls();
@@ -1712,6 +1757,10 @@ fn slack_user(name: &str, email: Option<&str>, display: &str) -> SlackUser {
         email: email.map(str::to_string),
         deleted: false,
         is_bot: false,
+        is_restricted: false,
+        is_ultra_restricted: false,
+        is_stranger: false,
+        is_email_confirmed: true,
     }
 }
 

@@ -265,9 +265,20 @@ impl SlackMock {
         }
         let user = json!({
             "id": id, "team_id": TEAM_ID, "name": name, "deleted": false, "real_name": format!("{name} (test)"),
-            "is_bot": false, "is_admin": false, "tz": "Europe/Amsterdam", "profile": profile,
+            "is_bot": false, "is_admin": false, "is_restricted": false, "is_ultra_restricted": false,
+            "is_email_confirmed": true, "tz": "Europe/Amsterdam", "profile": profile,
         });
         self.shared.lock().users.insert(id.to_string(), user);
+    }
+
+    /// Changes fields of a user in the directory (a guest, a foreign team,
+    /// an unconfirmed email).
+    pub fn patch_user(&self, id: &str, fields: serde_json::Value) {
+        let mut shared = self.shared.lock();
+        let user = shared.users.get_mut(id).expect("a known user");
+        for (k, v) in fields.as_object().expect("an object") {
+            user[k] = v.clone();
+        }
     }
 
     /// Queues answers for calls of `method`; each is used once, in order.
