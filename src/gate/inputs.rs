@@ -14,7 +14,7 @@ use crate::domain::{
     Attestation, CommitSha, DeploymentRequest, ErrorCode, Producer, RequestStatus, Review, Verdict, VerdictBody,
     VerdictSource, verdict_key,
 };
-use crate::identity::{TokenError, VerifiedToken};
+use crate::identity::{Refusal, VerifiedToken};
 use crate::state::{Cas, StateError};
 use crate::verdict::{EvaluateError, Poster, evaluate_evidence};
 
@@ -46,12 +46,12 @@ impl Gate {
     /// its run; re-evaluates that run's pending requests.
     pub async fn attest(self: &Arc<Self>, token: &str) -> Result<Attestation, GateError> {
         let now = OffsetDateTime::now_utc();
-        let verified = match self.verifier.verify(token, now).await {
+        let verified = match self.verifier.verify_detailed(token, now).await {
             Ok(v) => v,
-            Err(e) => {
+            Err(refusal) => {
                 self.metrics.attestations_rejected.fetch_add(1, Ordering::Relaxed);
-                self.token_rejected(token, &e, "attestation");
-                return Err(e.into());
+                self.token_rejected(token, &refusal, "attestation", now);
+                return Err(refusal.error.into());
             }
         };
         let att = verified.into_attestation(now);
@@ -72,11 +72,11 @@ impl Gate {
     /// poster against the environment's producers.
     pub async fn record_verdict(self: &Arc<Self>, token: &str, body: VerdictBody) -> Result<Verdict, GateError> {
         let now = OffsetDateTime::now_utc();
-        let verified = match self.verifier.verify(token, now).await {
+        let verified = match self.verifier.verify_detailed(token, now).await {
             Ok(v) => v,
-            Err(e) => {
-                self.token_rejected(token, &e, "verdict");
-                return Err(e.into());
+            Err(refusal) => {
+                self.token_rejected(token, &refusal, "verdict", now);
+                return Err(refusal.error.into());
             }
         };
         let policy = self.config.environment(&body.environment).ok_or_else(|| {
@@ -255,11 +255,25 @@ impl Gate {
         )))
     }
 
-    /// Audits a refused token: its hash and why, never the token.
-    fn token_rejected(&self, token: &str, err: &TokenError, purpose: &str) {
-        let hash = crate::crypto::sha256_hex(token.as_bytes());
-        self.audit.append_nowait(events::token_rejected(hash, err, purpose));
-        info!(code = err.code(), purpose, "token refused");
+    /// A refused token. One whose signature verified against a trusted
+    /// issuer is audited (its hash and why, never the token); anything else
+    /// (garbage, unsigned, forged, an unknown issuer) is only counted, and
+    /// logged at most once a second, so bad input cannot grow the trail.
+    fn token_rejected(&self, token: &str, refusal: &Refusal, purpose: &str, now: OffsetDateTime) {
+        let err = &refusal.error;
+        if refusal.signed {
+            let hash = crate::crypto::sha256_hex(token.as_bytes());
+            self.audit.append_nowait(events::token_rejected(hash, err, purpose));
+            info!(code = err.code(), purpose, "token refused");
+            return;
+        }
+        self.metrics.tokens_refused_unverified.fetch_add(1, Ordering::Relaxed);
+        if let Some(held_back) = self.metrics.token_log.admit(now.unix_timestamp().max(0) as u64) {
+            info!(
+                code = err.code(),
+                purpose, held_back, "token refused before its signature verified (not audited)"
+            );
+        }
     }
 }
 

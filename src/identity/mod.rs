@@ -121,6 +121,15 @@ impl TokenError {
     }
 }
 
+/// A refused token: why, and whether its signature had verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub error: TokenError,
+    /// The signature verified against a trusted issuer's key; the token was
+    /// refused for what it says (its audience, times or claims).
+    pub signed: bool,
+}
+
 /// Verifies CI ID tokens against the trusted issuers. Cheap to share behind
 /// an `Arc`: all state (keys, the verified-token cache) is inside and
 /// synchronised.
@@ -181,27 +190,41 @@ impl Verifier {
     /// cannot be fetched, and with the variant naming the first failed check
     /// otherwise.
     pub async fn verify(&self, token: &str, now: OffsetDateTime) -> Result<VerifiedToken, TokenError> {
-        let jws = claims::parse_header(token)?;
+        self.verify_detailed(token, now).await.map_err(|r| r.error)
+    }
+
+    /// [`Verifier::verify`], saying of a refusal whether the token's
+    /// signature had verified against a trusted issuer's key (so the refusal
+    /// is about a real issuer's token: expired, for another audience, with
+    /// unusable claims) or not (garbage, unsigned, forged, of an unknown
+    /// issuer). Only the former are worth an audit record each.
+    pub async fn verify_detailed(&self, token: &str, now: OffsetDateTime) -> Result<VerifiedToken, Refusal> {
+        let unsigned = |error: TokenError| Refusal { error, signed: false };
+        let signed = |error: TokenError| Refusal { error, signed: true };
+        let jws = claims::parse_header(token).map_err(unsigned)?;
         let token_sha256 = sha256_hex(token.as_bytes());
         if let Some(hit) = self.cache.get(&token_sha256) {
-            claims::check_times(&hit.claims, now)?;
+            claims::check_times(&hit.claims, now).map_err(signed)?;
             return Ok(hit);
         }
 
-        let token_claims = claims::decode_claims(jws.payload)?;
-        let iss = claims::issuer_of(&token_claims)?;
+        let token_claims = claims::decode_claims(jws.payload).map_err(unsigned)?;
+        let iss = claims::issuer_of(&token_claims).map_err(unsigned)?;
         let Some(issuer) = self.issuers.iter().find(|i| i.config().issuer == iss) else {
             tracing::debug!(token_sha256 = %token_sha256, "token from an untrusted issuer");
-            return Err(TokenError::IssuerNotTrusted);
+            return Err(unsigned(TokenError::IssuerNotTrusted));
         };
         let config = issuer.config();
-        self.verify_signature(issuer, &jws).await.inspect_err(|e| {
-            tracing::debug!(issuer = %config.name, token_sha256 = %token_sha256, code = e.code(), "token refused");
-        })?;
+        self.verify_signature(issuer, &jws)
+            .await
+            .inspect_err(|e| {
+                tracing::debug!(issuer = %config.name, token_sha256 = %token_sha256, code = e.code(), "token refused");
+            })
+            .map_err(unsigned)?;
 
-        claims::check_audience(&token_claims, &config.audience)?;
-        let expires_at = claims::check_times(&token_claims, now)?;
-        let identity = claims::map_identity(config.kind, &token_claims)?;
+        claims::check_audience(&token_claims, &config.audience).map_err(signed)?;
+        let expires_at = claims::check_times(&token_claims, now).map_err(signed)?;
+        let identity = claims::map_identity(config.kind, &token_claims).map_err(signed)?;
         let verified = VerifiedToken {
             issuer_name: config.name.clone(),
             issuer: config.issuer.clone(),

@@ -485,6 +485,79 @@ async fn the_same_delivery_twice_gives_one_review_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_tokens_signed_by_a_trusted_issuer_are_audited_when_refused() {
+    let w = world().await;
+    let claims = with_registered(
+        ci_claims(7401, &sha(7401)),
+        &w.oidc.issuer(),
+        "portcullis",
+        now_unix(),
+        300,
+    );
+    let mut unknown_issuer = claims.clone();
+    unknown_issuer["iss"] = json!("https://issuer.invalid");
+    let refused_unaudited = [
+        ("garbage", "x".to_string(), "token_malformed"),
+        (
+            "unsigned",
+            crate::support::oidc::forge_unsigned(&claims),
+            "algorithm_not_allowed",
+        ),
+        ("a rogue key", forge(TestKey::Rogue, &claims), "signature_invalid"),
+        (
+            "an unknown issuer",
+            forge(TestKey::ProviderRs256, &unknown_issuer),
+            "issuer_not_trusted",
+        ),
+    ];
+    for (what, token, code) in &refused_unaudited {
+        let (status, err) = w.app.post_bearer("/v1/attestations", token, None).await;
+        assert_eq!((status, err["error"]["code"].as_str()), (401, Some(*code)), "{what}");
+    }
+    // A token the issuer really signed, refused for what it says, is audited.
+    let expired = with_registered(
+        ci_claims(7401, &sha(7401)),
+        &w.oidc.issuer(),
+        "portcullis",
+        now_unix() - 3600,
+        300,
+    );
+    let expired = forge(TestKey::ProviderRs256, &expired);
+    let (status, err) = w.app.post_bearer("/v1/attestations", &expired, None).await;
+    assert_eq!((status, err["error"]["code"].as_str()), (401, Some("token_expired")));
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let rejected = loop {
+        let rejected: Vec<Value> = w
+            .app
+            .audit_records()
+            .into_iter()
+            .filter(|r| r["event"] == "attestation_rejected")
+            .collect();
+        if !rejected.is_empty() || std::time::Instant::now() > deadline {
+            break rejected;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(rejected.len(), 1, "only the signed token is audited: {rejected:?}");
+    assert_eq!(
+        rejected[0]["token_sha256"],
+        json!(portcullis::crypto::sha256_hex(expired.as_bytes()))
+    );
+    assert_eq!(rejected[0]["detail"]["code"], "token_expired");
+    assert!(
+        w.app
+            .logs()
+            .contains("token refused before its signature verified (not audited)"),
+        "the unaudited refusals are logged (rate-limited)"
+    );
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_contracts_error_bodies() {
     let w = world().await;
     let body = payload(&w.gh, 7501, "production", &sha(7501));
