@@ -272,11 +272,7 @@ impl RedisAuditReader {
     /// `key_prefix`), for the CLI. Connects lazily.
     pub fn from_config(config: &Config) -> Result<RedisAuditReader, AuditError> {
         let (url, prefix) = redis_location(config)?;
-        let store = crate::state::redis::RedisStore::connect(url, prefix).map_err(|e| AuditError::Io {
-            path: format!("redis {prefix}audit"),
-            message: e.to_string(),
-        })?;
-        Ok(RedisAuditReader::new(store.connection(), prefix))
+        Ok(RedisAuditReader::new(connect(url, prefix)?, prefix))
     }
 
     /// Where the records are, for messages: `redis <prefix>audit`.
@@ -512,6 +508,14 @@ fn redis_location(config: &Config) -> Result<(&str, &str), AuditError> {
     }
 }
 
+/// A lazily connecting connection to `url`, for the chain under `prefix`.
+fn connect(url: &str, prefix: &str) -> Result<ConnectionManager, AuditError> {
+    crate::redis_conn::connect(url).map_err(|e| AuditError::Io {
+        path: format!("redis {prefix}audit"),
+        message: e.to_string(),
+    })
+}
+
 type Reply = oneshot::Sender<Result<AuditRecord, AuditError>>;
 
 enum Job {
@@ -590,11 +594,7 @@ impl RedisAudit {
     /// tokio runtime. Does not check persistence: [`RedisAudit::open`] does,
     /// and the writer checks again before its first write.
     pub fn connect(url: &str, prefix: &str, options: RedisAuditOptions) -> Result<RedisAudit, AuditError> {
-        let store = crate::state::redis::RedisStore::connect(url, prefix).map_err(|e| AuditError::Io {
-            path: format!("redis {prefix}audit"),
-            message: e.to_string(),
-        })?;
-        Ok(RedisAudit::with_connection(store.connection(), prefix, options))
+        Ok(RedisAudit::with_connection(connect(url, prefix)?, prefix, options))
     }
 
     /// Like [`RedisAudit::connect`], then checks persistence now when Redis
