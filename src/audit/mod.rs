@@ -9,8 +9,13 @@
 //! Backends:
 //! - [`FileAudit`]: a JSON-lines file with group commit (one `fsync` per batch
 //!   of concurrent appends). The embedded default.
-//! - [`RedisAudit`]: the same chain in Redis, shared by replicas.
+//! - [`RedisAudit`]: the same chain in Redis, shared by replicas, with group
+//!   commit (one script call per batch).
 //! - [`MemoryAudit`]: the same chain in memory, for tests and dry trials.
+//!
+//! Both group-commit backends run one writer (`writer.rs`) over a sink of
+//! their own: the file sink writes and fsyncs, the Redis sink
+//! compare-and-appends by script.
 //!
 //! Secrets never enter a record: callers pass a token's SHA-256
 //! (`token_sha256`), never the token, and only non-secret claims. The log
@@ -21,6 +26,7 @@ mod chain;
 mod file;
 mod memory;
 pub mod redis;
+mod writer;
 
 use std::collections::BTreeMap;
 
