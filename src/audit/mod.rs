@@ -50,7 +50,7 @@ impl StopFlag {
     }
 }
 
-pub use chain::{ChainError, MAX_LINE_BYTES, VerifyReport, record_hash, verify_lines};
+pub use chain::{ChainError, VerifyReport, record_hash, verify_lines};
 pub use file::{FileAudit, get_file, query_file, verify_file};
 pub use memory::MemoryAudit;
 pub use redis::{RedisAudit, RedisAuditReader};
@@ -306,7 +306,7 @@ pub trait AuditLog: Send + Sync + 'static {
     /// too: no backend lets a later record succeed past a failed write (the
     /// file backend stops, the Redis backend retries until stored). Failures
     /// are logged, having no caller to tell; so is a record refused on its
-    /// own (over [`MAX_LINE_BYTES`]), the one case where a later append may
+    /// own (over [`MAX_LINE_BYTES`](chain::MAX_LINE_BYTES)), the one case where a later append may
     /// succeed without it.
     fn append_nowait(&self, event: AuditEvent);
 

@@ -71,7 +71,7 @@ use super::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditRecord};
 use crate::time_fmt::parse_rfc3339;
 
 /// The most records one script call carries.
-pub const MAX_BATCH: usize = 256;
+pub(crate) const MAX_BATCH: usize = 256;
 /// The most bytes of records one script call carries (beyond the first).
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
@@ -161,7 +161,7 @@ impl RedisAudit {
     }
 
     /// Uses an existing connection (shared with the state backend).
-    pub fn with_connection(conn: ConnectionManager, prefix: &str, options: RedisAuditOptions) -> RedisAudit {
+    pub(crate) fn with_connection(conn: ConnectionManager, prefix: &str, options: RedisAuditOptions) -> RedisAudit {
         let reader = RedisAuditReader::new(conn, prefix);
         let sink = RedisSink {
             reader: reader.clone(),

@@ -29,7 +29,7 @@ pub enum Persistence {
 impl Persistence {
     /// The start-up verdict for `require`: an error naming the setting, or
     /// nothing (after logging a warning where one is due).
-    pub fn enforce(&self, require: bool) -> Result<(), AuditError> {
+    pub(crate) fn enforce(&self, require: bool) -> Result<(), AuditError> {
         match self {
             Persistence::Aof { fsync } => {
                 tracing::info!(appendfsync = %fsync, "the audit Redis persists (AOF)");
@@ -195,7 +195,7 @@ impl RedisAuditReader {
     }
 
     /// The stored head (seq 0 and [`GENESIS`] for an empty chain).
-    pub async fn head(&self) -> Result<Head, AuditError> {
+    pub(crate) async fn head(&self) -> Result<Head, AuditError> {
         let mut c = self.conn.clone();
         let v: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(&self.keys.head)
@@ -355,7 +355,7 @@ impl RedisAuditReader {
     }
 
     /// The record with `id`.
-    pub async fn get(&self, id: &str) -> Result<Option<AuditRecord>, AuditError> {
+    pub(crate) async fn get(&self, id: &str) -> Result<Option<AuditRecord>, AuditError> {
         let mut c = self.conn.clone();
         let seq: Option<u64> = redis::cmd("HGET")
             .arg(&self.keys.ids)
