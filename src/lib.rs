@@ -28,6 +28,7 @@ pub mod domain;
 pub mod gate;
 pub mod identity;
 pub mod platform;
+pub(crate) mod redis_conn;
 pub mod server;
 pub mod slack;
 pub mod state;

@@ -15,7 +15,7 @@ use crate::crypto::sha256_hex;
 /// The longest line a reader accepts (and so the longest record the writer
 /// writes). A record is a few kilobytes; the cap keeps a corrupt file without
 /// newlines from being read into memory whole.
-pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The chain hash of one record.
 ///
@@ -138,7 +138,7 @@ fn seq_gap_kind(expected: u64, found: u64) -> &'static str {
 
 impl ChainError {
     /// The 1-based line of the first broken record.
-    pub fn line(&self) -> u64 {
+    pub(crate) fn line(&self) -> u64 {
         match self {
             ChainError::Unparsable { line, .. }
             | ChainError::SeqGap { line, .. }
@@ -146,16 +146,6 @@ impl ChainError {
             | ChainError::BadHash { line, .. }
             | ChainError::LineTooLong { line }
             | ChainError::Io { line, .. } => *line,
-        }
-    }
-
-    /// The `seq` of the first broken record, where it could be read.
-    pub fn seq(&self) -> Option<u64> {
-        match self {
-            ChainError::SeqGap { seq, .. }
-            | ChainError::PrevHashMismatch { seq, .. }
-            | ChainError::BadHash { seq, .. } => Some(*seq),
-            _ => None,
         }
     }
 }
@@ -300,7 +290,7 @@ impl<R: BufRead> Lines<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::EventKind;
+    use crate::audit::{AuditRecord, EventKind};
 
     fn chain(n: u64) -> Vec<u8> {
         let mut out = Vec::new();
@@ -378,5 +368,40 @@ mod tests {
         tampered.push(b'\n');
         let err = verify_lines(&tampered[..]).unwrap_err();
         assert!(matches!(err, ChainError::BadHash { seq: 1, .. }), "{err}");
+    }
+
+    /// Every record of the committed fixtures (the file trail and the lines
+    /// of the Redis stream, written by an earlier build) seals again to the
+    /// same bytes: the line format, field order and hashing are unchanged.
+    #[test]
+    fn records_written_by_an_earlier_version_seal_to_the_same_bytes() {
+        let file = include_str!("../../tests/fixtures/audit/trail.jsonl");
+        let redis: Value = serde_json::from_str(include_str!("../../tests/fixtures/audit/redis-keys.json")).unwrap();
+        let stream: Vec<String> = redis["log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| format!("{}\n", entry[2].as_str().unwrap()))
+            .collect();
+        let file: Vec<String> = file.split_inclusive('\n').map(str::to_string).collect();
+        for lines in [file, stream] {
+            assert_eq!(lines.len(), 8);
+            let mut prev = GENESIS.to_string();
+            for line in lines {
+                let record: AuditRecord = serde_json::from_str(&line).unwrap();
+                assert_eq!(record.prev_hash, prev);
+                let sealed = seal(
+                    record.seq,
+                    record.id.clone(),
+                    record.at.clone(),
+                    record.event.clone(),
+                    &prev,
+                )
+                .unwrap();
+                assert_eq!(String::from_utf8(sealed.line).unwrap(), line);
+                assert_eq!(sealed.record, record);
+                prev = record.hash;
+            }
+        }
     }
 }

@@ -2,24 +2,25 @@
 //! group commit.
 //!
 //! # Group commit
-//! Every append goes through one channel to a dedicated thread. The thread
-//! takes whatever is queued (up to [`MAX_BATCH`] records), chains the records
-//! in arrival order, writes them with one `write_all` and makes them durable
-//! with one `fsync` (`File::sync_data`), then answers each waiting
-//! [`append`](AuditLog::append). Appends that arrive while an `fsync` runs
-//! form the next batch, so concurrent decisions share the cost of one `fsync`
-//! and no latency is added when the log is idle. A batch of
-//! [`append_nowait`](AuditLog::append_nowait) records only (nobody waits on
-//! them) is written without an `fsync`: the next batch someone waits on, or
-//! closing the log, covers it, which keeps the promise that a durable append
-//! implies every earlier record is durable while sparing a decision the wait
-//! for the webhook's own `request_received` fsync. A std thread rather than a
-//! tokio task: the work is blocking file I/O from start to end.
+//! Appends go through the shared group-commit [`Writer`](super::writer),
+//! run on a dedicated thread: it takes whatever is queued (up to
+//! [`MAX_BATCH`] records), and this backend's sink writes the batch with one
+//! `write_all` and makes it durable with one `fsync` (`File::sync_data`)
+//! before each waiting [`append`](AuditLog::append) is answered. Appends that
+//! arrive while an `fsync` runs form the next batch, so concurrent decisions
+//! share the cost of one `fsync` and no latency is added when the log is
+//! idle. A batch of [`append_nowait`](AuditLog::append_nowait) records only
+//! (nobody waits on them) is written without an `fsync`: the next batch
+//! someone waits on, or closing the log, covers it, which keeps the promise
+//! that a durable append implies every earlier record is durable while
+//! sparing a decision the wait for the webhook's own `request_received`
+//! fsync. A thread of its own rather than a tokio task: the sink's work is
+//! blocking file I/O from start to end.
 //!
 //! # Failure
 //! If the write or the `fsync` of a batch fails, every append of that batch
-//! fails, the file is cut back (`set_len`) to the end of the last durable
-//! record, and the log **stops**: every later append fails with
+//! fails, the file is cut back (`set_len`) to the end of the last record
+//! written whole, and the log **stops**: every later append fails with
 //! [`AuditError::Stopped`] and [`ping`](AuditLog::ping) fails, so readiness
 //! drops and an operator (or the orchestrator's restart) looks at the disk. It
 //! does not retry in place, because after a failed `fsync` the kernel may have
@@ -31,7 +32,7 @@
 //! The writer holds an exclusive `flock` on the file (on Unix), so a second
 //! process (or a second `FileAudit` in this one) configured with the same path
 //! refuses to start instead of forking the chain. Readers take no lock. The
-//! file must not be rotated or moved while the service runs: the writer checks
+//! file must not be rotated or moved while the service runs: the sink checks
 //! before each batch that the path still names its file, and stops if not.
 //!
 //! # Reading
@@ -46,61 +47,29 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use time::OffsetDateTime;
-use tokio::sync::oneshot;
 
-use super::chain::{self, Lines, MAX_LINE_BYTES, VerifyReport, verify_lines};
-use super::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditRecord, new_id, record_time};
+use super::chain::{Lines, VerifyReport, verify_lines};
+use super::writer::{self, Appended, Batch, ChainHead, Grouping, Handle, Sink, SinkError};
+use super::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditRecord};
 use crate::time_fmt::parse_rfc3339;
 
 const MOVED: &str = "the path no longer names the file this log writes (moved or replaced?)";
 
 /// The most records one `write_all` + `fsync` carries.
-pub const MAX_BATCH: usize = 512;
-
-type Reply = oneshot::Sender<Result<AuditRecord, AuditError>>;
-
-enum Job {
-    // Boxed: an event is a few hundred bytes, a close request one pointer.
-    Append {
-        event: Box<AuditEvent>,
-        reply: Option<Reply>,
-    },
-    Close(oneshot::Sender<Result<(), AuditError>>),
-}
-
-/// Counters and the stop flag, shared by the handle and the writer thread.
-#[derive(Default)]
-struct Shared {
-    fsyncs: AtomicU64,
-    records: AtomicU64,
-    batches: AtomicU64,
-    largest_batch: AtomicU64,
-    closed: AtomicBool,
-    stopped: super::StopFlag,
-}
-
-impl Shared {
-    fn stopped(&self) -> Option<String> {
-        self.stopped.reason()
-    }
-
-    fn stop(&self, reason: String) {
-        self.stopped.stop(reason);
-    }
-}
+pub(crate) const MAX_BATCH: usize = 512;
 
 /// The file-backed audit log. See the module documentation for group commit,
 /// failure handling and the cost of reads.
 pub struct FileAudit {
     path: PathBuf,
-    tx: mpsc::Sender<Job>,
-    shared: Arc<Shared>,
+    writer: Handle,
+    /// Successful `fsync`s, counted by the sink.
+    fsyncs: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// (device, inode) of the file the writer holds, on Unix.
     identity: Option<(u64, u64)>,
@@ -132,68 +101,30 @@ impl FileAudit {
         &self.path
     }
 
-    /// Successful `fsync`s so far: one per committed batch.
+    /// Successful `fsync`s so far: one per committed batch someone waited on.
     pub fn fsync_count(&self) -> u64 {
-        self.shared.fsyncs.load(Ordering::Relaxed)
+        self.fsyncs.load(Ordering::Relaxed)
     }
 
     /// Records made durable by this handle.
     pub fn records_written(&self) -> u64 {
-        self.shared.records.load(Ordering::Relaxed)
+        self.writer.shared().records.load(Ordering::Relaxed)
     }
 
     /// The most records one batch (one `fsync`) carried.
     pub fn largest_batch(&self) -> u64 {
-        self.shared.largest_batch.load(Ordering::Relaxed)
-    }
-
-    fn refusal(&self) -> Option<AuditError> {
-        if let Some(reason) = self.shared.stopped() {
-            return Some(AuditError::Stopped(reason));
-        }
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Some(AuditError::Closed);
-        }
-        None
-    }
-
-    fn shown(&self) -> String {
-        self.path.display().to_string()
+        self.writer.shared().largest_batch.load(Ordering::Relaxed)
     }
 }
 
 #[async_trait]
 impl AuditLog for FileAudit {
     async fn append(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
-        if let Some(err) = self.refusal() {
-            return Err(err);
-        }
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Job::Append {
-                event: Box::new(event),
-                reply: Some(reply),
-            })
-            .map_err(|_| AuditError::Closed)?;
-        answer.await.map_err(|_| AuditError::Closed)?
+        self.writer.append(event).await
     }
 
     fn append_nowait(&self, event: AuditEvent) {
-        let kind = event.event;
-        if let Some(err) = self.refusal() {
-            tracing::error!(path = %self.shown(), event = ?kind, error = %err, "audit record dropped");
-            return;
-        }
-        if self
-            .tx
-            .send(Job::Append {
-                event: Box::new(event),
-                reply: None,
-            })
-            .is_err()
-        {
-            tracing::error!(path = %self.shown(), event = ?kind, "audit record dropped: the writer is gone");
-        }
+        self.writer.append_nowait(event);
     }
 
     async fn get(&self, id: &str) -> Result<Option<AuditRecord>, AuditError> {
@@ -207,7 +138,7 @@ impl AuditLog for FileAudit {
     }
 
     async fn ping(&self) -> Result<(), AuditError> {
-        if let Some(err) = self.refusal() {
+        if let Some(err) = self.writer.refusal() {
             return Err(err);
         }
         let finished = self
@@ -232,11 +163,7 @@ impl AuditLog for FileAudit {
     }
 
     async fn close(&self) -> Result<(), AuditError> {
-        let (reply, answer) = oneshot::channel();
-        if self.tx.send(Job::Close(reply)).is_err() {
-            return Ok(()); // already closed
-        }
-        let result = answer.await.unwrap_or(Ok(()));
+        let result = self.writer.close().await;
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
             // The writer has answered and is returning; joining is immediate.
@@ -292,29 +219,43 @@ fn open_blocking(path: PathBuf) -> Result<FileAudit, AuditError> {
     }
     sync_parent_dir(&path);
 
-    let shared = Arc::new(Shared::default());
     let file_identity = identity(&file).map_err(|e| io_error(&path, "reading metadata", e))?;
-    let writer = Writer {
+    let fsyncs = Arc::new(AtomicU64::new(0));
+    let sink = FileSink {
         identity: file_identity,
         file,
+        shown: path.display().to_string(),
         path: path.clone(),
         seq: report.last_seq,
-        head: report.head_hash.clone(),
-        last_at: report.last_at.as_deref().and_then(parse_rfc3339),
         good_len: report.complete_bytes,
         unsynced: false,
-        shared: Arc::clone(&shared),
+        fsyncs: Arc::clone(&fsyncs),
     };
-    let (tx, rx) = mpsc::channel();
+    let head = ChainHead {
+        seq: report.last_seq,
+        hash: report.head_hash.clone(),
+        last_at: report.last_at.as_deref().and_then(parse_rfc3339),
+    };
+    let grouping = Grouping {
+        max_batch: MAX_BATCH,
+        max_bytes: None,
+    };
+    let (handle, writer) = writer::writer(sink, head, grouping);
+    // The writer's own runtime: one thread, no I/O driver (the sink's I/O
+    // blocks), a timer for back-off.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| io_error(&path, "starting the writer thread", e))?;
     let thread = std::thread::Builder::new()
         .name("portcullis-audit".into())
-        .spawn(move || writer.run(rx))
+        .spawn(move || runtime.block_on(writer.run()))
         .map_err(|e| io_error(&path, "starting the writer thread", e))?;
     tracing::info!(path = %path.display(), records = report.records, "audit log open");
     Ok(FileAudit {
         path,
-        tx,
-        shared,
+        writer: handle,
+        fsyncs,
         thread: Mutex::new(Some(thread)),
         identity: file_identity,
     })
@@ -388,14 +329,27 @@ fn path_identity(_path: &Path) -> io::Result<Option<(u64, u64)>> {
     Ok(None)
 }
 
-/// The writer thread's state: the chain head and the durable length.
-struct Writer {
+/// Why a batch did not reach the disk.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("{}", MOVED)]
+    Moved,
+    #[error("the log file is gone ({0})")]
+    Gone(#[source] io::Error),
+    #[error("write failed: {0}")]
+    Write(#[source] io::Error),
+    #[error("fsync failed: {0}")]
+    Fsync(#[source] io::Error),
+}
+
+/// The writer's sink: the file (holding its lock) and its durable length.
+struct FileSink {
     file: File,
     path: PathBuf,
+    shown: String,
     identity: Option<(u64, u64)>,
+    /// The seq of the last record written whole, for messages.
     seq: u64,
-    head: String,
-    last_at: Option<OffsetDateTime>,
     /// The end of the last record written whole: where the file is cut back
     /// to if a batch fails.
     good_len: u64,
@@ -403,135 +357,43 @@ struct Writer {
     /// `append_nowait` records only: nobody waits on them, so their fsync is
     /// left to the next batch someone waits on, or to close).
     unsynced: bool,
-    shared: Arc<Shared>,
+    fsyncs: Arc<AtomicU64>,
 }
 
-impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Job>) {
-        // Ends when every sender is gone (the handle was dropped) or on Close.
-        while let Ok(first) = rx.recv() {
-            let mut batch = Vec::new();
-            let mut close = None;
-            let mut next = Some(first);
-            while let Some(job) = next.take() {
-                match job {
-                    Job::Append { event, reply } => batch.push((*event, reply)),
-                    Job::Close(reply) => {
-                        close = Some(reply);
-                        break;
-                    }
-                }
-                if batch.len() < MAX_BATCH {
-                    next = rx.try_recv().ok();
-                }
-            }
-            self.commit(batch);
-            if let Some(reply) = close {
-                if self.unsynced
-                    && self.shared.stopped().is_none()
-                    && let Err(message) = self.sync()
-                {
-                    self.stop(&message);
-                }
-                self.shared.closed.store(true, Ordering::Release);
-                let outcome = match self.shared.stopped() {
-                    Some(reason) => Err(AuditError::Stopped(reason)),
-                    None => Ok(()),
-                };
-                // Release the file (and its lock) before answering, so a
-                // caller may reopen it at once.
-                drop(self.file);
-                while let Ok(job) = rx.try_recv() {
-                    match job {
-                        Job::Append { event, reply } => refuse(&self.path, *event, reply, AuditError::Closed),
-                        Job::Close(r) => {
-                            let _ = r.send(Ok(()));
-                        }
-                    }
-                }
-                let _ = reply.send(outcome);
-                return;
-            }
-        }
+impl Sink for FileSink {
+    fn shown(&self) -> &str {
+        &self.shown
     }
 
-    /// Chains, writes and fsyncs one batch, then answers each append.
-    fn commit(&mut self, batch: Vec<(AuditEvent, Option<Reply>)>) {
-        if batch.is_empty() {
-            return;
-        }
-        if let Some(reason) = self.shared.stopped() {
-            for (event, reply) in batch {
-                refuse(&self.path, event, reply, AuditError::Stopped(reason.clone()));
-            }
-            return;
-        }
-
-        let (mut seq, mut head, mut last_at) = (self.seq, self.head.clone(), self.last_at);
-        let mut buf = Vec::with_capacity(batch.len() * 1024);
-        let mut sealed = Vec::with_capacity(batch.len());
-        for (event, reply) in batch {
-            let (at, at_text) = record_time(last_at);
-            let kind = event.event;
-            match chain::seal(seq + 1, new_id(), at_text, event, &head) {
-                Ok(s) if s.line.len() <= MAX_LINE_BYTES => {
-                    seq += 1;
-                    head.clone_from(&s.record.hash);
-                    last_at = Some(at);
-                    buf.extend_from_slice(&s.line);
-                    sealed.push((s.record, reply));
-                }
-                Ok(s) => {
-                    let err = AuditError::Invalid(format!(
-                        "the record is {} bytes, over the {MAX_LINE_BYTES}-byte limit",
-                        s.line.len()
-                    ));
-                    refuse(&self.path, s.record.event, reply, err);
-                }
-                Err(e) => {
-                    let err = AuditError::Invalid(format!("{kind:?} event cannot be encoded: {e}"));
-                    refuse(&self.path, AuditEvent::new(kind), reply, err);
-                }
-            }
-        }
-        if sealed.is_empty() {
-            return;
-        }
-
+    async fn append_batch(&mut self, batch: &Batch, durable: bool) -> Result<Appended, SinkError> {
         // Only a batch someone waits on is fsynced; its fsync also covers any
-        // earlier batch written without one, so "a later durable append
-        // implies this one is durable" still holds for append_nowait.
-        let waited_on = sealed.iter().any(|(_, reply)| reply.is_some());
-        match self.write(&buf, waited_on) {
+        // earlier batch written without one.
+        match self.write(batch.bytes(), durable) {
             Ok(()) => {
-                let n = sealed.len() as u64;
-                self.seq = seq;
-                self.head = head;
-                self.last_at = last_at;
-                self.good_len += buf.len() as u64;
-                self.shared.records.fetch_add(n, Ordering::Relaxed);
-                self.shared.batches.fetch_add(1, Ordering::Relaxed);
-                self.shared.largest_batch.fetch_max(n, Ordering::Relaxed);
-                for (record, reply) in sealed {
-                    answer(reply, Ok(record));
-                }
+                self.good_len += batch.bytes().len() as u64;
+                self.seq = batch.records().last().map_or(self.seq, |r| r.seq);
+                Ok(Appended::Stored)
             }
-            Err(message) => {
-                let reason = self.stop(&message);
-                for (record, reply) in sealed {
-                    refuse(&self.path, record.event, reply, AuditError::WriteFailed(reason.clone()));
-                }
-            }
+            Err(e) => Err(SinkError::Stop(self.cut_back(&e))),
         }
     }
 
-    fn write(&mut self, buf: &[u8], sync: bool) -> Result<(), String> {
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        self.sync().map_err(|e| SinkError::Stop(self.cut_back(&e)))
+    }
+}
+
+impl FileSink {
+    fn write(&mut self, buf: &[u8], sync: bool) -> Result<(), WriteError> {
         match path_identity(&self.path) {
             Ok(id) if id == self.identity => {}
-            Ok(_) => return Err(MOVED.into()),
-            Err(e) => return Err(format!("the log file is gone ({e})")),
+            Ok(_) => return Err(WriteError::Moved),
+            Err(e) => return Err(WriteError::Gone(e)),
         }
-        self.file.write_all(buf).map_err(|e| format!("write failed: {e}"))?;
+        self.file.write_all(buf).map_err(WriteError::Write)?;
         if sync {
             self.sync()
         } else {
@@ -540,54 +402,28 @@ impl Writer {
         }
     }
 
-    fn sync(&mut self) -> Result<(), String> {
-        self.file.sync_data().map_err(|e| format!("fsync failed: {e}"))?;
+    fn sync(&mut self) -> Result<(), WriteError> {
+        self.file.sync_data().map_err(WriteError::Fsync)?;
         self.unsynced = false;
-        self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Cuts the file back to the last durable record and stops the log.
-    /// Returns the reason every later append is refused with.
-    fn stop(&mut self, message: &str) -> String {
+    /// Cuts the file back to the last record written whole. Returns the
+    /// reason every later append is refused with.
+    fn cut_back(&mut self, failure: &WriteError) -> String {
         let cut = self.file.set_len(self.good_len).and_then(|()| self.file.sync_data());
-        let reason = match cut {
+        match cut {
             Ok(()) => format!(
-                "{message}; the log was cut back to its last durable record (seq {}); restart to resume",
+                "{failure}; the log was cut back to its last durable record (seq {}); restart to resume",
                 self.seq
             ),
             Err(e) => format!(
-                "{message}; cutting the log back to its last durable record (seq {}) also failed ({e}); \
+                "{failure}; cutting the log back to its last durable record (seq {}) also failed ({e}); \
                  run `portcullis audit verify` before restarting",
                 self.seq
             ),
-        };
-        tracing::error!(path = %self.path.display(), error = %reason, "audit log stopped");
-        self.shared.stop(reason.clone());
-        reason
-    }
-}
-
-fn answer(reply: Option<Reply>, result: Result<AuditRecord, AuditError>) {
-    if let Some(reply) = reply {
-        // The caller may have gone away; the record's fate is the same.
-        let _ = reply.send(result);
-    }
-}
-
-/// Fails one append; an `append_nowait` has no one to tell, so it is logged.
-fn refuse(path: &Path, event: AuditEvent, reply: Option<Reply>, err: AuditError) {
-    match reply {
-        Some(reply) => {
-            let _ = reply.send(Err(err));
         }
-        None => tracing::error!(
-            path = %path.display(),
-            event = ?event.event,
-            request = event.request.as_deref().unwrap_or(""),
-            error = %err,
-            "audit record dropped"
-        ),
     }
 }
 

@@ -27,11 +27,6 @@ impl MemoryAudit {
         Self::default()
     }
 
-    /// Every record, oldest first.
-    pub fn records(&self) -> Vec<AuditRecord> {
-        self.lock().records.clone()
-    }
-
     /// The log as it would be written to a file: one canonical JSON line per
     /// record, for [`verify_lines`](super::verify_lines).
     pub fn to_lines(&self) -> Vec<u8> {
@@ -120,7 +115,7 @@ mod tests {
         };
         let found = log.query(&prod).await.unwrap();
         assert_eq!(found.iter().map(|r| r.seq).collect::<Vec<_>>(), [2]);
-        let first = log.records()[0].clone();
+        let first = log.query(&AuditFilter::default()).await.unwrap()[0].clone();
         assert_eq!(log.get(&first.id).await.unwrap(), Some(first));
     }
 }

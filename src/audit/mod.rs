@@ -9,8 +9,13 @@
 //! Backends:
 //! - [`FileAudit`]: a JSON-lines file with group commit (one `fsync` per batch
 //!   of concurrent appends). The embedded default.
-//! - [`RedisAudit`]: the same chain in Redis, shared by replicas.
+//! - [`RedisAudit`]: the same chain in Redis, shared by replicas, with group
+//!   commit (one script call per batch).
 //! - [`MemoryAudit`]: the same chain in memory, for tests and dry trials.
+//!
+//! Both group-commit backends run one writer (`writer.rs`) over a sink of
+//! their own: the file sink writes and fsyncs, the Redis sink
+//! compare-and-appends by script.
 //!
 //! Secrets never enter a record: callers pass a token's SHA-256
 //! (`token_sha256`), never the token, and only non-secret claims. The log
@@ -21,6 +26,7 @@ mod chain;
 mod file;
 mod memory;
 pub mod redis;
+mod writer;
 
 use std::collections::BTreeMap;
 
@@ -44,7 +50,7 @@ impl StopFlag {
     }
 }
 
-pub use chain::{ChainError, MAX_LINE_BYTES, VerifyReport, record_hash, verify_lines};
+pub use chain::{ChainError, VerifyReport, record_hash, verify_lines};
 pub use file::{FileAudit, get_file, query_file, verify_file};
 pub use memory::MemoryAudit;
 pub use redis::{RedisAudit, RedisAuditReader};
@@ -300,7 +306,7 @@ pub trait AuditLog: Send + Sync + 'static {
     /// too: no backend lets a later record succeed past a failed write (the
     /// file backend stops, the Redis backend retries until stored). Failures
     /// are logged, having no caller to tell; so is a record refused on its
-    /// own (over [`MAX_LINE_BYTES`]), the one case where a later append may
+    /// own (over [`MAX_LINE_BYTES`](chain::MAX_LINE_BYTES)), the one case where a later append may
     /// succeed without it.
     fn append_nowait(&self, event: AuditEvent);
 

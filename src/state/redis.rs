@@ -3,9 +3,10 @@
 //! Every multi-key change is one Lua script, so it is atomic on the server:
 //! request creation with its indexes, compare-and-set on a request's version,
 //! and lease grant/release with a fencing counter. Connections go through a
-//! [`ConnectionManager`], which reconnects; each command has a response
-//! timeout, so an unreachable Redis turns into a [`StateError`] quickly
-//! (webhooks then answer 503) instead of a hung request.
+//! [`ConnectionManager`] (opened by `crate::redis_conn`), which reconnects;
+//! each command has a response timeout, so an unreachable Redis turns into
+//! a [`StateError`] quickly (webhooks then answer 503) instead of a hung
+//! request.
 //!
 //! Keys, under the configured prefix `P`:
 //! - `P d:{delivery}`: delivery dedup, `SET NX EX`.
@@ -19,7 +20,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use time::OffsetDateTime;
 
@@ -118,13 +119,7 @@ impl RedisStore {
     /// Connects lazily: the service starts even while Redis is down, and
     /// `/readyz` says so until it is back.
     pub fn connect(url: &str, prefix: &str) -> StateResult<RedisStore> {
-        let client = redis::Client::open(url).map_err(|e| StateError(format!("invalid redis URL ({:?})", e.kind())))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(err)?;
+        let conn = crate::redis_conn::connect(url).map_err(|e| StateError(e.to_string()))?;
         Ok(RedisStore {
             conn,
             prefix: prefix.to_string(),

@@ -586,3 +586,34 @@ async fn only_batches_someone_waits_on_are_fsynced_and_they_cover_the_rest() {
     assert_eq!(log.fsync_count(), 2);
     assert_eq!(verify_file(&log_path(&dir)).expect("verifies").records, 3);
 }
+
+/// A trail written by an earlier build of this code (the committed fixture)
+/// still verifies, reads back, and the file backend resumes its chain.
+#[tokio::test]
+async fn a_trail_written_by_an_earlier_version_verifies_and_resumes() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audit/trail.jsonl");
+    let report = verify_file(&fixture).expect("the committed trail verifies");
+    assert_eq!(
+        (report.records, report.last_seq, report.head_hash.as_str()),
+        (8, 8, "b2fcdda47cefa2630f839fa54d8669fedeadf146a916b9cd332cae0991570856")
+    );
+    let old = query_file(&fixture, &AuditFilter::default()).unwrap();
+    assert_eq!(old.len(), 8);
+    let full = &old[5];
+    assert_eq!(full.event.event, EventKind::Decision);
+    assert_eq!(full.event.slack.as_ref().map(|s| s.channel.as_str()), Some("C1"));
+    assert_eq!(full.event.reasons.as_ref().map(Vec::len), Some(2));
+
+    let dir = TempDir::new().unwrap();
+    let path = log_path(&dir);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::copy(&fixture, &path).unwrap();
+    let log = FileAudit::open(&path).await.expect("opens the old trail");
+    let next = log.append(event(9)).await.unwrap();
+    assert_eq!((next.seq, next.prev_hash.as_str()), (9, report.head_hash.as_str()));
+    log.close().await.unwrap();
+    assert_eq!(verify_file(&path).unwrap().records, 9);
+    // The old lines are untouched, byte for byte.
+    let (before, after) = (fs::read(&fixture).unwrap(), fs::read(&path).unwrap());
+    assert_eq!(&after[..before.len()], &before[..]);
+}

@@ -1373,3 +1373,66 @@ async fn run_redeliver_on_two_replicas_runs_about_once_per_interval_and_stops() 
         .unwrap();
     assert_eq!((r.ran, r.already_processed, r.requested.len()), (true, 1, 0), "{r:?}");
 }
+
+/// A chain stored in Redis by an earlier build of this code (the committed
+/// fixture: its keys as Redis held them) is continued by this one, and the
+/// export verifies with the old records unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_chain_written_by_an_earlier_version_is_continued() {
+    let redis = RedisServer::start();
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/audit/redis-keys.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut c = RedisStore::connect(&redis.url(), "fx:").unwrap().connection();
+    let mut old = Vec::new();
+    for entry in fixture["log"].as_array().unwrap() {
+        let (id, field, line) = (
+            entry[0].as_str().unwrap(),
+            entry[1].as_str().unwrap(),
+            entry[2].as_str().unwrap(),
+        );
+        let _: String = redis::cmd("XADD")
+            .arg("fx:audit:log")
+            .arg(id)
+            .arg(field)
+            .arg(line)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        old.extend_from_slice(line.as_bytes());
+        old.push(b'\n');
+    }
+    for (key, name) in [("fx:audit:head", "head"), ("fx:audit:ids", "ids")] {
+        for (field, value) in fixture[name].as_object().unwrap() {
+            let _: i64 = redis::cmd("HSET")
+                .arg(key)
+                .arg(field)
+                .arg(value.as_str().unwrap())
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+    }
+
+    let log = RedisAudit::open(&redis.url(), "fx:", RedisAuditOptions::default())
+        .await
+        .unwrap();
+    let head = fixture["head"]["hash"].as_str().unwrap();
+    let next = log
+        .append(AuditEvent::new(EventKind::Decision).request("after"))
+        .await
+        .unwrap();
+    assert_eq!((next.seq, next.prev_hash.as_str()), (9, head));
+    let id = fixture["ids"].as_object().unwrap().keys().next().unwrap();
+    assert!(log.get(id).await.unwrap().is_some(), "old records are found by id");
+    let mut out = Vec::new();
+    let exported = log.export(&mut out).await.unwrap();
+    assert_eq!(exported.records, 9);
+    assert_eq!(verify_lines(&out[..]).expect("the export verifies").records, 9);
+    assert_eq!(&out[..old.len()], &old[..], "the old records are unchanged");
+}
