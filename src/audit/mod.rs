@@ -55,7 +55,7 @@ pub use file::{FileAudit, get_file, query_file, verify_file};
 pub use memory::MemoryAudit;
 pub use redis::{RedisAudit, RedisAuditReader};
 
-use crate::decision::Reason;
+use crate::domain::Reason;
 use crate::domain::{Platform, SlackRef};
 
 /// The `prev_hash` of the first record: 64 zeros.
@@ -356,7 +356,7 @@ fn record_time(last: Option<OffsetDateTime>) -> (OffsetDateTime, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::ReasonCode;
+    use crate::domain::ReasonCode;
 
     #[test]
     fn none_fields_are_omitted_and_names_are_the_contract_s() {

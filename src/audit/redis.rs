@@ -25,7 +25,7 @@
 //! task per process, which takes whatever is queued (up to [`MAX_BATCH`]
 //! records and about 4 MiB) and this backend's sink sends it in one script
 //! call: concurrent decisions share one round trip. See
-//! [`RedisAudit::stats`] and `tests/replicas.rs` for the measurement.
+//! [`RedisAudit::stats`] and `tests/integration/replicas.rs` for the measurement.
 //!
 //! # Failure
 //! While Redis is unreachable (or refuses the write, e.g. out of memory), the
