@@ -13,6 +13,18 @@ use crate::domain::{ErrorCode, RequestStatus};
 use crate::state::Cas;
 use crate::webhook::gitlab::{self as hook, BlockedDeployment, DeploymentHook, DeploymentStatus};
 
+/// The statuses after which a deployment no longer waits for an answer.
+fn closes(status: &DeploymentStatus) -> bool {
+    matches!(
+        status,
+        DeploymentStatus::Running
+            | DeploymentStatus::Success
+            | DeploymentStatus::Failed
+            | DeploymentStatus::Canceled
+            | DeploymentStatus::Skipped
+    )
+}
+
 impl Gate {
     /// Records a GitLab deployment's later status (approved or rejected by
     /// someone, running, finished). It never approves anything: a request
@@ -22,14 +34,7 @@ impl Gate {
     pub async fn gitlab_status(self: &Arc<Self>, hook: &DeploymentHook) -> Result<(), GateError> {
         let id = hook::request_id(hook.project_id, hook.deployment_id, &hook.environment);
         let mut ev = events::gitlab_status(&id, hook);
-        let closes = matches!(
-            hook.status,
-            DeploymentStatus::Running
-                | DeploymentStatus::Success
-                | DeploymentStatus::Failed
-                | DeploymentStatus::Canceled
-                | DeploymentStatus::Skipped
-        );
+        let mut confirmed = None;
         for _ in 0..8 {
             let Some(mut req) = self.store.get_request(&id).await? else {
                 break;
@@ -37,7 +42,15 @@ impl Gate {
             ev.sha = Some(req.sha.clone());
             ev.run = Some(req.run.clone());
             ev.slack = req.slack.clone();
-            if !(closes && req.status == RequestStatus::Pending) {
+            if !(closes(&hook.status) && req.status == RequestStatus::Pending) {
+                break;
+            }
+            // A hook is only a claim: GitLab's own API must say the deployment
+            // moved on before a pending request is closed.
+            if confirmed.is_none() {
+                confirmed = Some(self.gitlab_confirms(hook, &req.repository).await);
+            }
+            if confirmed != Some(true) {
                 break;
             }
             req.status = RequestStatus::Superseded;
@@ -47,11 +60,43 @@ impl Gate {
                 break;
             }
         }
+        if let (Some(confirmed), Some(serde_json::Value::Object(detail))) = (confirmed, ev.detail.as_mut()) {
+            detail.insert("confirmed_by_api".into(), confirmed.into());
+        }
         self.audit
             .append(ev)
             .await
             .map_err(|e| GateError::Audit(e.to_string()))?;
         Ok(())
+    }
+
+    /// Does GitLab's deployments API agree that the hook's deployment, of
+    /// the request's project, is past waiting? Unknown (no API, no answer)
+    /// is no.
+    async fn gitlab_confirms(&self, hook: &DeploymentHook, repository: &str) -> bool {
+        let Some(api) = self.gitlab_api() else {
+            warn!(deployment = hook.deployment_id, "a status hook cannot be confirmed without gitlab.token; the request stays open");
+            return false;
+        };
+        match api.deployment(hook.project_id, hook.deployment_id).await {
+            Ok(info) => {
+                let status_agrees = closes(&DeploymentStatus::parse(&info.status));
+                let project_agrees = info.project_id == hook.project_id
+                    && info
+                        .project_path
+                        .as_deref()
+                        .is_none_or(|p| p.eq_ignore_ascii_case(repository));
+                if !(status_agrees && project_agrees) {
+                    warn!(deployment = hook.deployment_id, api_status = %info.status,
+                          "a status hook that GitLab's API does not confirm; the request stays open");
+                }
+                status_agrees && project_agrees
+            }
+            Err(e) => {
+                warn!(deployment = hook.deployment_id, error = %e, "cannot confirm a status hook; the request stays open");
+                false
+            }
+        }
     }
 
     /// Polls one GitLab project for blocked deployments (older GitLab sends

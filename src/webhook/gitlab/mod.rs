@@ -153,7 +153,7 @@ pub enum DeploymentStatus {
 }
 
 impl DeploymentStatus {
-    fn parse(s: &str) -> Self {
+    pub fn parse(s: &str) -> Self {
         match s {
             "created" => Self::Created,
             "blocked" => Self::Blocked,
