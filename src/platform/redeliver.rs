@@ -24,7 +24,6 @@
 //! webhook route like any delivery, so a wasted request costs nothing else.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -34,9 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::github::GithubClient;
-use crate::config::RedeliverConfig;
-use crate::gate::Gate;
-use crate::state::{Lease, StateError};
+use crate::config::{GithubConfig, RedeliverConfig};
+use crate::state::{SharedStore, StateError};
 use crate::time_fmt::parse_rfc3339;
 
 /// The store lease that makes one replica at a time run the reconciler.
@@ -112,24 +110,31 @@ struct Event {
     newest_failed: Option<(OffsetDateTime, u64)>,
 }
 
-/// Runs the reconciler every `config.interval` until `stop`; returns at once
-/// when it is disabled, in dry-run mode (no platform call is ever made), or
-/// without a usable `[github]` App configuration (logged).
-pub async fn run_redeliver(gate: Arc<Gate>, config: RedeliverConfig, stop: CancellationToken) {
+/// Runs the reconciler every `config.interval` until `stop`, with the
+/// leases and processed deliveries of `store` and an App client built from
+/// `github`; returns at once when it is disabled, when `dry_run` (no
+/// platform call is ever made), or without a usable App configuration
+/// (logged).
+pub async fn run_redeliver(
+    store: SharedStore,
+    github: GithubConfig,
+    config: RedeliverConfig,
+    dry_run: bool,
+    stop: CancellationToken,
+) {
     if !config.enabled {
         return;
     }
-    if gate.config.server.dry_run {
+    if dry_run {
         info!("github.redeliver: not running in dry-run mode (it would call GitHub)");
         return;
     }
-    let client = match gate.config.github.as_ref().map(GithubClient::new) {
-        Some(Ok(c)) => c,
-        Some(Err(e)) => {
+    let client = match GithubClient::new(&github) {
+        Ok(c) => c,
+        Err(e) => {
             warn!(error = %e, "github.redeliver: not running");
             return;
         }
-        None => return,
     };
     let mut tick = tokio::time::interval(config.interval.max(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -138,7 +143,7 @@ pub async fn run_redeliver(gate: Arc<Gate>, config: RedeliverConfig, stop: Cance
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match redeliver_once(&gate, &client, &config, OffsetDateTime::now_utc()).await {
+        match redeliver_once(&store, &client, &config, OffsetDateTime::now_utc()).await {
             Ok(r) if r.ran && (r.failed > 0 || r.request_failures > 0) => info!(
                 listed = r.listed,
                 failed = r.failed,
@@ -155,10 +160,10 @@ pub async fn run_redeliver(gate: Arc<Gate>, config: RedeliverConfig, stop: Cance
     }
 }
 
-/// One run at `now` (see the module documentation). Public so tests drive
-/// it step by step.
+/// One run at `now` (see the module documentation), on `store`. Public so
+/// tests drive it step by step.
 pub async fn redeliver_once(
-    gate: &Gate,
+    store: &SharedStore,
     client: &GithubClient,
     config: &RedeliverConfig,
     now: OffsetDateTime,
@@ -167,7 +172,7 @@ pub async fn redeliver_once(
     let holder = format!("redeliver-{}", uuid::Uuid::new_v4().simple());
     // Most of an interval, so that the next tick of any replica finds it expired.
     let ttl = config.interval.mul_f64(0.9).max(Duration::from_millis(100));
-    let Some(lease) = gate.store.acquire_lease(LEASE, &holder, ttl).await? else {
+    let Some(lease) = store.acquire_lease(LEASE, &holder, ttl).await? else {
         return Ok(report);
     };
     report.ran = true;
@@ -186,7 +191,7 @@ pub async fn redeliver_once(
             report.given_up += 1;
             continue;
         }
-        if gate.store.delivery_seen(&format!("github:{guid}")).await? {
+        if store.delivery_seen(&format!("github:{guid}")).await? {
             report.already_processed += 1;
             continue;
         }
@@ -194,7 +199,7 @@ pub async fn redeliver_once(
             report.deferred += 1;
             continue;
         }
-        if !still_ours(gate, &lease).await? {
+        if !store.lease_valid(&lease).await? {
             warn!("github.redeliver: the lease expired during the run; another replica goes on");
             break;
         }
@@ -216,10 +221,6 @@ pub async fn redeliver_once(
         }
     }
     Ok(report)
-}
-
-async fn still_ours(gate: &Gate, lease: &Lease) -> Result<bool, StateError> {
-    gate.store.lease_valid(lease).await
 }
 
 /// Reads deliveries newest first back to `cutoff`, grouped by guid
