@@ -28,7 +28,7 @@ use crate::domain::{
     VerdictSource, verdict_key,
 };
 use crate::identity::{TokenError, VerifiedToken, Verifier};
-use crate::platform::{CallResult, PlatformClient};
+use crate::platform::{CallResult, FailureKind, PlatformClient};
 use crate::state::{Cas, Lease, SharedStore, StateError};
 
 /// Transient platform failures are retried this many times (by re-driving).
@@ -853,30 +853,22 @@ impl Gate {
             .iter()
             .any(|p| p.code == decision::ReasonCode::CallbackHostMismatch);
         let call = if dry_run {
-            CallResult {
-                ok: true,
-                status: None,
-                detail: "dry run: the platform was not called".into(),
-            }
+            CallResult::done(None, "dry run: the platform was not called")
         } else if !callback_trusted {
-            CallResult {
-                ok: true,
-                status: None,
-                detail: "not called: the callback URL is not on the configured API host".into(),
-            }
+            CallResult::done(None, "not called: the callback URL is not on the configured API host")
         } else {
             match self.platform_for(req.platform) {
                 Some(client) => client.answer(&req, approve, &comment).await,
-                None => CallResult {
-                    ok: false,
-                    status: None,
-                    detail: format!("{} is not configured", req.platform),
-                },
+                None => CallResult::failed(
+                    FailureKind::Definite,
+                    None,
+                    format!("{} is not configured", req.platform),
+                ),
             }
         };
         req.platform_attempts += 1;
-        let transient = !call.ok && call.status.is_none_or(|s| s >= 500 || s == 429);
-        if call.ok {
+        let transient = call.retryable();
+        if call.ok() {
             self.metrics.platform_calls_ok.fetch_add(1, Ordering::Relaxed);
         } else {
             self.metrics.platform_calls_failed.fetch_add(1, Ordering::Relaxed);
@@ -888,7 +880,7 @@ impl Gate {
         }
         let give_up = transient && req.platform_attempts >= MAX_PLATFORM_ATTEMPTS;
         let outcome = PlatformOutcome {
-            ok: call.ok,
+            ok: call.ok(),
             status: call.status,
             detail: call.detail.clone(),
             dry_run,
@@ -897,7 +889,7 @@ impl Gate {
         let mut ev = self.request_event(EventKind::PlatformResult, &req);
         ev.decision = Some(decision.outcome.as_str().to_string());
         ev.detail = Some(json!({
-            "ok": call.ok, "status": call.status, "detail": call.detail, "dry_run": dry_run,
+            "ok": call.ok(), "status": call.status, "detail": call.detail, "dry_run": dry_run,
             "attempt": req.platform_attempts, "retrying": transient && !give_up, "decision_record": record_id,
         }));
         self.audit
@@ -913,7 +905,7 @@ impl Gate {
             warn!(request = %req.id, "the request changed while answering the platform");
         }
         self.notify(&req.id);
-        if call.ok {
+        if call.ok() {
             info!(request = %req.id, status = ?call.status, "platform answered");
         } else {
             warn!(request = %req.id, status = ?call.status, detail = %call.detail, retrying = transient && !give_up, "platform call failed");

@@ -33,17 +33,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::github::GithubClient;
+use super::http::CallFailure;
 use crate::config::{GithubConfig, RedeliverConfig};
 use crate::state::{SharedStore, StateError};
 use crate::time_fmt::parse_rfc3339;
 
 /// The store lease that makes one replica at a time run the reconciler.
-pub const LEASE: &str = "redeliver";
+pub(crate) const LEASE: &str = "redeliver";
 /// Pages of 100 deliveries read per run, at most.
-pub const MAX_PAGES: usize = 10;
+pub(crate) const MAX_PAGES: usize = 10;
 /// An event attempted this many times (first delivery and redeliveries) is
 /// not asked for again: it fails for a reason a redelivery does not fix.
-pub const MAX_ATTEMPTS: usize = 5;
+pub(crate) const MAX_ATTEMPTS: usize = 5;
 const PER_PAGE: &str = "100";
 const EVENT: &str = "deployment_protection_rule";
 /// A page of 100 deliveries is about 40 KiB.
@@ -73,12 +74,14 @@ pub struct RedeliverReport {
 /// Why a run could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum RedeliverError {
-    #[error("the redelivery reconciler needs [github] app_id and private_key: {0}")]
-    NotConfigured(String),
     #[error(transparent)]
     State(#[from] StateError),
     #[error("listing the App's webhook deliveries failed: {0}")]
-    List(String),
+    List(#[from] CallFailure),
+    #[error("listing the App's webhook deliveries failed: GitHub answered {0} instead of 200")]
+    ListStatus(u16),
+    #[error("listing the App's webhook deliveries failed: the answer is not a list of deliveries: {0}")]
+    ListMalformed(#[source] serde_json::Error),
 }
 
 /// One item of `GET /app/hook/deliveries` (the fields used).
@@ -205,14 +208,14 @@ pub async fn redeliver_once(
         }
         let url = client.endpoint(&["app", "hook", "deliveries", &delivery_id.to_string(), "attempts"]);
         match client.app_call(Method::POST, url, MAX_BODY).await {
-            Ok(a) if (200..300).contains(&a.status) => {
+            Ok(_) => {
                 info!(guid = %guid, delivery = delivery_id, "github.redeliver: asked GitHub to deliver again");
                 report.requested.push(delivery_id);
             }
-            Ok(a) => {
+            Err(f) if f.status.is_some() => {
                 report.request_failures += 1;
-                let message = GithubClient::message_of(&a.body).unwrap_or_default();
-                warn!(guid = %guid, delivery = delivery_id, status = a.status, message = %message, "github.redeliver: GitHub refused the redelivery");
+                let message = f.message.unwrap_or_default();
+                warn!(guid = %guid, delivery = delivery_id, status = f.status, message = %message, "github.redeliver: GitHub refused the redelivery");
             }
             Err(e) => {
                 report.request_failures += 1;
@@ -241,21 +244,11 @@ async fn list_failed(
                 q.append_pair("cursor", c);
             }
         }
-        let answer = client
-            .app_call(Method::GET, url, MAX_BODY)
-            .await
-            .map_err(RedeliverError::List)?;
-        if answer.status != 200 {
-            let message = GithubClient::message_of(&answer.body)
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default();
-            return Err(RedeliverError::List(format!(
-                "GitHub answered {}{message}",
-                answer.status
-            )));
+        let answer = client.app_call(Method::GET, url, MAX_BODY).await?;
+        if answer.status != reqwest::StatusCode::OK {
+            return Err(RedeliverError::ListStatus(answer.status.as_u16()));
         }
-        let page: Vec<Delivery> = serde_json::from_slice(&answer.body)
-            .map_err(|e| RedeliverError::List(format!("the answer is not a list of deliveries: {e}")))?;
+        let page: Vec<Delivery> = serde_json::from_slice(&answer.body).map_err(RedeliverError::ListMalformed)?;
         let mut reached_cutoff = page.is_empty();
         for d in page {
             let Some(at) = parse_rfc3339(&d.delivered_at) else {
@@ -283,7 +276,11 @@ async fn list_failed(
                 e.newest_failed = Some((at, d.id));
             }
         }
-        cursor = answer.link.as_deref().and_then(next_cursor);
+        cursor = answer
+            .headers
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_cursor);
         if reached_cutoff || cursor.is_none() {
             break;
         }
