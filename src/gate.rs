@@ -924,26 +924,17 @@ impl Gate {
         }
     }
 
-    /// The comment posted with the answer: outcome, reasons, audit link;
-    /// the platform client caps it at the platform's limit.
+    /// The comment posted with the answer: outcome, reasons, audit link,
+    /// within the platform's limit with the link whole.
     fn comment(&self, req: &DeploymentRequest, decision: &Decision, record_id: &str) -> String {
-        let mut out = format!(
-            "portcullis {} the deployment of {} to {}.",
+        crate::platform::answer_comment(
+            req.platform,
             decision.outcome.as_str(),
-            short(&req.sha),
-            req.environment
-        );
-        for r in &decision.reasons {
-            out.push_str(&format!("\n- {}: {}", r.code.as_str(), r.message));
-        }
-        out.push_str(&format!("\nAudit: {}", self.audit_link(record_id)));
-        // Keep the link whole even when reasons are long: cut the reasons.
-        if out.chars().count() > 1024 {
-            let link = format!("\n…\nAudit: {}", self.audit_link(record_id));
-            let keep = 1024usize.saturating_sub(link.chars().count());
-            out = out.chars().take(keep).collect::<String>() + &link;
-        }
-        out
+            &req.sha,
+            &req.environment,
+            &decision.reasons,
+            &self.audit_link(record_id),
+        )
     }
 
     pub fn audit_link(&self, record_id: &str) -> String {
@@ -1156,8 +1147,4 @@ fn verdict_summary(v: &Verdict) -> serde_json::Value {
 fn is_sha256_digest(s: &str) -> bool {
     s.strip_prefix("sha256:")
         .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
 }

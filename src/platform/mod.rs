@@ -4,7 +4,7 @@
 //!
 //! - `http`: the one retrying send both clients use, and its typed
 //!   failure ([`CallFailure`], [`FailureKind`]).
-//! - `comment`: each platform's limit on the answer comment.
+//! - `comment`: the answer comment and each platform's limit on it.
 //! - [`github`], [`gitlab`]: the two clients.
 //! - [`redeliver`]: asks GitHub again for webhook deliveries that failed.
 
@@ -16,6 +16,7 @@ pub mod redeliver;
 
 use async_trait::async_trait;
 
+pub(crate) use comment::answer_comment;
 pub use http::{CallFailure, FailureKind, RetryPolicy};
 
 use crate::domain::DeploymentRequest;
