@@ -12,7 +12,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::{Gate, GateError, events};
 use crate::decision::{self, Decision, Inputs, Outcome};
 use crate::domain::{DecidedOn, DeploymentRequest, PlatformOutcome, RequestStatus};
-use crate::platform::CallResult;
+use crate::platform::{CallResult, FailureKind};
 use crate::state::{Cas, Lease, StateError};
 
 /// Transient platform failures are retried this many times (by re-driving).
@@ -175,30 +175,22 @@ impl Gate {
             .iter()
             .any(|p| p.code == decision::ReasonCode::CallbackHostMismatch);
         let call = if dry_run {
-            CallResult {
-                ok: true,
-                status: None,
-                detail: "dry run: the platform was not called".into(),
-            }
+            CallResult::done(None, "dry run: the platform was not called")
         } else if !callback_trusted {
-            CallResult {
-                ok: true,
-                status: None,
-                detail: "not called: the callback URL is not on the configured API host".into(),
-            }
+            CallResult::done(None, "not called: the callback URL is not on the configured API host")
         } else {
             match self.platform_for(req.platform) {
                 Some(client) => client.answer(&req, approve, &comment).await,
-                None => CallResult {
-                    ok: false,
-                    status: None,
-                    detail: format!("{} is not configured", req.platform),
-                },
+                None => CallResult::failed(
+                    FailureKind::Definite,
+                    None,
+                    format!("{} is not configured", req.platform),
+                ),
             }
         };
         req.platform_attempts += 1;
-        let transient = !call.ok && call.status.is_none_or(|s| s >= 500 || s == 429);
-        if call.ok {
+        let transient = call.retryable();
+        if call.ok() {
             self.metrics.platform_calls_ok.fetch_add(1, Ordering::Relaxed);
         } else {
             self.metrics.platform_calls_failed.fetch_add(1, Ordering::Relaxed);
@@ -210,7 +202,7 @@ impl Gate {
         }
         let give_up = transient && req.platform_attempts >= MAX_PLATFORM_ATTEMPTS;
         let outcome = PlatformOutcome {
-            ok: call.ok,
+            ok: call.ok(),
             status: call.status,
             detail: call.detail.clone(),
             dry_run,
@@ -220,7 +212,7 @@ impl Gate {
             &req,
             &decision,
             json!({
-                "ok": call.ok, "status": call.status, "detail": call.detail, "dry_run": dry_run,
+                "ok": call.ok(), "status": call.status, "detail": call.detail, "dry_run": dry_run,
                 "attempt": req.platform_attempts, "retrying": transient && !give_up, "decision_record": record_id,
             }),
         );
@@ -237,33 +229,24 @@ impl Gate {
             warn!(request = %req.id, "the request changed while answering the platform");
         }
         self.notify(&req.id);
-        if call.ok {
+        if call.ok() {
             info!(request = %req.id, status = ?call.status, "platform answered");
         } else {
             warn!(request = %req.id, status = ?call.status, detail = %call.detail, retrying = transient && !give_up, "platform call failed");
         }
         Ok(())
     }
-    /// The comment posted with the answer: outcome, reasons, audit link;
-    /// the platform client caps it at the platform's limit.
+    /// The comment posted with the answer: outcome, reasons, audit link,
+    /// within the platform's cap.
     fn comment(&self, req: &DeploymentRequest, decision: &Decision, record_id: &str) -> String {
-        let mut out = format!(
-            "portcullis {} the deployment of {} to {}.",
+        crate::platform::answer_comment(
+            req.platform,
             decision.outcome.as_str(),
-            short(&req.sha),
-            req.environment
-        );
-        for r in &decision.reasons {
-            out.push_str(&format!("\n- {}: {}", r.code.as_str(), r.message));
-        }
-        out.push_str(&format!("\nAudit: {}", self.audit_link(record_id)));
-        // Keep the link whole even when reasons are long: cut the reasons.
-        if out.chars().count() > 1024 {
-            let link = format!("\n…\nAudit: {}", self.audit_link(record_id));
-            let keep = 1024usize.saturating_sub(link.chars().count());
-            out = out.chars().take(keep).collect::<String>() + &link;
-        }
-        out
+            &req.sha,
+            &req.environment,
+            &decision.reasons,
+            &self.audit_link(record_id),
+        )
     }
 
     /// Appends the durable `decision` record, naming the inputs it weighed.
@@ -284,8 +267,4 @@ impl Gate {
             .map_err(|e| GateError::Audit(e.to_string()))?;
         Ok(record.id)
     }
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
 }

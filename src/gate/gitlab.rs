@@ -75,7 +75,10 @@ impl Gate {
     /// is no.
     async fn gitlab_confirms(&self, hook: &DeploymentHook, repository: &str) -> bool {
         let Some(api) = self.gitlab_api() else {
-            warn!(deployment = hook.deployment_id, "a status hook cannot be confirmed without gitlab.token; the request stays open");
+            warn!(
+                deployment = hook.deployment_id,
+                "a status hook cannot be confirmed without gitlab.token; the request stays open"
+            );
             return false;
         };
         match api.deployment(hook.project_id, hook.deployment_id).await {

@@ -24,7 +24,6 @@
 //! webhook route like any delivery, so a wasted request costs nothing else.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -34,18 +33,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::github::GithubClient;
-use crate::config::RedeliverConfig;
-use crate::gate::Gate;
-use crate::state::{Lease, StateError};
+use super::http::CallFailure;
+use crate::config::{GithubConfig, RedeliverConfig};
+use crate::state::{SharedStore, StateError};
 use crate::time_fmt::parse_rfc3339;
 
 /// The store lease that makes one replica at a time run the reconciler.
-pub const LEASE: &str = "redeliver";
+pub(crate) const LEASE: &str = "redeliver";
 /// Pages of 100 deliveries read per run, at most.
-pub const MAX_PAGES: usize = 10;
+pub(crate) const MAX_PAGES: usize = 10;
 /// An event attempted this many times (first delivery and redeliveries) is
 /// not asked for again: it fails for a reason a redelivery does not fix.
-pub const MAX_ATTEMPTS: usize = 5;
+pub(crate) const MAX_ATTEMPTS: usize = 5;
 const PER_PAGE: &str = "100";
 const EVENT: &str = "deployment_protection_rule";
 /// A page of 100 deliveries is about 40 KiB.
@@ -75,12 +74,14 @@ pub struct RedeliverReport {
 /// Why a run could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum RedeliverError {
-    #[error("the redelivery reconciler needs [github] app_id and private_key: {0}")]
-    NotConfigured(String),
     #[error(transparent)]
     State(#[from] StateError),
     #[error("listing the App's webhook deliveries failed: {0}")]
-    List(String),
+    List(#[from] CallFailure),
+    #[error("listing the App's webhook deliveries failed: GitHub answered {0} instead of 200")]
+    ListStatus(u16),
+    #[error("listing the App's webhook deliveries failed: the answer is not a list of deliveries: {0}")]
+    ListMalformed(#[source] serde_json::Error),
 }
 
 /// One item of `GET /app/hook/deliveries` (the fields used).
@@ -112,24 +113,31 @@ struct Event {
     newest_failed: Option<(OffsetDateTime, u64)>,
 }
 
-/// Runs the reconciler every `config.interval` until `stop`; returns at once
-/// when it is disabled, in dry-run mode (no platform call is ever made), or
-/// without a usable `[github]` App configuration (logged).
-pub async fn run_redeliver(gate: Arc<Gate>, config: RedeliverConfig, stop: CancellationToken) {
+/// Runs the reconciler every `config.interval` until `stop`, with the
+/// leases and processed deliveries of `store` and an App client built from
+/// `github`; returns at once when it is disabled, when `dry_run` (no
+/// platform call is ever made), or without a usable App configuration
+/// (logged).
+pub async fn run_redeliver(
+    store: SharedStore,
+    github: GithubConfig,
+    config: RedeliverConfig,
+    dry_run: bool,
+    stop: CancellationToken,
+) {
     if !config.enabled {
         return;
     }
-    if gate.config.server.dry_run {
+    if dry_run {
         info!("github.redeliver: not running in dry-run mode (it would call GitHub)");
         return;
     }
-    let client = match gate.config.github.as_ref().map(GithubClient::new) {
-        Some(Ok(c)) => c,
-        Some(Err(e)) => {
+    let client = match GithubClient::new(&github) {
+        Ok(c) => c,
+        Err(e) => {
             warn!(error = %e, "github.redeliver: not running");
             return;
         }
-        None => return,
     };
     let mut tick = tokio::time::interval(config.interval.max(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -138,7 +146,7 @@ pub async fn run_redeliver(gate: Arc<Gate>, config: RedeliverConfig, stop: Cance
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match redeliver_once(&gate, &client, &config, OffsetDateTime::now_utc()).await {
+        match redeliver_once(&store, &client, &config, OffsetDateTime::now_utc()).await {
             Ok(r) if r.ran && (r.failed > 0 || r.request_failures > 0) => info!(
                 listed = r.listed,
                 failed = r.failed,
@@ -155,10 +163,10 @@ pub async fn run_redeliver(gate: Arc<Gate>, config: RedeliverConfig, stop: Cance
     }
 }
 
-/// One run at `now` (see the module documentation). Public so tests drive
-/// it step by step.
+/// One run at `now` (see the module documentation), on `store`. Public so
+/// tests drive it step by step.
 pub async fn redeliver_once(
-    gate: &Gate,
+    store: &SharedStore,
     client: &GithubClient,
     config: &RedeliverConfig,
     now: OffsetDateTime,
@@ -167,7 +175,7 @@ pub async fn redeliver_once(
     let holder = format!("redeliver-{}", uuid::Uuid::new_v4().simple());
     // Most of an interval, so that the next tick of any replica finds it expired.
     let ttl = config.interval.mul_f64(0.9).max(Duration::from_millis(100));
-    let Some(lease) = gate.store.acquire_lease(LEASE, &holder, ttl).await? else {
+    let Some(lease) = store.acquire_lease(LEASE, &holder, ttl).await? else {
         return Ok(report);
     };
     report.ran = true;
@@ -186,7 +194,7 @@ pub async fn redeliver_once(
             report.given_up += 1;
             continue;
         }
-        if gate.store.delivery_seen(&format!("github:{guid}")).await? {
+        if store.delivery_seen(&format!("github:{guid}")).await? {
             report.already_processed += 1;
             continue;
         }
@@ -194,20 +202,20 @@ pub async fn redeliver_once(
             report.deferred += 1;
             continue;
         }
-        if !still_ours(gate, &lease).await? {
+        if !store.lease_valid(&lease).await? {
             warn!("github.redeliver: the lease expired during the run; another replica goes on");
             break;
         }
         let url = client.endpoint(&["app", "hook", "deliveries", &delivery_id.to_string(), "attempts"]);
         match client.app_call(Method::POST, url, MAX_BODY).await {
-            Ok(a) if (200..300).contains(&a.status) => {
+            Ok(_) => {
                 info!(guid = %guid, delivery = delivery_id, "github.redeliver: asked GitHub to deliver again");
                 report.requested.push(delivery_id);
             }
-            Ok(a) => {
+            Err(f) if f.status.is_some() => {
                 report.request_failures += 1;
-                let message = GithubClient::message_of(&a.body).unwrap_or_default();
-                warn!(guid = %guid, delivery = delivery_id, status = a.status, message = %message, "github.redeliver: GitHub refused the redelivery");
+                let message = f.message.unwrap_or_default();
+                warn!(guid = %guid, delivery = delivery_id, status = f.status, message = %message, "github.redeliver: GitHub refused the redelivery");
             }
             Err(e) => {
                 report.request_failures += 1;
@@ -216,10 +224,6 @@ pub async fn redeliver_once(
         }
     }
     Ok(report)
-}
-
-async fn still_ours(gate: &Gate, lease: &Lease) -> Result<bool, StateError> {
-    gate.store.lease_valid(lease).await
 }
 
 /// Reads deliveries newest first back to `cutoff`, grouped by guid
@@ -240,21 +244,11 @@ async fn list_failed(
                 q.append_pair("cursor", c);
             }
         }
-        let answer = client
-            .app_call(Method::GET, url, MAX_BODY)
-            .await
-            .map_err(RedeliverError::List)?;
-        if answer.status != 200 {
-            let message = GithubClient::message_of(&answer.body)
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default();
-            return Err(RedeliverError::List(format!(
-                "GitHub answered {}{message}",
-                answer.status
-            )));
+        let answer = client.app_call(Method::GET, url, MAX_BODY).await?;
+        if answer.status != reqwest::StatusCode::OK {
+            return Err(RedeliverError::ListStatus(answer.status.as_u16()));
         }
-        let page: Vec<Delivery> = serde_json::from_slice(&answer.body)
-            .map_err(|e| RedeliverError::List(format!("the answer is not a list of deliveries: {e}")))?;
+        let page: Vec<Delivery> = serde_json::from_slice(&answer.body).map_err(RedeliverError::ListMalformed)?;
         let mut reached_cutoff = page.is_empty();
         for d in page {
             let Some(at) = parse_rfc3339(&d.delivered_at) else {
@@ -282,7 +276,11 @@ async fn list_failed(
                 e.newest_failed = Some((at, d.id));
             }
         }
-        cursor = answer.link.as_deref().and_then(next_cursor);
+        cursor = answer
+            .headers
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_cursor);
         if reached_cutoff || cursor.is_none() {
             break;
         }

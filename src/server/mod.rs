@@ -153,8 +153,10 @@ impl Application {
         }
         if let Some(gh) = &self.gate.config.github {
             tokio::spawn(crate::platform::redeliver::run_redeliver(
-                self.gate.clone(),
+                self.gate.store.clone(),
+                gh.clone(),
                 gh.redeliver.clone(),
+                self.gate.config.server.dry_run,
                 self.stop.clone(),
             ));
         }

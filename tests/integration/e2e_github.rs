@@ -705,6 +705,27 @@ async fn platform_failures_are_retried_and_422_counts_as_done() {
         (Some(true), Some(422))
     );
     assert_eq!(w.reviews_for(run).len(), 1);
+
+    // A definite refusal closes the request after one call: not retried
+    // inside the call, not re-driven.
+    let (run, s) = (7603, sha(7603));
+    w.gh.script(
+        &review_path("octo-org", "payments", run),
+        [Reply::status(403), Reply::normal()],
+    );
+    w.attest(ci_claims(run, &s)).await;
+    w.verdict(&s, "production", true, &[]).await;
+    let id = w.webhook("d-7603", run, "production", &s).await;
+    let req = w.app.wait_request(&id, "done", WAIT).await;
+    assert_eq!(
+        (
+            req["platform_result"]["ok"].as_bool(),
+            req["platform_result"]["status"].as_u64(),
+            req["platform_attempts"].as_u64()
+        ),
+        (Some(false), Some(403), Some(1))
+    );
+    assert_eq!(w.reviews_for(run).len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

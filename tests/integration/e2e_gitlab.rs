@@ -433,6 +433,33 @@ async fn signatures_tokens_dedup_and_status_hooks() {
     running["deployment_id"] = json!(dep);
     running["environment"] = json!("production");
     running["status"] = json!("running");
+    // A `running` hook that GitLab's API does not confirm (the deployment is
+    // still blocked there) changes nothing: a hook is only a claim.
+    let (code, _) = w
+        .hook(&serde_json::to_vec(&running).unwrap(), "idem-5001-running-unconfirmed")
+        .await;
+    assert_eq!(code, 202);
+    let unconfirmed = loop {
+        let found = w
+            .app
+            .audit_records()
+            .into_iter()
+            .find(|r| r["detail"]["source"] == "gitlab_deployment_hook" && r["detail"]["status"] == "running");
+        if let Some(r) = found {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(unconfirmed["detail"]["confirmed_by_api"], false);
+    let (_, still) = w
+        .app
+        .get(&format!("/v1/requests/{}", accepted["request"].as_str().unwrap()))
+        .await;
+    assert_eq!(still["status"], "pending", "an unconfirmed hook closes nothing");
+    // Once GitLab's API shows the deployment running, the hook closes it.
+    let mut moved_on = w.gl.deployment(PROJECT_ID, dep).expect("the mock holds the deployment");
+    moved_on["status"] = json!("running");
+    w.gl.add_deployment(PROJECT_ID, moved_on);
     let (code, _) = w
         .hook(&serde_json::to_vec(&running).unwrap(), "idem-5001-running")
         .await;
@@ -448,8 +475,9 @@ async fn signatures_tokens_dedup_and_status_hooks() {
         .into_iter()
         .filter(|r| r["detail"]["source"] == "gitlab_deployment_hook")
         .collect();
-    assert_eq!(recorded.len(), 2);
+    assert_eq!(recorded.len(), 3);
     assert_eq!(recorded[0]["detail"]["status"], "approved");
+    assert_eq!(recorded[2]["detail"]["confirmed_by_api"], true);
     assert!(recorded[0]["detail"]["approver"].is_string(), "{}", recorded[0]);
     assert!(w.gl.approvals().is_empty(), "portcullis approved nothing");
     assert!(w.app.cli(&["audit", "verify"]).status.success());

@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::support::github_mock::{self, GithubMock, Reply, TEST_INSTALLATION_ID};
 use crate::support::prism::Prism;
 use portcullis::domain::DeploymentRequest;
-use portcullis::platform::github::{GithubClient, RetryPolicy};
-use portcullis::platform::{CallResult, PlatformClient};
+use portcullis::platform::github::GithubClient;
+use portcullis::platform::{CallResult, FailureKind, PlatformClient, RetryPolicy};
 use serde_json::json;
 
 const OWNER: &str = "octo-org";
@@ -19,6 +19,7 @@ const RUN: u64 = 13172451234;
 const FAST_RETRY: RetryPolicy = RetryPolicy {
     attempts: 3,
     base_delay: Duration::from_millis(20),
+    max_wait: Duration::from_secs(2),
 };
 
 fn request(callback_url: &str, installation_id: Option<u64>) -> DeploymentRequest {
@@ -101,14 +102,7 @@ async fn approval_posts_the_exact_review_with_an_installation_token() {
     )
     .await;
 
-    assert_eq!(
-        result,
-        CallResult {
-            ok: true,
-            status: Some(204),
-            detail: "GitHub took the review (approved)".into()
-        }
-    );
+    assert_eq!(result, CallResult::done(Some(204), "GitHub took the review (approved)"));
     let tokens = mock.token_requests();
     assert_eq!(tokens.len(), 1);
     assert_eq!(
@@ -160,7 +154,7 @@ async fn rejection_posts_state_rejected() {
 
     let result = answer(&client, &mock, false, "Rejected: actor_not_approver").await;
 
-    assert!(result.ok, "{result:?}");
+    assert!(result.ok(), "{result:?}");
     let reviews = mock.reviews();
     assert_eq!(reviews.len(), 1);
     assert_eq!(
@@ -179,7 +173,7 @@ async fn a_server_error_then_success_is_retried() {
 
     let result = answer(&client, &mock, true, "ok").await;
 
-    assert_eq!((result.ok, result.status), (true, Some(204)), "{result:?}");
+    assert_eq!((result.ok(), result.status), (true, Some(204)), "{result:?}");
     let statuses: Vec<u16> = mock.reviews().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [500, 204]);
     assert_eq!(mock.token_requests().len(), 1, "a retry reuses the token");
@@ -197,7 +191,7 @@ async fn a_timeout_is_retried() {
 
     let result = answer(&client, &mock, true, "ok").await;
 
-    assert_eq!((result.ok, result.status), (true, Some(204)), "{result:?}");
+    assert_eq!((result.ok(), result.status), (true, Some(204)), "{result:?}");
     assert_eq!(mock.reviews().len(), 2);
 }
 
@@ -214,7 +208,7 @@ async fn server_errors_on_every_attempt_fail_after_three_attempts() {
 
     let result = answer(&client, &mock, true, "ok").await;
 
-    assert!(!result.ok);
+    assert!(!result.ok());
     assert_eq!(result.status, Some(502));
     assert_eq!(
         result.detail,
@@ -238,11 +232,7 @@ async fn timeouts_on_every_attempt_fail_without_a_status() {
 
     assert_eq!(
         result,
-        CallResult {
-            ok: false,
-            status: None,
-            detail: "review: timed out after 3 attempts".into()
-        }
+        CallResult::failed(FailureKind::Transient, None, "review: timed out after 3 attempts")
     );
 }
 
@@ -254,7 +244,7 @@ async fn unprocessable_422_means_already_reviewed_and_is_done() {
 
     let result = answer(&client, &mock, true, "ok").await;
 
-    assert!(result.ok, "{result:?}");
+    assert!(result.ok(), "{result:?}");
     assert_eq!(result.status, Some(422));
     assert_eq!(
         result.detail,
@@ -273,11 +263,11 @@ async fn forbidden_403_fails_with_its_status_and_is_not_retried() {
 
     assert_eq!(
         result,
-        CallResult {
-            ok: false,
-            status: Some(403),
-            detail: "review: GitHub answered 403: Resource not accessible by integration".into()
-        }
+        CallResult::failed(
+            FailureKind::Definite,
+            Some(403),
+            "review: GitHub answered 403: Resource not accessible by integration"
+        )
     );
     assert_eq!(mock.reviews().len(), 1);
 }
@@ -315,7 +305,7 @@ async fn the_installation_token_is_cached_across_reviews() {
     let first = answer(&client, &mock, true, "one").await;
     let second = answer(&client, &mock, false, "two").await;
 
-    assert!(first.ok && second.ok, "{first:?} {second:?}");
+    assert!(first.ok() && second.ok(), "{first:?} {second:?}");
     assert_eq!(mock.token_requests().len(), 1);
     let reviews = mock.reviews();
     assert_eq!(reviews.len(), 2);
@@ -338,7 +328,7 @@ async fn concurrent_reviews_share_one_token_fetch() {
         answer(&client, &mock, true, "c"),
     );
 
-    assert!(a.ok && b.ok && c.ok, "{a:?} {b:?} {c:?}");
+    assert!(a.ok() && b.ok() && c.ok(), "{a:?} {b:?} {c:?}");
     assert_eq!(mock.token_requests().len(), 1);
     assert_eq!(mock.reviews().len(), 3);
 }
@@ -360,12 +350,12 @@ async fn a_token_close_to_expiry_is_not_reused() {
 async fn a_refused_token_is_dropped_and_the_review_retried_once() {
     let mock = GithubMock::start().await;
     let client = client(&mock);
-    assert!(answer(&client, &mock, true, "one").await.ok);
+    assert!(answer(&client, &mock, true, "one").await.ok());
     mock.revoke_tokens();
 
     let result = answer(&client, &mock, true, "two").await;
 
-    assert_eq!((result.ok, result.status), (true, Some(204)), "{result:?}");
+    assert_eq!((result.ok(), result.status), (true, Some(204)), "{result:?}");
     let statuses: Vec<u16> = mock.reviews().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [204, 401, 204]);
     assert_eq!(mock.token_requests().len(), 2);
@@ -381,11 +371,11 @@ async fn a_second_401_is_a_failure() {
 
     assert_eq!(
         result,
-        CallResult {
-            ok: false,
-            status: Some(401),
-            detail: "review: GitHub answered 401: Bad credentials".into()
-        }
+        CallResult::failed(
+            FailureKind::Definite,
+            Some(401),
+            "review: GitHub answered 401: Bad credentials"
+        )
     );
     assert_eq!(mock.reviews().len(), 2);
     assert_eq!(mock.token_requests().len(), 2);
@@ -401,7 +391,7 @@ async fn a_missing_installation_is_looked_up_once_and_cached() {
     let first = client.answer(&req, true, "one").await;
     let second = client.answer(&req, true, "two").await;
 
-    assert!(first.ok && second.ok, "{first:?} {second:?}");
+    assert!(first.ok() && second.ok(), "{first:?} {second:?}");
     let lookups = mock.installation_lookups();
     assert_eq!(lookups.len(), 1);
     assert_eq!(lookups[0].path, format!("/repos/{OWNER}/{REPO}/installation"));
@@ -424,7 +414,7 @@ async fn the_comment_is_capped_at_1024_characters() {
 
     let result = answer(&client, &mock, false, &comment).await;
 
-    assert!(result.ok, "{result:?}");
+    assert!(result.ok(), "{result:?}");
     let reviews = mock.reviews();
     let sent = reviews[0]
         .body
@@ -448,7 +438,7 @@ async fn a_jwt_from_another_key_is_refused_by_the_mock() {
 
     let result = answer(&client, &mock, true, "ok").await;
 
-    assert!(!result.ok);
+    assert!(!result.ok());
     assert_eq!(result.status, Some(400));
     assert!(
         result
@@ -471,7 +461,7 @@ async fn an_api_url_with_a_path_is_joined_like_github_enterprise() {
         .answer(&request(&mock.callback_url(OWNER, REPO, RUN), None), true, "ok")
         .await;
 
-    assert!(result.ok, "{result:?}");
+    assert!(result.ok(), "{result:?}");
     let paths: Vec<String> = mock.requests().iter().map(|r| r.path.clone()).collect();
     assert_eq!(
         paths,
@@ -483,23 +473,33 @@ async fn an_api_url_with_a_path_is_joined_like_github_enterprise() {
     );
 }
 
+/// Whether a callback's host is the API's is decided at intake
+/// (`webhook::github`), and the gate answers no request that failed it
+/// (`e2e_github`: a callback on a foreign host is rejected and never
+/// called). The client itself never uses the callback URL.
 #[tokio::test]
-async fn an_approval_for_a_foreign_callback_host_is_never_sent() {
+async fn the_callback_url_is_never_used_reviews_go_to_api_url() {
     let mock = GithubMock::start().await;
     let client = client(&mock);
     let foreign =
         format!("https://evil.example.com/repos/{OWNER}/{REPO}/actions/runs/{RUN}/deployment_protection_rule");
     let req = request(&foreign, Some(TEST_INSTALLATION_ID));
 
-    let approval = client.answer(&req, true, "ok").await;
-    assert!(!approval.ok);
-    assert_eq!(approval.status, None);
-    assert!(mock.requests().is_empty(), "nothing is called for the approval");
+    let rejection = client.answer(&req, false, "rejected").await;
+    let approval = client.answer(&req, true, "approved").await;
 
-    // A rejection still goes out, to api_url, never to the callback URL.
-    let rejection = client.answer(&req, false, "rejected: callback_host_mismatch").await;
-    assert!(rejection.ok, "{rejection:?}");
-    assert_eq!(mock.reviews().len(), 1);
+    assert_eq!(
+        (rejection, approval),
+        (
+            CallResult::done(Some(204), "GitHub took the review (rejected)"),
+            CallResult::done(Some(204), "GitHub took the review (approved)")
+        )
+    );
+    let reviews: Vec<String> = mock.reviews().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        reviews,
+        vec![format!("/repos/{OWNER}/{REPO}/actions/runs/{RUN}/deployment_protection_rule"); 2]
+    );
 }
 
 #[tokio::test]
@@ -521,11 +521,11 @@ async fn an_unreachable_api_fails_after_three_attempts() {
 
     assert_eq!(
         result,
-        CallResult {
-            ok: false,
-            status: None,
-            detail: "installation token: could not connect after 3 attempts".into()
-        }
+        CallResult::failed(
+            FailureKind::Transient,
+            None,
+            "installation token: could not connect after 3 attempts"
+        )
     );
 }
 
@@ -539,11 +539,11 @@ async fn a_token_endpoint_error_is_reported_as_such() {
 
     assert_eq!(
         result,
-        CallResult {
-            ok: false,
-            status: Some(404),
-            detail: "installation token: GitHub answered 404: Not Found".into()
-        }
+        CallResult::failed(
+            FailureKind::Definite,
+            Some(404),
+            "installation token: GitHub answered 404: Not Found"
+        )
     );
     assert!(mock.reviews().is_empty());
 }
@@ -568,7 +568,7 @@ async fn malformed_token_responses_do_not_panic() {
             result.detail,
             format!("installation token: GitHub answered 201 with {expected}")
         );
-        assert!(!result.ok);
+        assert!(!result.ok());
     }
     assert!(mock.reviews().is_empty());
 }
@@ -588,7 +588,7 @@ async fn wait_for_reviews_returns_once_enough_arrived() {
     let reviews = mock.wait_for_reviews(1, Duration::from_secs(5)).await;
 
     assert_eq!(reviews.len(), 1);
-    assert!(task.await.expect("task").ok);
+    assert!(task.await.expect("task").ok());
 }
 
 /// The calls the client makes validate against GitHub's own OpenAPI
@@ -629,19 +629,11 @@ async fn calls_validate_against_githubs_openapi_description() {
         .collect();
     assert_eq!(
         approval,
-        CallResult {
-            ok: true,
-            status: Some(204),
-            detail: "GitHub took the review (approved)".into()
-        }
+        CallResult::done(Some(204), "GitHub took the review (approved)")
     );
     assert_eq!(
         rejection,
-        CallResult {
-            ok: true,
-            status: Some(204),
-            detail: "GitHub took the review (rejected)".into()
-        }
+        CallResult::done(Some(204), "GitHub took the review (rejected)")
     );
     // Prism's example token expired in 2016, so it is not cached; the
     // looked-up installation (id 1 in Prism's example) is.
@@ -674,5 +666,181 @@ async fn calls_validate_against_githubs_openapi_description() {
             e.path,
             prism.log_tail(30)
         );
+    }
+}
+
+// ----- rate limits and failure categories ----------------------------------------
+
+#[tokio::test]
+async fn a_429_with_retry_after_is_waited_out_then_succeeds() {
+    let mock = GithubMock::start().await;
+    mock.script_review(
+        OWNER,
+        REPO,
+        RUN,
+        [Reply::status(429).header("Retry-After", "1"), Reply::normal()],
+    );
+    let client = client(&mock);
+
+    let result = answer(&client, &mock, true, "ok").await;
+
+    assert_eq!(result, CallResult::done(Some(204), "GitHub took the review (approved)"));
+    let reviews = mock.reviews();
+    assert_eq!(reviews.iter().map(|r| r.status).collect::<Vec<_>>(), [429, 204]);
+    let waited = reviews[1].at - reviews[0].at;
+    assert!(waited >= Duration::from_millis(950), "waited {waited:?}");
+}
+
+#[tokio::test]
+async fn a_403_with_an_exhausted_quota_waits_for_the_reset() {
+    let mock = GithubMock::start().await;
+    let reset = (time::OffsetDateTime::now_utc().unix_timestamp() + 1).to_string();
+    mock.script_review(
+        OWNER,
+        REPO,
+        RUN,
+        [
+            Reply::status(403)
+                .message("API rate limit exceeded for installation ID 1.")
+                .header("x-ratelimit-remaining", "0")
+                .header("x-ratelimit-reset", &reset),
+            Reply::normal(),
+        ],
+    );
+    let client = client(&mock);
+
+    let result = answer(&client, &mock, true, "ok").await;
+
+    assert_eq!(result, CallResult::done(Some(204), "GitHub took the review (approved)"));
+    assert_eq!(mock.reviews().iter().map(|r| r.status).collect::<Vec<_>>(), [403, 204]);
+}
+
+#[tokio::test]
+async fn a_rate_limit_longer_than_the_policy_waits_is_returned_at_once() {
+    let mock = GithubMock::start().await;
+    mock.script_review(OWNER, REPO, RUN, [Reply::status(429).header("Retry-After", "60")]);
+    let client = client(&mock);
+
+    let result = answer(&client, &mock, true, "ok").await;
+
+    assert_eq!(
+        result,
+        CallResult::failed(
+            FailureKind::RateLimited {
+                retry_after: Duration::from_secs(60)
+            },
+            Some(429),
+            "review: GitHub answered 429: Mock error (rate-limited; retry after 60s)"
+        )
+    );
+    assert!(result.retryable());
+    assert_eq!(mock.reviews().len(), 1, "not waited, not retried");
+}
+
+#[tokio::test]
+async fn a_definite_refusal_is_called_exactly_once() {
+    for status in [400, 403, 404] {
+        let mock = GithubMock::start().await;
+        mock.script_review(OWNER, REPO, RUN, [Reply::status(status), Reply::normal()]);
+        let client = client(&mock);
+
+        let result = answer(&client, &mock, true, "ok").await;
+
+        assert_eq!(
+            (result.failure, result.status, result.retryable()),
+            (Some(FailureKind::Definite), Some(status), false),
+            "{status}: {result:?}"
+        );
+        assert_eq!(mock.reviews().len(), 1, "{status}");
+    }
+}
+
+/// The same answer from either platform is the same category of failure:
+/// both clients go through one send.
+#[tokio::test]
+async fn github_and_gitlab_report_the_same_category_for_the_same_status() {
+    use crate::support::gitlab_mock::{self, GitlabMock};
+    use portcullis::config::{GitlabConfig, Secret};
+
+    const GL_TOKEN: &str = "glpat-test-only-parity";
+    let gitlab_request: DeploymentRequest = serde_json::from_value(json!({
+        "id": "req_parity0123456789abcdef0",
+        "platform": "gitlab",
+        "repository": "platform/payments-api",
+        "run": "53017",
+        "environment": "production",
+        "sha": "3f9a2c7e5b1d4e8f9a0b1c2d3e4f5a6b7c8d9e0f",
+        "target": { "kind": "gitlab", "project_id": 4711, "deployment_id": 1934 },
+        "delivery": "2c1b7a0e-5d0f-4c53-9a8e-41f4f1a7c9d2",
+        "received_at": "2026-11-28T15:00:00Z",
+        "deadline": "2026-11-28T15:30:00Z",
+        "status": "deciding",
+    }))
+    .expect("a valid GitLab DeploymentRequest");
+    let limited = FailureKind::RateLimited {
+        retry_after: Duration::ZERO,
+    };
+    let cases = [
+        (400, Some(FailureKind::Definite)),
+        (403, Some(FailureKind::Definite)),
+        (404, Some(FailureKind::Definite)),
+        (429, Some(limited)),
+        (500, Some(FailureKind::Transient)),
+        (502, Some(FailureKind::Transient)),
+        (503, Some(FailureKind::Transient)),
+    ];
+    for (status, expected) in cases {
+        // Three replies: a retried status is answered the same each attempt.
+        let github_reply = || {
+            let r = Reply::status(status);
+            if status == 429 { r.header("Retry-After", "0") } else { r }
+        };
+        let github = GithubMock::start().await;
+        github.script_review(OWNER, REPO, RUN, [github_reply(), github_reply(), github_reply()]);
+        let from_github = answer(&client(&github), &github, true, "ok").await;
+
+        let gitlab = GitlabMock::start(GL_TOKEN).await;
+        let gitlab_reply = || {
+            let r = gitlab_mock::Reply::message(status, "refused");
+            if status == 429 { r.header("Retry-After", "0") } else { r }
+        };
+        gitlab.script(
+            "POST",
+            "/api/v4/projects/4711/deployments/1934/approval",
+            [gitlab_reply(), gitlab_reply(), gitlab_reply()],
+        );
+        let config = GitlabConfig {
+            url: url::Url::parse(&gitlab.url()).expect("mock URL"),
+            token: Some(Secret::new(GL_TOKEN)),
+            webhook_token: Some(Secret::new("unused")),
+            signing_token: None,
+            represented_as: None,
+            play_after_approval: false,
+            signature_tolerance: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(5),
+            poll: Vec::new(),
+        };
+        let gitlab_client = portcullis::platform::gitlab::GitlabClient::new(&config)
+            .expect("client")
+            .with_retry_policy(FAST_RETRY);
+        let from_gitlab = gitlab_client.answer(&gitlab_request, true, "ok").await;
+
+        assert_eq!(
+            (from_github.failure, from_github.status),
+            (expected, Some(status)),
+            "GitHub {status}: {from_github:?}"
+        );
+        assert_eq!(
+            (from_gitlab.failure, from_gitlab.status),
+            (expected, Some(status)),
+            "GitLab {status}: {from_gitlab:?}"
+        );
+        let attempts = if expected.is_some_and(FailureKind::retryable) {
+            3
+        } else {
+            1
+        };
+        assert_eq!(github.reviews().len(), attempts, "GitHub {status}");
+        assert_eq!(gitlab.requests().len(), attempts, "GitLab {status}");
     }
 }

@@ -7,9 +7,8 @@ use std::time::Duration;
 use crate::support::gitlab_mock::{GitlabMock, Reply};
 use portcullis::config::{GitlabConfig, Secret};
 use portcullis::domain::{DeploymentRequest, Platform, RequestStatus, Target};
-use portcullis::platform::github::RetryPolicy;
-use portcullis::platform::gitlab::{GitlabApiError, GitlabClient};
-use portcullis::platform::{CallResult, PlatformClient};
+use portcullis::platform::gitlab::GitlabClient;
+use portcullis::platform::{CallFailure, CallResult, FailureKind, PlatformClient, RetryPolicy};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -70,6 +69,7 @@ fn client(mock: &GitlabMock, o: Options) -> GitlabClient {
         .with_retry_policy(RetryPolicy {
             attempts: 3,
             base_delay: Duration::from_millis(10),
+            max_wait: Duration::from_secs(2),
         })
 }
 
@@ -125,11 +125,7 @@ async fn approval_is_one_exact_request() {
 
     assert_eq!(
         result,
-        CallResult {
-            ok: true,
-            status: Some(201),
-            detail: "GitLab took the approval (approved)".into()
-        }
+        CallResult::done(Some(201), "GitLab took the approval (approved)")
     );
     let requests = mock.requests();
     assert_eq!(requests.len(), 1, "{requests:#?}");
@@ -168,7 +164,7 @@ async fn rejection_sends_no_represented_as_unless_configured_and_never_plays() {
         .answer(&request(Some(JOB)), false, "Rejected: actor_not_approver")
         .await;
 
-    assert!(result.ok, "{result:?}");
+    assert!(result.ok(), "{result:?}");
     assert_eq!(result.detail, "GitLab took the approval (rejected)");
     let requests = mock.requests();
     assert_eq!(requests.len(), 1, "no play after a rejection: {requests:#?}");
@@ -202,11 +198,10 @@ async fn play_after_approval_starts_the_job() {
 
     assert_eq!(
         result,
-        CallResult {
-            ok: true,
-            status: Some(200),
-            detail: format!("GitLab took the approval (approved) and started job {JOB}"),
-        }
+        CallResult::done(
+            Some(200),
+            format!("GitLab took the approval (approved) and started job {JOB}")
+        )
     );
     let calls: Vec<(String, String)> = mock.requests().into_iter().map(|r| (r.method, r.path)).collect();
     assert_eq!(
@@ -238,7 +233,7 @@ async fn a_failed_play_is_reported_but_the_approval_stands() {
 
     let result = gitlab.answer(&request(Some(JOB)), true, "ok").await;
 
-    assert!(result.ok, "{result:?}");
+    assert!(result.ok(), "{result:?}");
     assert_eq!(result.status, Some(403));
     assert!(result.detail.contains("playing job 88312 failed"), "{}", result.detail);
     assert!(result.detail.contains("may not run it"), "{}", result.detail);
@@ -258,7 +253,7 @@ async fn without_a_job_there_is_nothing_to_play() {
 
     let result = gitlab.answer(&request(None), true, "ok").await;
 
-    assert!(result.ok);
+    assert!(result.ok());
     assert!(result.detail.contains("no job to play"), "{}", result.detail);
     assert_eq!(mock.requests().len(), 1);
 }
@@ -316,7 +311,8 @@ async fn refusals_are_never_approvals_and_name_the_cause() {
 
         let result = gitlab.answer(&request(Some(JOB)), true, "ok").await;
 
-        assert!(!result.ok, "{name}: {result:?}");
+        assert!(!result.ok(), "{name}: {result:?}");
+        assert_eq!(result.failure, Some(FailureKind::Definite), "{name}");
         assert_eq!(result.status, Some(status), "{name}");
         assert!(result.detail.contains(cause), "{name}: {}", result.detail);
         assert!(
@@ -339,10 +335,10 @@ async fn a_deployment_no_longer_blocked_is_refused_by_gitlab_itself() {
     let mock = mock().await;
     let gitlab = client(&mock, Options::default());
 
-    assert!(gitlab.answer(&request(Some(JOB)), true, "first").await.ok);
+    assert!(gitlab.answer(&request(Some(JOB)), true, "first").await.ok());
     let second = gitlab.answer(&request(Some(JOB)), true, "again").await;
 
-    assert!(!second.ok, "{second:?}");
+    assert!(!second.ok(), "{second:?}");
     assert_eq!(second.status, Some(400));
     assert!(second.detail.contains("not waiting for approval"), "{}", second.detail);
 }
@@ -360,7 +356,7 @@ async fn a_wrong_token_is_a_401_that_names_the_token_not_its_value() {
 
     let result = gitlab.answer(&request(Some(JOB)), true, "ok").await;
 
-    assert!(!result.ok);
+    assert!(!result.ok());
     assert_eq!(result.status, Some(401));
     assert!(result.detail.contains("gitlab.token is invalid"), "{}", result.detail);
     assert!(!result.detail.contains("glpat-wrong"), "{}", result.detail);
@@ -379,7 +375,7 @@ async fn server_errors_are_retried_then_succeed() {
 
     let result = gitlab.answer(&request(Some(JOB)), true, "ok").await;
 
-    assert!(result.ok, "{result:?}");
+    assert!(result.ok(), "{result:?}");
     assert_eq!(result.status, Some(201));
     let statuses: Vec<u16> = mock.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [500, 201]);
@@ -398,7 +394,7 @@ async fn server_errors_on_every_attempt_are_a_failure() {
 
     let result = gitlab.answer(&request(Some(JOB)), true, "ok").await;
 
-    assert!(!result.ok);
+    assert!(!result.ok());
     assert_eq!(result.status, Some(502));
     assert!(
         result.detail.contains("GitLab answered 502 after 3 attempts"),
@@ -422,7 +418,7 @@ async fn a_timeout_is_retried() {
 
     let result = gitlab.answer(&request(Some(JOB)), true, "ok").await;
 
-    assert!(result.ok, "{result:?}");
+    assert!(result.ok(), "{result:?}");
     assert_eq!(mock.requests().len(), 2);
 }
 
@@ -446,11 +442,11 @@ async fn timeouts_on_every_attempt_are_a_failure_without_status() {
 
     assert_eq!(
         result,
-        CallResult {
-            ok: false,
-            status: None,
-            detail: "approval: GitLab did not take the approval: timed out after 3 attempts".into(),
-        }
+        CallResult::failed(
+            FailureKind::Transient,
+            None,
+            "approval: GitLab did not take the approval: timed out after 3 attempts"
+        )
     );
 }
 
@@ -461,7 +457,7 @@ async fn the_comment_is_cut_to_gitlabs_limit() {
 
     let result = gitlab.answer(&request(Some(JOB)), false, &"reason ".repeat(100)).await;
 
-    assert!(result.ok, "{result:?}");
+    assert!(result.ok(), "{result:?}");
     let comment = mock.approvals()[0].comment.clone().expect("comment");
     assert_eq!(comment.chars().count(), 255);
     assert!(comment.ends_with('…'));
@@ -482,7 +478,7 @@ async fn a_github_request_is_refused_without_a_call() {
 
     let result = gitlab.answer(&github, true, "ok").await;
 
-    assert!(!result.ok);
+    assert!(!result.ok());
     assert!(mock.requests().is_empty());
 }
 
@@ -528,10 +524,11 @@ async fn deployment_fetch_failures_are_typed() {
     let err = gitlab.deployment(PROJECT, 9999).await.expect_err("unknown deployment");
     assert_eq!(
         err,
-        GitlabApiError::Status {
-            status: 404,
+        CallFailure {
+            kind: FailureKind::Definite,
+            status: Some(404),
             message: Some("404 Deployment Not Found".into()),
-            attempts: 1
+            detail: "GitLab answered 404: 404 Deployment Not Found".into(),
         }
     );
 
@@ -540,7 +537,15 @@ async fn deployment_fetch_failures_are_typed() {
     short["sha"] = json!("3f9a2c7e");
     mock.add_deployment(PROJECT, short);
     let err = gitlab.deployment(PROJECT, 2000).await.expect_err("short sha");
-    assert!(matches!(err, GitlabApiError::Malformed { status: 200, .. }), "{err:?}");
+    assert_eq!(
+        (err.kind, err.status, err.detail.as_str()),
+        (
+            FailureKind::Definite,
+            Some(200),
+            "GitLab answered 200 with no full commit sha"
+        ),
+        "{err:?}"
+    );
 
     mock.script(
         "GET",
@@ -623,10 +628,69 @@ async fn blocked_list_takes_a_numeric_id_and_refuses_odd_projects() {
         .blocked_deployments("../../users")
         .await
         .expect_err("odd project");
-    assert!(matches!(err, GitlabApiError::Refused(_)), "{err:?}");
+    assert_eq!(
+        (err.kind, err.status, err.detail.as_str()),
+        (
+            FailureKind::Definite,
+            None,
+            "the project is not a GitLab project id or path"
+        ),
+        "{err:?}"
+    );
     let err = gitlab
         .blocked_deployments("platform/unknown")
         .await
         .expect_err("unknown project");
-    assert_eq!(err.status(), Some(404));
+    assert_eq!((err.kind, err.status), (FailureKind::Definite, Some(404)));
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_is_waited_out_then_the_approval_succeeds() {
+    let mock = mock().await;
+    mock.script(
+        "POST",
+        APPROVAL_PATH,
+        [
+            Reply::message(429, "Retry later").header("Retry-After", "1"),
+            Reply::normal(),
+        ],
+    );
+    let gitlab = client(&mock, Options::default());
+
+    let result = gitlab.answer(&request(Some(JOB)), true, "ok").await;
+
+    assert_eq!(
+        result,
+        CallResult::done(Some(201), "GitLab took the approval (approved)")
+    );
+    let requests = mock.requests();
+    assert_eq!(requests.iter().map(|r| r.status).collect::<Vec<_>>(), [429, 201]);
+    let waited = requests[1].at - requests[0].at;
+    assert!(waited >= Duration::from_millis(950), "waited {waited:?}");
+}
+
+#[tokio::test]
+async fn a_rate_limited_approval_is_retryable_and_never_a_refusal_cause() {
+    let mock = mock().await;
+    mock.script(
+        "POST",
+        APPROVAL_PATH,
+        [Reply::message(429, "Retry later").header("Retry-After", "60")],
+    );
+    let gitlab = client(&mock, Options::default());
+
+    let result = gitlab.answer(&request(Some(JOB)), true, "ok").await;
+
+    assert_eq!(
+        result,
+        CallResult::failed(
+            FailureKind::RateLimited {
+                retry_after: Duration::from_secs(60)
+            },
+            Some(429),
+            "approval: GitLab did not take the approval: GitLab answered 429: Retry later (rate-limited; retry after 60s)"
+        )
+    );
+    assert!(result.retryable());
+    assert_eq!(mock.requests().len(), 1);
 }

@@ -752,8 +752,8 @@ async fn failed_unprocessed_deliveries_are_redelivered_once_per_interval_bounded
     // Two replicas at once: one runs, the other finds the lease taken.
     let two = redeliver_config(2);
     let (a, b) = tokio::join!(
-        redeliver_once(&w.gates[0], &w.client, &two, now),
-        redeliver_once(&w.gates[1], &w.client, &two, now)
+        redeliver_once(&w.gates[0].store, &w.client, &two, now),
+        redeliver_once(&w.gates[1].store, &w.client, &two, now)
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     let report: RedeliverReport = if a.ran { a.clone() } else { b.clone() };
@@ -774,7 +774,7 @@ async fn failed_unprocessed_deliveries_are_redelivered_once_per_interval_bounded
     );
 
     // Within the interval nobody runs again; after it, the rest is asked for.
-    let again = redeliver_once(&w.gates[1], &w.client, &redeliver_config(2), now)
+    let again = redeliver_once(&w.gates[1].store, &w.client, &redeliver_config(2), now)
         .await
         .unwrap();
     assert!(!again.ran);
@@ -789,7 +789,7 @@ async fn failed_unprocessed_deliveries_are_redelivered_once_per_interval_bounded
         .mark_delivery("github:g-timeout", Duration::from_secs(60))
         .await
         .unwrap();
-    let later = redeliver_once(&w.gates[1], &w.client, &redeliver_config(2), now)
+    let later = redeliver_once(&w.gates[1].store, &w.client, &redeliver_config(2), now)
         .await
         .unwrap();
     assert!(later.ran);
@@ -801,9 +801,14 @@ async fn failed_unprocessed_deliveries_are_redelivered_once_per_interval_bounded
 async fn a_github_listing_failure_is_an_error_and_nothing_is_requested() {
     let w = redeliver_world(1).await;
     w.gh.script("/app/hook/deliveries", [Reply::status(401)]);
-    let err = redeliver_once(&w.gates[0], &w.client, &redeliver_config(5), OffsetDateTime::now_utc())
-        .await
-        .unwrap_err();
+    let err = redeliver_once(
+        &w.gates[0].store,
+        &w.client,
+        &redeliver_config(5),
+        OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap_err();
     assert!(
         err.to_string().contains("GitHub answered 401: Bad credentials"),
         "{err}"
@@ -825,11 +830,7 @@ impl PlatformClient for CountingPlatform {
         self.calls.lock().unwrap().push((request.id.clone(), approve));
         // A little time in the call widens the windows for races.
         tokio::time::sleep(Duration::from_millis(3)).await;
-        CallResult {
-            ok: true,
-            status: Some(204),
-            detail: "counted".into(),
-        }
+        CallResult::done(Some(204), "counted")
     }
 }
 
@@ -1221,7 +1222,7 @@ async fn the_deliveries_listing_keeps_githubs_contract() {
     let client = portcullis::platform::github::GithubClient::new(&config).unwrap();
     let mut rc = redeliver_config(5);
     rc.lookback = Duration::from_secs(20 * 365 * 24 * 3600);
-    let report = redeliver_once(&w.gates[0], &client, &rc, OffsetDateTime::now_utc())
+    let report = redeliver_once(&w.gates[0].store, &client, &rc, OffsetDateTime::now_utc())
         .await
         .unwrap();
     assert_eq!(
@@ -1341,8 +1342,10 @@ async fn run_redeliver_on_two_replicas_runs_about_once_per_interval_and_stops() 
         .iter()
         .map(|g| {
             tokio::spawn(portcullis::platform::redeliver::run_redeliver(
-                g.clone(),
+                g.store.clone(),
+                g.config.github.clone().expect("[github]"),
                 redeliver_config(5),
+                false,
                 stop.clone(),
             ))
         })
@@ -1368,9 +1371,14 @@ async fn run_redeliver_on_two_replicas_runs_about_once_per_interval_and_stops() 
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let r = redeliver_once(&w.gates[1], &w.client, &redeliver_config(5), OffsetDateTime::now_utc())
-        .await
-        .unwrap();
+    let r = redeliver_once(
+        &w.gates[1].store,
+        &w.client,
+        &redeliver_config(5),
+        OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap();
     assert_eq!((r.ran, r.already_processed, r.requested.len()), (true, 1, 0), "{r:?}");
 }
 

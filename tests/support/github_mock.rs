@@ -106,6 +106,8 @@ pub struct Reply {
     status: Option<u16>,
     body: Option<Value>,
     delay: Duration,
+    /// Extra response headers.
+    headers: Vec<(String, String)>,
 }
 
 impl Reply {
@@ -123,6 +125,7 @@ impl Reply {
             status: Some(status),
             body,
             delay: Duration::ZERO,
+            headers: Vec::new(),
         }
     }
     /// Answer as the mock normally would (useful with [`Reply::delay`]).
@@ -131,6 +134,7 @@ impl Reply {
             status: None,
             body: None,
             delay: Duration::ZERO,
+            headers: Vec::new(),
         }
     }
     /// Replace the body (JSON).
@@ -146,6 +150,11 @@ impl Reply {
     /// Wait this long before answering.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+    /// Add a response header (`Retry-After`, `x-ratelimit-*`).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
         self
     }
 }
@@ -418,24 +427,29 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
         },
     };
 
-    let (status, response_body, delay) = match outcome {
+    let (status, response_body, delay, extra_headers) = match outcome {
         Outcome::Rejected { status, message } => (
             status,
             Some(json!({ "message": message, "documentation_url": "https://docs.github.com/rest" })),
             Duration::ZERO,
+            Vec::new(),
         ),
         Outcome::Normal { status, body } => {
             let scripted = shared.lock().scripts.get_mut(&full_path).and_then(VecDeque::pop_front);
             match scripted {
-                None => (status, body, Duration::ZERO),
+                None => (status, body, Duration::ZERO, Vec::new()),
                 Some(Reply {
-                    status: None, delay, ..
-                }) => (status, body, delay),
+                    status: None,
+                    delay,
+                    headers,
+                    ..
+                }) => (status, body, delay, headers),
                 Some(Reply {
                     status: Some(s),
                     body: b,
                     delay,
-                }) => (s, b, delay),
+                    headers,
+                }) => (s, b, delay, headers),
             }
         }
     };
@@ -456,6 +470,9 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
         actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = HttpResponse::build(code);
     response.insert_header(("X-GitHub-Api-Version-Selected", API_VERSION));
+    for header in extra_headers {
+        response.insert_header(header);
+    }
     if (200..300).contains(&status)
         && let Some(link) = deliveries_link(&shared, &req)
     {

@@ -46,6 +46,8 @@ pub struct Recorded {
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
     pub status: u16,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 impl Recorded {
@@ -80,6 +82,8 @@ pub struct Approval {
 pub struct Reply {
     fixed: Option<(u16, Value)>,
     delay: Option<Duration>,
+    /// Extra response headers of a fixed answer.
+    headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
@@ -88,6 +92,7 @@ impl Reply {
         Reply {
             fixed: Some((status, body)),
             delay: None,
+            headers: Vec::new(),
         }
     }
 
@@ -101,12 +106,19 @@ impl Reply {
         Reply {
             fixed: None,
             delay: None,
+            headers: Vec::new(),
         }
     }
 
     /// Waits `delay` before answering (the request is recorded at once).
     pub fn after(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
+        self
+    }
+
+    /// Adds a response header (`Retry-After`) to a fixed answer.
+    pub fn header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_owned()));
         self
     }
 }
@@ -308,6 +320,7 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<Shared>) ->
             headers: headers.clone(),
             body: body.to_vec(),
             status: 0,
+            at: std::time::Instant::now(),
         });
         s.requests.len() - 1
     };
@@ -324,8 +337,8 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<Shared>) ->
             if let Some(delay) = reply.as_ref().and_then(|r| r.delay) {
                 tokio::time::sleep(delay).await;
             }
-            match reply.and_then(|r| r.fixed) {
-                Some((status, body)) => (status, body, Vec::new()),
+            match reply.and_then(|r| r.fixed.map(|f| (f, r.headers))) {
+                Some(((status, body), headers)) => (status, body, headers),
                 None => serve(&state, &method, &path, req.query_string(), &body),
             }
         } else {
