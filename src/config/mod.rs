@@ -788,7 +788,7 @@ impl Validator<'_> {
             );
         }
         if let Some(s) = signing_token.as_ref().filter(|_| !self.skip_secrets)
-            && crate::webhook::standard_webhooks_key(s.expose()).is_none()
+            && crate::crypto::standard_webhooks_key(s.expose()).is_none()
         {
             self.err("gitlab.signing_token", "must be `whsec_` followed by base64");
         }

@@ -25,9 +25,9 @@
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::{WebhookError, parse_error, standard_webhooks_key};
+use super::{WebhookError, parse_error};
 use crate::config::GitlabConfig;
-use crate::crypto::{hmac_sha256_verify, secrets_equal, sha256_hex};
+use crate::crypto::{hmac_sha256_verify, secrets_equal, sha256_hex, standard_webhooks_key};
 
 /// Header names, lower-case: the header lookup is expected to be
 /// case-insensitive (actix's `HeaderMap` is).
