@@ -6,7 +6,7 @@ mod reviews;
 mod routes;
 mod slack_routes;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::dev::Server;
@@ -64,7 +64,7 @@ pub fn load_policies(config: &Config) -> Result<Option<Arc<crate::verdict::Polic
 
 /// A built, bound application: `port()` is known before `run`.
 pub struct Application {
-    port: u16,
+    addr: SocketAddr,
     server: Server,
     gate: Arc<Gate>,
     stop: CancellationToken,
@@ -103,13 +103,10 @@ impl Application {
             addr: config.server.listen.to_string(),
             source,
         })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.server.listen.to_string(),
-                source,
-            })?
-            .port();
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.server.listen.to_string(),
+            source,
+        })?;
         let data = web::Data::from(gate.clone());
         let limit = config.server.max_body_bytes;
         let server = HttpServer::new(move || {
@@ -127,15 +124,17 @@ impl Application {
         })?
         .run();
         Ok(Application {
-            port,
+            addr,
             server,
             gate,
             stop: CancellationToken::new(),
         })
     }
 
+    /// The port actually bound (the configured one, or the one the system
+    /// chose for port 0).
     pub fn port(&self) -> u16 {
-        self.port
+        self.addr.port()
     }
 
     pub fn gate(&self) -> Arc<Gate> {
@@ -158,7 +157,7 @@ impl Application {
                 self.stop.clone(),
             ));
         }
-        info!(port = self.port, "listening on 127.0.0.1:{}", self.port);
+        info!(port = self.addr.port(), "listening on {}", self.addr);
         let result = self.server.await;
         info!("shutting down: finishing decisions in flight");
         self.stop.cancel();
