@@ -2,6 +2,7 @@
 //! shared state and registers every route, so tests run the real thing.
 
 mod error;
+mod ingress;
 mod reviews;
 mod routes;
 mod slack_routes;

@@ -50,7 +50,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use super::routes::read_body;
+use super::ingress::read_body;
 use crate::config::{ReviewVia, SsoConfig};
 use crate::domain::{DeploymentRequest, RequestStatus, Review};
 use crate::gate::Gate;

@@ -11,8 +11,9 @@ use time::OffsetDateTime;
 use tracing::{Instrument, info, info_span};
 
 use super::ApiError;
+use super::ingress::{header, once_per_delivery, read_body};
 use crate::audit::AuditFilter;
-use crate::gate::{DELIVERY_TTL, Gate, VerdictBody, github_request};
+use crate::gate::{Gate, VerdictBody, github_request};
 use crate::webhook::github::{GithubEvent, parse as parse_github, verify_signature};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -32,38 +33,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))
-}
-
-/// Reads the whole body, refusing more than the configured limit with 413.
-pub(crate) async fn read_body(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body exceeds {limit} bytes"),
-        )
-    };
-    if let Some(len) = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && len > limit
-    {
-        return Err(too_large());
-    }
-    match payload.to_bytes_limited(limit).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(ApiError::bad_request(
-            "payload_unreadable",
-            "the body could not be read",
-        )),
-        Err(_) => Err(too_large()),
-    }
-}
-
-fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 fn bearer(req: &HttpRequest) -> Option<&str> {
@@ -189,30 +158,15 @@ async fn github_webhook(
             }
             GithubEvent::ProtectionRule(p) => {
                 let dedup_key = format!("github:{delivery}");
-                if !gate
-                    .store
-                    .mark_delivery(&dedup_key, DELIVERY_TTL)
-                    .await
-                    .map_err(|e| ApiError::from(crate::gate::GateError::from(e)))?
-                {
-                    gate.metrics.webhooks_duplicate.fetch_add(1, Ordering::Relaxed);
-                    info!("duplicate delivery ignored");
-                    return Ok(HttpResponse::Accepted().json(json!({"status": "duplicate"})));
-                }
-                let request = github_request(&gate.config, delivery, &p, OffsetDateTime::now_utc());
-                let span = info_span!("request", request = %request.id, environment = %request.environment);
-                let gate2 = gate.clone().into_inner();
-                match gate2.receive_request(request).instrument(span).await {
-                    Ok((id, _)) => {
-                        gate.metrics.webhooks_accepted.fetch_add(1, Ordering::Relaxed);
-                        Ok(HttpResponse::Accepted().json(json!({"status": "accepted", "request": id})))
-                    }
-                    Err(e) => {
-                        // Let a redelivery be processed: it is the only copy.
-                        let _ = gate.store.forget_delivery(&dedup_key).await;
-                        Err(e.into())
-                    }
-                }
+                once_per_delivery(&gate, Some(&dedup_key), async {
+                    let request = github_request(&gate.config, delivery, &p, OffsetDateTime::now_utc());
+                    let span = info_span!("request", request = %request.id, environment = %request.environment);
+                    let gate2 = gate.clone().into_inner();
+                    let (id, _) = gate2.receive_request(request).instrument(span).await?;
+                    gate.metrics.webhooks_accepted.fetch_add(1, Ordering::Relaxed);
+                    Ok(HttpResponse::Accepted().json(json!({"status": "accepted", "request": id})))
+                })
+                .await
             }
         }
     }
@@ -254,22 +208,13 @@ async fn gitlab_webhook(
             }
             GitlabEvent::Deployment(hook) => hook,
         };
-        let state_err = |e| ApiError::from(crate::gate::GateError::from(e));
         let dedup = delivery.as_ref().map(|d| format!("gitlab:{d}"));
-        if let Some(key) = &dedup
-            && !gate.store.mark_delivery(key, DELIVERY_TTL).await.map_err(state_err)?
-        {
-            gate.metrics.webhooks_duplicate.fetch_add(1, Ordering::Relaxed);
-            return Ok(HttpResponse::Accepted().json(json!({"status": "duplicate"})));
-        }
-        let result = gitlab_hook(&gate, delivery.as_deref().unwrap_or("-"), &hook, now).await;
-        if result.is_err()
-            && let Some(key) = &dedup
-        {
-            // Let a redelivery be processed: it is the only copy.
-            let _ = gate.store.forget_delivery(key).await;
-        }
-        result
+        once_per_delivery(
+            &gate,
+            dedup.as_deref(),
+            gitlab_hook(&gate, delivery.as_deref().unwrap_or("-"), &hook, now),
+        )
+        .await
     }
     .instrument(span)
     .await

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::ApiError;
-use super::routes::read_body;
+use super::ingress::{header, read_body};
 use crate::gate::Gate;
 use crate::slack::SlackClient;
 use crate::slack::interaction::{self, Interaction};
@@ -53,10 +53,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::Data::new(SlackRoutes::default()))
         .route("/webhooks/slack", web::post().to(slack_webhook))
         .configure(super::reviews::configure);
-}
-
-fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 async fn slack_webhook(
