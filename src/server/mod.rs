@@ -1,11 +1,20 @@
 //! The actix-web application: one place that binds the listener, builds the
-//! shared state and registers every route, so tests run the real thing.
+//! shared state and serves the route table of [`routes::configure`], so
+//! tests run the real thing.
+//!
+//! - `routes`: the route table, and the health, metrics, GitHub and GitLab
+//!   webhook, attestation, verdict and read handlers.
+//! - `ingress`: body limit, header reading and webhook dedup, shared by the
+//!   webhook routes.
+//! - `slack_routes`: Slack interactivity (the review buttons).
+//! - `sso`: reviews through the organisation's OpenID Provider.
+//! - `error`: the one error body.
 
 mod error;
 mod ingress;
-mod reviews;
 mod routes;
 mod slack_routes;
+mod sso;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -15,7 +24,7 @@ use actix_web::{App, HttpServer, web};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use error::ApiError;
+pub(crate) use error::ApiError;
 
 use crate::audit::AuditLog;
 use crate::config::{AuditBackend, Config, StateBackend};

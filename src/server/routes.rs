@@ -12,12 +12,19 @@ use tracing::{Instrument, info, info_span};
 
 use super::ApiError;
 use super::ingress::{header, once_per_delivery, read_body};
+use super::slack_routes::{SlackRoutes, slack_webhook};
+use super::sso::{self, Sso};
 use crate::audit::AuditFilter;
 use crate::gate::{Gate, VerdictBody, github_request};
 use crate::webhook::github::{GithubEvent, parse as parse_github, verify_signature};
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
+/// The application's route table: every route, and the per-worker state of
+/// the Slack and SSO routes. `/reviews/callback` comes before
+/// `/reviews/{request}`, which would otherwise match it.
+pub(super) fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::Data::new(SlackRoutes::default()))
+        .app_data(web::Data::new(Sso::default()))
+        .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/webhooks/github", web::post().to(github_webhook))
@@ -27,7 +34,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/requests/{id}", web::get().to(get_request))
         .route("/v1/audit", web::get().to(list_audit))
         .route("/v1/audit/{id}", web::get().to(get_audit))
-        .configure(super::slack_routes::configure)
+        .route("/webhooks/slack", web::post().to(slack_webhook))
+        .route("/reviews/callback", web::get().to(sso::callback))
+        .route("/reviews/{request}", web::get().to(sso::start))
+        .route("/reviews/{request}", web::post().to(sso::submit))
         .default_service(web::to(not_found));
 }
 
