@@ -1,5 +1,5 @@
 //! The configuration file as written: strict serde types. Every table denies
-//! unknown keys; validation into [`super::Config`] happens in `super`.
+//! unknown keys; validation into [`super::Config`] happens in `super::validate`.
 
 use std::collections::BTreeMap;
 

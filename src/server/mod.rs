@@ -1,12 +1,22 @@
 //! The actix-web application: one place that binds the listener, builds the
-//! shared state and registers every route, so tests run the real thing.
+//! shared state and serves the route table of [`routes::configure`], so
+//! tests run the real thing.
+//!
+//! - `routes`: the route table, and the health, metrics, GitHub and GitLab
+//!   webhook, attestation, verdict and read handlers.
+//! - `ingress`: body limit, header reading and webhook dedup, shared by the
+//!   webhook routes.
+//! - `slack_routes`: Slack interactivity (the review buttons).
+//! - `sso`: reviews through the organisation's OpenID Provider.
+//! - `error`: the one error body.
 
 mod error;
-mod reviews;
+mod ingress;
 mod routes;
 mod slack_routes;
+mod sso;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::dev::Server;
@@ -14,7 +24,7 @@ use actix_web::{App, HttpServer, web};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use error::ApiError;
+pub(crate) use error::ApiError;
 
 use crate::audit::AuditLog;
 use crate::config::{AuditBackend, Config, StateBackend};
@@ -64,7 +74,7 @@ pub fn load_policies(config: &Config) -> Result<Option<Arc<crate::verdict::Polic
 
 /// A built, bound application: `port()` is known before `run`.
 pub struct Application {
-    port: u16,
+    addr: SocketAddr,
     server: Server,
     gate: Arc<Gate>,
     stop: CancellationToken,
@@ -103,13 +113,10 @@ impl Application {
             addr: config.server.listen.to_string(),
             source,
         })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.server.listen.to_string(),
-                source,
-            })?
-            .port();
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.server.listen.to_string(),
+            source,
+        })?;
         let data = web::Data::from(gate.clone());
         let limit = config.server.max_body_bytes;
         let server = HttpServer::new(move || {
@@ -127,15 +134,17 @@ impl Application {
         })?
         .run();
         Ok(Application {
-            port,
+            addr,
             server,
             gate,
             stop: CancellationToken::new(),
         })
     }
 
+    /// The port actually bound (the configured one, or the one the system
+    /// chose for port 0).
     pub fn port(&self) -> u16 {
-        self.port
+        self.addr.port()
     }
 
     pub fn gate(&self) -> Arc<Gate> {
@@ -160,7 +169,7 @@ impl Application {
                 self.stop.clone(),
             ));
         }
-        info!(port = self.port, "listening on 127.0.0.1:{}", self.port);
+        info!(port = self.addr.port(), "listening on {}", self.addr);
         let result = self.server.await;
         info!("shutting down: finishing decisions in flight");
         self.stop.cancel();

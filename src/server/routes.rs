@@ -11,13 +11,21 @@ use time::OffsetDateTime;
 use tracing::{Instrument, info, info_span};
 
 use super::ApiError;
+use super::ingress::{header, once_per_delivery, read_body};
+use super::slack_routes::{SlackRoutes, slack_webhook};
+use super::sso::{self, Sso};
 use crate::audit::AuditFilter;
 use crate::domain::VerdictBody;
-use crate::gate::{DELIVERY_TTL, Gate};
+use crate::gate::Gate;
 use crate::webhook::github::{GithubEvent, parse as parse_github, verify_signature};
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
+/// The application's route table: every route, and the per-worker state of
+/// the Slack and SSO routes. `/reviews/callback` comes before
+/// `/reviews/{request}`, which would otherwise match it.
+pub(super) fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::Data::new(SlackRoutes::default()))
+        .app_data(web::Data::new(Sso::default()))
+        .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/webhooks/github", web::post().to(github_webhook))
@@ -27,44 +35,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/requests/{id}", web::get().to(get_request))
         .route("/v1/audit", web::get().to(list_audit))
         .route("/v1/audit/{id}", web::get().to(get_audit))
-        .configure(super::slack_routes::configure)
+        .route("/webhooks/slack", web::post().to(slack_webhook))
+        .route("/reviews/callback", web::get().to(sso::callback))
+        .route("/reviews/{request}", web::get().to(sso::start))
+        .route("/reviews/{request}", web::post().to(sso::submit))
         .default_service(web::to(not_found));
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))
-}
-
-/// Reads the whole body, refusing more than the configured limit with 413.
-pub(crate) async fn read_body(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body exceeds {limit} bytes"),
-        )
-    };
-    if let Some(len) = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && len > limit
-    {
-        return Err(too_large());
-    }
-    match payload.to_bytes_limited(limit).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(ApiError::bad_request(
-            "payload_unreadable",
-            "the body could not be read",
-        )),
-        Err(_) => Err(too_large()),
-    }
-}
-
-fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 fn bearer(req: &HttpRequest) -> Option<&str> {
@@ -190,32 +169,17 @@ async fn github_webhook(
             }
             GithubEvent::ProtectionRule(p) => {
                 let dedup_key = format!("github:{delivery}");
-                if !gate
-                    .store
-                    .mark_delivery(&dedup_key, DELIVERY_TTL)
-                    .await
-                    .map_err(|e| ApiError::from(crate::gate::GateError::from(e)))?
-                {
-                    gate.metrics.webhooks_duplicate.fetch_add(1, Ordering::Relaxed);
-                    info!("duplicate delivery ignored");
-                    return Ok(HttpResponse::Accepted().json(json!({"status": "duplicate"})));
-                }
-                let timeout = gate.pending_timeout(&p.environment);
-                let request =
-                    crate::webhook::github::deployment_request(timeout, delivery, &p, OffsetDateTime::now_utc());
-                let span = info_span!("request", request = %request.id, environment = %request.environment);
-                let gate2 = gate.clone().into_inner();
-                match gate2.receive_request(request).instrument(span).await {
-                    Ok((id, _)) => {
-                        gate.metrics.webhooks_accepted.fetch_add(1, Ordering::Relaxed);
-                        Ok(HttpResponse::Accepted().json(json!({"status": "accepted", "request": id})))
-                    }
-                    Err(e) => {
-                        // Let a redelivery be processed: it is the only copy.
-                        let _ = gate.store.forget_delivery(&dedup_key).await;
-                        Err(e.into())
-                    }
-                }
+                once_per_delivery(&gate, Some(&dedup_key), async {
+                    let timeout = gate.pending_timeout(&p.environment);
+                    let request =
+                        crate::webhook::github::deployment_request(timeout, delivery, &p, OffsetDateTime::now_utc());
+                    let span = info_span!("request", request = %request.id, environment = %request.environment);
+                    let gate2 = gate.clone().into_inner();
+                    let (id, _) = gate2.receive_request(request).instrument(span).await?;
+                    gate.metrics.webhooks_accepted.fetch_add(1, Ordering::Relaxed);
+                    Ok(HttpResponse::Accepted().json(json!({"status": "accepted", "request": id})))
+                })
+                .await
             }
         }
     }
@@ -257,22 +221,13 @@ async fn gitlab_webhook(
             }
             GitlabEvent::Deployment(hook) => hook,
         };
-        let state_err = |e| ApiError::from(crate::gate::GateError::from(e));
         let dedup = delivery.as_ref().map(|d| format!("gitlab:{d}"));
-        if let Some(key) = &dedup
-            && !gate.store.mark_delivery(key, DELIVERY_TTL).await.map_err(state_err)?
-        {
-            gate.metrics.webhooks_duplicate.fetch_add(1, Ordering::Relaxed);
-            return Ok(HttpResponse::Accepted().json(json!({"status": "duplicate"})));
-        }
-        let result = gitlab_hook(&gate, delivery.as_deref().unwrap_or("-"), &hook, now).await;
-        if result.is_err()
-            && let Some(key) = &dedup
-        {
-            // Let a redelivery be processed: it is the only copy.
-            let _ = gate.store.forget_delivery(key).await;
-        }
-        result
+        once_per_delivery(
+            &gate,
+            dedup.as_deref(),
+            gitlab_hook(&gate, delivery.as_deref().unwrap_or("-"), &hook, now),
+        )
+        .await
     }
     .instrument(span)
     .await

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::ApiError;
-use super::routes::read_body;
+use super::ingress::{header, read_body};
 use crate::gate::Gate;
 use crate::slack::SlackClient;
 use crate::slack::interaction::{self, Interaction};
@@ -28,7 +28,7 @@ const REPLY_BUDGET: Duration = Duration::from_millis(2500);
 /// The Slack client of the interactivity routes, built on first use from
 /// the gate's configuration (route state is created per worker).
 #[derive(Default)]
-pub(crate) struct SlackRoutes {
+pub(super) struct SlackRoutes {
     client: OnceLock<Option<Arc<SlackClient>>>,
 }
 
@@ -49,17 +49,7 @@ impl SlackRoutes {
     }
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::Data::new(SlackRoutes::default()))
-        .route("/webhooks/slack", web::post().to(slack_webhook))
-        .configure(super::reviews::configure);
-}
-
-fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    req.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-async fn slack_webhook(
+pub(super) async fn slack_webhook(
     req: HttpRequest,
     payload: web::Payload,
     gate: web::Data<Gate>,

@@ -36,16 +36,6 @@ impl WebhookError {
     }
 }
 
-/// Decodes a Standard Webhooks secret (`whsec_<base64>`) into its key bytes.
-pub fn standard_webhooks_key(secret: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let b64 = secret.strip_prefix("whsec_")?;
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .ok()
-        .filter(|k| !k.is_empty())
-}
-
 /// Shortens serde's message to something safe and useful for a 400 body: it
 /// names the field and position, and never echoes the payload.
 pub(crate) fn parse_error(e: &serde_json::Error) -> WebhookError {

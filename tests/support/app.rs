@@ -11,6 +11,17 @@ use serde_json::Value;
 
 pub const WEBHOOK_SECRET: &str = "test-webhook-secret-7f3a";
 
+/// The port of the startup line `listening on ADDR` (`127.0.0.1:8080`,
+/// `0.0.0.0:8080`, `[::1]:8080`), in the text or the JSON log format.
+fn listening_port(line: &str) -> Option<u16> {
+    let rest = line.split("listening on ").nth(1)?;
+    let addr: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
+    addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
+}
+
 /// A running portcullis process. Killed on drop.
 pub struct App {
     child: Child,
@@ -51,11 +62,9 @@ impl App {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(port) = line.split("listening on 127.0.0.1:").nth(1) {
-                    let digits: String = port.chars().take_while(|c| c.is_ascii_digit()).collect();
-                    if let (Some(t), Ok(p)) = (tx.take(), digits.parse::<u16>()) {
-                        let _ = t.send(p);
-                    }
+                if let (Some(p), Some(t)) = (listening_port(&line), tx.as_ref()) {
+                    let _ = t.send(p);
+                    tx = None;
                 }
                 let mut l = sink.lock().unwrap();
                 l.push_str(&line);

@@ -769,12 +769,14 @@ producers = [{{ job_workflow_ref = "{gate}" }}]
                 .env("BENCH_WEBHOOK_SECRET", SECRET)
                 .envs(b.args.portcullis_env.iter().map(|(k, v)| (k, v)));
             Proc::spawn("portcullis", cmd, |l| {
-                let rest = l.split("listening on 127.0.0.1:").nth(1)?;
+                // `listening on ADDR`, whatever host ADDR names.
+                let rest = l.split("listening on ").nth(1)?;
                 rest.chars()
-                    .take_while(|c| c.is_ascii_digit())
+                    .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
                     .collect::<String>()
-                    .parse()
+                    .parse::<std::net::SocketAddr>()
                     .ok()
+                    .map(|a| a.port())
             })
         }
     }

@@ -25,8 +25,9 @@
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::{WebhookError, parse_error, standard_webhooks_key};
+use super::{WebhookError, parse_error};
 use crate::config::GitlabConfig;
+use crate::crypto::standard_webhooks_key;
 use crate::crypto::{hmac_sha256_verify, secrets_equal, sha256_hex};
 use crate::domain::{DeploymentRequest, Platform, Reason, ReasonCode, RequestStatus, Target, deadline};
 

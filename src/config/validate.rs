@@ -1,0 +1,534 @@
+//! Validation: the raw serde shapes of [`super::raw`] into the types of
+//! [`super::types`]. The validator collects every problem, each naming its
+//! key, rather than stopping at the first. The integrations' tables are
+//! validated in [`super::integrations`], secrets in [`super::secrets`].
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use url::Url;
+
+use super::Secret;
+use super::raw::{self, RawConfig, RawMatcher, RawSecret};
+use super::types::*;
+
+impl Config {
+    /// Reads, parses and validates `path`. Relative paths inside the file
+    /// (audit path, secret files, policies) are taken relative to the
+    /// working directory, as the example commands run from the repository root.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                key: path.display().to_string(),
+                message: format!("cannot read the configuration file: {e}"),
+            }])
+        })?;
+        Self::from_toml(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Reads and validates `path` without resolving secrets (each becomes an
+    /// empty placeholder). For commands that read only the audit trail, so
+    /// an auditor needs the file but not the service's secrets.
+    pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                key: path.display().to_string(),
+                message: format!("cannot read the configuration file: {e}"),
+            }])
+        })?;
+        Self::parse(&text, &|_| None, true)
+    }
+
+    /// Parses and validates TOML text; `env` looks up environment variables
+    /// (a parameter so tests need not touch the process environment).
+    pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        Self::parse(text, env, false)
+    }
+
+    fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>, skip_secrets: bool) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                key: toml_error_key(&e),
+                message: e.message().to_string(),
+            }])
+        })?;
+        let mut v = Validator {
+            errors: Vec::new(),
+            env,
+            skip_secrets,
+        };
+        let config = v.config(raw);
+        if v.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(v.errors))
+        }
+    }
+}
+
+fn toml_error_key(e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => format!("configuration (at byte {}..{})", span.start, span.end),
+        None => "configuration".to_string(),
+    }
+}
+
+/// Collects every problem while turning raw shapes into validated ones.
+pub(super) struct Validator<'a> {
+    pub(super) errors: Vec<ConfigError>,
+    pub(super) env: &'a dyn Fn(&str) -> Option<String>,
+    pub(super) skip_secrets: bool,
+}
+
+impl Validator<'_> {
+    pub(super) fn err(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn duration(&mut self, key: &str, raw: Option<&str>, default: Duration) -> Duration {
+        match raw {
+            None => default,
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.err(key, "must be longer than zero");
+                    default
+                }
+                Err(_) => {
+                    self.err(
+                        key,
+                        format!("`{s}` is not a duration (examples: \"90s\", \"30m\", \"24h\")"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    /// An outside service's URL: https, or http on a loopback address only.
+    pub(super) fn url(&mut self, key: &str, raw: &str) -> Option<Url> {
+        let url = match Url::parse(raw) {
+            Ok(u) => u,
+            Err(e) => {
+                self.err(key, format!("`{raw}` is not a URL: {e}"));
+                return None;
+            }
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            self.err(key, "must not carry credentials in the URL");
+            return None;
+        }
+        match url.scheme() {
+            "https" => Some(url),
+            "http" if is_loopback(&url) => Some(url),
+            "http" => {
+                self.err(key, "must be https (plain http is allowed only on loopback addresses)");
+                None
+            }
+            other => {
+                self.err(key, format!("scheme `{other}` is not allowed; use https"));
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let server = self.server(raw.server);
+        let state = self.state(raw.state);
+        let audit = self.audit(raw.audit, &state);
+        let github = raw.github.map(|g| self.github(g, server.dry_run));
+        let gitlab = raw.gitlab.map(|g| self.gitlab(g, server.dry_run));
+        let slack = raw.slack.and_then(|s| self.slack(s));
+        let sso = raw.sso.and_then(|s| self.sso(s));
+        let issuers = self.issuers(raw.issuers);
+        let mut environments = BTreeMap::new();
+        for (name, env) in raw.environments {
+            if let Some(e) = self.environment(&name, env) {
+                environments.insert(name, e);
+            }
+        }
+        let policies = PoliciesConfig {
+            paths: raw.policies.paths.into_iter().map(PathBuf::from).collect(),
+        };
+        if environments
+            .values()
+            .any(|e| e.reviews.required > 0 && e.reviews.via == ReviewVia::Slack)
+            && slack.is_none()
+        {
+            self.err(
+                "slack",
+                "an environment requires reviews via Slack, but [slack] is not configured",
+            );
+        }
+        if environments
+            .values()
+            .any(|e| e.reviews.required > 0 && e.reviews.via == ReviewVia::Sso)
+            && sso.is_none()
+        {
+            self.err(
+                "sso",
+                "an environment requires reviews via SSO, but [sso] is not configured",
+            );
+        }
+        if environments.values().any(|e| e.verdict.mode == VerdictMode::Evaluated) && policies.paths.is_empty() {
+            self.err(
+                "policies.paths",
+                "an environment evaluates Rego verdicts, but no policy paths are configured",
+            );
+        }
+        Config {
+            server,
+            state,
+            audit,
+            github,
+            gitlab,
+            slack,
+            sso,
+            issuers,
+            environments,
+            policies,
+        }
+    }
+
+    fn server(&mut self, raw: raw::RawServer) -> ServerConfig {
+        let listen_raw = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen = listen_raw.parse().unwrap_or_else(|_| {
+            self.err(
+                "server.listen",
+                format!("`{listen_raw}` is not an address such as 127.0.0.1:8080"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+        let public_raw = raw.public_url.unwrap_or_else(|| format!("http://{listen}"));
+        let public_url = match Url::parse(&public_raw) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+            _ => {
+                self.err("server.public_url", format!("`{public_raw}` is not an http(s) URL"));
+                Url::parse("http://127.0.0.1:8080").expect("static URL")
+            }
+        };
+        let read_token = raw
+            .read_token
+            .as_ref()
+            .and_then(|s| self.secret("server.read_token", s));
+        let max_body_bytes = raw.max_body_bytes.unwrap_or(1024 * 1024);
+        if max_body_bytes < 1024 {
+            self.err("server.max_body_bytes", "must be at least 1024");
+        }
+        let log_format = match raw.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                self.err(
+                    "server.log_format",
+                    format!("`{other}` is not one of \"text\", \"json\""),
+                );
+                LogFormat::Text
+            }
+        };
+        let shutdown_timeout = self.duration(
+            "server.shutdown_timeout",
+            raw.shutdown_timeout.as_deref(),
+            Duration::from_secs(30),
+        );
+        ServerConfig {
+            listen,
+            public_url,
+            dry_run: raw.dry_run.unwrap_or(false),
+            read_token,
+            max_body_bytes,
+            log_format,
+            shutdown_timeout,
+        }
+    }
+
+    fn state(&mut self, raw: raw::RawState) -> StateConfig {
+        let backend = match raw.backend.as_deref().unwrap_or("memory") {
+            "memory" => StateBackend::Memory,
+            "redis" => {
+                let url = match &raw.url {
+                    None => "redis://127.0.0.1:6379/0".to_string(),
+                    Some(RawSecret::Inline(u)) => {
+                        if Url::parse(u).is_ok_and(|p| p.password().is_some()) {
+                            self.err(
+                                "state.url",
+                                "a URL with a password is a secret: use { env = \"VAR\" } or { file = \"path\" }",
+                            );
+                        }
+                        u.clone()
+                    }
+                    Some(secret) => self
+                        .secret("state.url", secret)
+                        .map(|s| s.expose().to_string())
+                        .unwrap_or_default(),
+                };
+                let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+                    .iter()
+                    .any(|p| url.starts_with(p));
+                if !self.skip_secrets && !scheme_ok {
+                    self.err("state.url", "must be a redis://, rediss:// or unix:// URL");
+                }
+                StateBackend::Redis {
+                    url: Secret::new(url),
+                    key_prefix: raw.key_prefix.clone().unwrap_or_else(|| "portcullis:".into()),
+                }
+            }
+            other => {
+                self.err(
+                    "state.backend",
+                    format!("`{other}` is not one of \"memory\", \"redis\""),
+                );
+                StateBackend::Memory
+            }
+        };
+        if matches!(backend, StateBackend::Memory) && (raw.url.is_some() || raw.key_prefix.is_some()) {
+            self.err("state.url", "only applies to the \"redis\" backend");
+        }
+        let lease_ttl = self.duration("state.lease_ttl", raw.lease_ttl.as_deref(), Duration::from_secs(60));
+        if lease_ttl < Duration::from_secs(1) {
+            self.err("state.lease_ttl", "must be at least 1s");
+        }
+        StateConfig {
+            backend,
+            attestation_ttl: self.duration(
+                "state.attestation_ttl",
+                raw.attestation_ttl.as_deref(),
+                Duration::from_secs(6 * 3600),
+            ),
+            verdict_ttl: self.duration(
+                "state.verdict_ttl",
+                raw.verdict_ttl.as_deref(),
+                Duration::from_secs(7 * 24 * 3600),
+            ),
+            lease_ttl,
+        }
+    }
+
+    fn audit(&mut self, raw: raw::RawAudit, state: &StateConfig) -> AuditConfig {
+        let backend = match raw.backend.as_deref().unwrap_or("file") {
+            "file" => AuditBackend::File {
+                path: PathBuf::from(raw.path.unwrap_or_else(|| "var/audit.jsonl".into())),
+            },
+            "redis" => {
+                if !matches!(state.backend, StateBackend::Redis { .. }) {
+                    self.err(
+                        "audit.backend",
+                        "\"redis\" uses [state] url, so it needs state.backend = \"redis\"",
+                    );
+                }
+                if raw.path.is_some() {
+                    self.err("audit.path", "only applies to the \"file\" backend");
+                }
+                AuditBackend::Redis
+            }
+            other => {
+                self.err("audit.backend", format!("`{other}` is not one of \"file\", \"redis\""));
+                AuditBackend::File {
+                    path: PathBuf::from("var/audit.jsonl"),
+                }
+            }
+        };
+        AuditConfig {
+            backend,
+            require_persistence: raw.require_persistence.unwrap_or(true),
+        }
+    }
+
+    fn matcher(&mut self, key: &str, raw: &RawMatcher) -> Option<ClaimMatcher> {
+        match raw {
+            RawMatcher::Exact(s) => Some(ClaimMatcher::Exact(s.clone())),
+            RawMatcher::Bool(b) => Some(ClaimMatcher::Exact(b.to_string())),
+            RawMatcher::Pattern(p) => match Regex::new(&format!("^(?:{})$", p.pattern)) {
+                Ok(r) => Some(ClaimMatcher::Pattern(r)),
+                Err(e) => {
+                    self.err(key, format!("invalid pattern: {e}"));
+                    None
+                }
+            },
+            RawMatcher::Any(list) => {
+                if list.is_empty() {
+                    self.err(key, "an empty list matches nothing");
+                    return None;
+                }
+                let mut out = Vec::new();
+                for (i, m) in list.iter().enumerate() {
+                    out.push(self.matcher(&format!("{key}[{i}]"), m)?);
+                }
+                Some(ClaimMatcher::Any(out))
+            }
+        }
+    }
+
+    fn claim_rule(&mut self, key: &str, raw: &BTreeMap<String, RawMatcher>) -> ClaimRule {
+        let mut rule = ClaimRule::new();
+        for (claim, m) in raw {
+            if let Some(m) = self.matcher(&format!("{key}.{claim}"), m) {
+                rule.insert(claim.clone(), m);
+            }
+        }
+        rule
+    }
+
+    fn environment(&mut self, name: &str, raw: raw::RawEnvironment) -> Option<EnvironmentPolicy> {
+        let key = format!("environments.{name}");
+        if name.is_empty() || name.len() > 255 {
+            self.err(&key, "environment names are 1 to 255 characters");
+        }
+        let approvers = raw.approvers.unwrap_or_default();
+        if approvers.is_empty() {
+            self.err(
+                format!("{key}.approvers"),
+                "at least one approver is required (nobody could deploy)",
+            );
+        }
+        let require_claims = self.claim_rule(&format!("{key}.require_claims"), &raw.require_claims);
+        let pending_timeout = self.duration(
+            &format!("{key}.pending_timeout"),
+            raw.pending_timeout.as_deref(),
+            Duration::from_secs(30 * 60),
+        );
+        let verdict = match raw.verdict {
+            None => {
+                self.err(
+                    format!("{key}.verdict"),
+                    "is required: say `required = false` explicitly to deploy without a policy verdict",
+                );
+                VerdictPolicy {
+                    required: true,
+                    max_age: Duration::from_secs(86400),
+                    mode: VerdictMode::Asserted,
+                    policy: None,
+                    opa_url: None,
+                    producers: Vec::new(),
+                }
+            }
+            Some(v) => {
+                let vkey = format!("{key}.verdict");
+                let required = v.required.unwrap_or(true);
+                let mode = match v.mode.as_deref().unwrap_or("asserted") {
+                    "asserted" => VerdictMode::Asserted,
+                    "evaluated" => VerdictMode::Evaluated,
+                    "opa" => VerdictMode::Opa,
+                    other => {
+                        self.err(
+                            format!("{vkey}.mode"),
+                            format!("`{other}` is not one of \"asserted\", \"evaluated\", \"opa\""),
+                        );
+                        VerdictMode::Asserted
+                    }
+                };
+                if matches!(mode, VerdictMode::Evaluated | VerdictMode::Opa) {
+                    match &v.policy {
+                        Some(p) if p.starts_with("data.") => {}
+                        Some(p) => self.err(
+                            format!("{vkey}.policy"),
+                            format!("`{p}` is not a query such as data.deploy.hipaa.allow"),
+                        ),
+                        None => self.err(
+                            format!("{vkey}.policy"),
+                            "is required for modes \"evaluated\" and \"opa\"",
+                        ),
+                    }
+                }
+                let opa_url = v
+                    .opa_url
+                    .as_deref()
+                    .and_then(|u| self.url(&format!("{vkey}.opa_url"), u));
+                if mode == VerdictMode::Opa && v.opa_url.is_none() {
+                    self.err(format!("{vkey}.opa_url"), "is required for mode \"opa\"");
+                }
+                let mut producers = Vec::new();
+                for (i, p) in v.producers.iter().enumerate() {
+                    let pkey = format!("{vkey}.producers[{i}]");
+                    if p.is_empty() {
+                        self.err(&pkey, "an empty producer rule would trust every token");
+                        continue;
+                    }
+                    producers.push(self.claim_rule(&pkey, p));
+                }
+                if required && v.producers.is_empty() {
+                    self.err(
+                        format!("{vkey}.producers"),
+                        "a required verdict needs at least one trusted producer",
+                    );
+                }
+                VerdictPolicy {
+                    required,
+                    max_age: self.duration(
+                        &format!("{vkey}.max_age"),
+                        v.max_age.as_deref(),
+                        Duration::from_secs(86400),
+                    ),
+                    mode,
+                    policy: v.policy,
+                    opa_url,
+                    producers,
+                }
+            }
+        };
+        let reviews = match raw.reviews {
+            None => ReviewPolicy {
+                required: 0,
+                via: ReviewVia::Slack,
+                reviewers: Vec::new(),
+                allow_self_review: false,
+            },
+            Some(r) => {
+                let rkey = format!("{key}.reviews");
+                let via = match r.via.as_deref().unwrap_or("slack") {
+                    "slack" => ReviewVia::Slack,
+                    "sso" => ReviewVia::Sso,
+                    other => {
+                        self.err(
+                            format!("{rkey}.via"),
+                            format!("`{other}` is not one of \"slack\", \"sso\""),
+                        );
+                        ReviewVia::Slack
+                    }
+                };
+                let required = r.required.unwrap_or(0);
+                if required as usize > r.reviewers.len() {
+                    self.err(
+                        format!("{rkey}.required"),
+                        format!(
+                            "requires {required} reviews but lists {} reviewer(s)",
+                            r.reviewers.len()
+                        ),
+                    );
+                }
+                ReviewPolicy {
+                    required,
+                    via,
+                    reviewers: r.reviewers.into_iter().map(|s| s.to_ascii_lowercase()).collect(),
+                    allow_self_review: r.allow_self_review.unwrap_or(false),
+                }
+            }
+        };
+        let slack_channel = raw.slack.and_then(|s| s.channel);
+        Some(EnvironmentPolicy {
+            name: name.to_string(),
+            approvers,
+            require_claims,
+            pending_timeout,
+            verdict,
+            reviews,
+            slack_channel,
+        })
+    }
+}
+
+/// Is the URL's host a loopback address (127.0.0.0/8, ::1) or `localhost`?
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}

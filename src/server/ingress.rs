@@ -1,0 +1,73 @@
+//! What every webhook route does on the way in: read the body within the
+//! configured limit, read a header, and process a delivery at most once.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
+use tracing::info;
+
+use super::ApiError;
+use crate::gate::{DELIVERY_TTL, Gate, GateError};
+
+/// Reads the whole body, refusing more than the configured limit with 413.
+pub(super) async fn read_body(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body exceeds {limit} bytes"),
+        )
+    };
+    if let Some(len) = header(req, "content-length").and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(too_large());
+    }
+    match payload.to_bytes_limited(limit).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::bad_request(
+            "payload_unreadable",
+            "the body could not be read",
+        )),
+        Err(_) => Err(too_large()),
+    }
+}
+
+/// A header's value, if present and visible ASCII. Names are matched
+/// case-insensitively.
+pub(super) fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Runs `process` for a delivery not seen before. `key` names the delivery
+/// (`platform:delivery-id`); a delivery seen within [`DELIVERY_TTL`] is
+/// answered 202 `{"status": "duplicate"}` without processing it again. When
+/// `process` fails, the delivery is forgotten so that a redelivery is
+/// processed: it is the only copy. Without a key, `process` always runs.
+pub(super) async fn once_per_delivery<F>(gate: &Gate, key: Option<&str>, process: F) -> Result<HttpResponse, ApiError>
+where
+    F: Future<Output = Result<HttpResponse, ApiError>>,
+{
+    if let Some(key) = key {
+        let first = gate
+            .store
+            .mark_delivery(key, DELIVERY_TTL)
+            .await
+            .map_err(|e| ApiError::from(GateError::from(e)))?;
+        if !first {
+            gate.metrics.webhooks_duplicate.fetch_add(1, Ordering::Relaxed);
+            info!("duplicate delivery ignored");
+            return Ok(HttpResponse::Accepted().json(json!({"status": "duplicate"})));
+        }
+    }
+    let result = process.await;
+    if result.is_err()
+        && let Some(key) = key
+    {
+        let _ = gate.store.forget_delivery(key).await;
+    }
+    result
+}
