@@ -75,6 +75,7 @@ fn request(environment: &str) -> DeploymentRequest {
         reviews: vec![],
         status: RequestStatus::Pending,
         decision: None,
+        run_attempt: None,
         decided_on: None,
         decision_record: None,
         platform_attempts: 0,

@@ -64,10 +64,13 @@ pub fn evaluate(inputs: &Inputs<'_>) -> Decision {
         violations: request.intake_problems.clone(),
         ..Findings::default()
     };
+    let attempt = rules::run_attempt_known(request, &mut f);
     if let Some(att) = rules::attestation_present(request, inputs.attestation, &mut f) {
         rules::attestation_matches(request, att, &mut f);
         rules::claims_satisfied(policy, att, &mut f);
-        rules::actor_is_approver(policy, &att.actor, &mut f);
+        if let Some(attempt) = attempt {
+            rules::actor_is_approver(policy, request, attempt, &att.actor, &mut f);
+        }
     }
     rules::verdict_allows(policy, request, inputs.verdict, inputs.now, &mut f);
     reviews::reviews_satisfied(

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::Findings;
 use crate::config::{EnvironmentPolicy, rule_matches};
-use crate::domain::{Attestation, DeploymentRequest, Reason, ReasonCode, Verdict};
+use crate::domain::{Attestation, DeploymentRequest, Platform, Reason, ReasonCode, RunAttempt, Verdict};
 
 /// Rule 1: the request's environment is configured.
 pub fn environment_configured<'p>(
@@ -96,17 +96,63 @@ pub(crate) fn claims_satisfied(policy: &EnvironmentPolicy, att: &Attestation, f:
     }
 }
 
-/// Rule 5: the attested actor is one of the environment's `approvers`.
-pub(crate) fn actor_is_approver(policy: &EnvironmentPolicy, actor: &str, f: &mut Findings) {
+/// Which attempt of the run asks to deploy. GitHub requests wait until the
+/// run has been read (a re-run keeps the first attempt's token actor, so the
+/// attempt's own starter must be known); GitLab retries are new deployments
+/// and need nothing more. `None` while unknown.
+pub(crate) fn run_attempt_known<'r>(
+    request: &'r DeploymentRequest,
+    f: &mut Findings,
+) -> Option<Option<&'r RunAttempt>> {
+    match (request.platform, &request.run_attempt) {
+        (Platform::Gitlab, attempt) => Some(attempt.as_ref()),
+        (Platform::Github, Some(attempt)) => Some(Some(attempt)),
+        (Platform::Github, None) => {
+            f.missing.push(Reason::new(
+                ReasonCode::RunAttemptUnknown,
+                format!(
+                    "the attempt of run {} and who started it have not been read from GitHub yet",
+                    request.run
+                ),
+            ));
+            None
+        }
+    }
+}
+
+/// Rule 5: the triggering identity is one of the environment's
+/// `approvers`. That is the attested actor, except on a re-run of a GitHub
+/// run, where it is the person who started the current attempt; when the
+/// two differ, the reason names both.
+pub(crate) fn actor_is_approver(
+    policy: &EnvironmentPolicy,
+    request: &DeploymentRequest,
+    attempt: Option<&RunAttempt>,
+    attested_actor: &str,
+    f: &mut Findings,
+) {
+    let actor = attempt.map_or(attested_actor, |a| a.deploying_actor(attested_actor));
+    let who = match attempt {
+        Some(_) if actor.eq_ignore_ascii_case(attested_actor) => actor.to_string(),
+        Some(a) if request.platform == Platform::Github => format!(
+            "{actor} (who started attempt {} of run {}; its first attempt and token are {attested_actor}'s)",
+            a.number, request.run
+        ),
+        Some(_) => format!(
+            "{actor} (who started this deployment's job in pipeline {}; the pipeline's token is {attested_actor}'s)",
+            request.run
+        ),
+        None => actor.to_string(),
+    };
     if policy.approvers.iter().any(|a| a.eq_ignore_ascii_case(actor)) {
         f.satisfied.push(Reason::new(
             ReasonCode::ActorApproved,
-            format!("{actor} may deploy to {}", policy.name),
+            format!("{who} may deploy to {}", policy.name),
         ));
     } else {
         f.violations.push(Reason::new(
             ReasonCode::ActorNotApprover,
-            format!("{actor} is not an approver of {}", policy.name),
+            format!("{who} is not an approver of {}", policy.name),
         ));
     }
 }

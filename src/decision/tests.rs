@@ -72,6 +72,12 @@ fn request(env: &str) -> DeploymentRequest {
         reviews: vec![],
         status: RequestStatus::Pending,
         decision: None,
+        run_attempt: Some(RunAttempt {
+            number: 1,
+            actor: Some("octocat".into()),
+            triggering_actor: Some("octocat".into()),
+            read: true,
+        }),
         decided_on: None,
         decision_record: None,
         platform_attempts: 0,
@@ -437,4 +443,66 @@ fn the_same_inputs_give_the_same_decision() {
     let a = run(&base("x"));
     let b = run(&base("x"));
     assert_eq!(a, b);
+}
+
+#[test]
+fn the_identity_checked_is_whoever_started_this_attempt() {
+    let config = config();
+    let policy = config.environment("production").cloned().map(|mut p| {
+        p.reviews.required = 0;
+        p.verdict.required = false;
+        p
+    });
+    let att = attestation(); // octocat
+    let decide = |req: &DeploymentRequest| {
+        evaluate(&Inputs {
+            policy: policy.as_ref(),
+            request: req,
+            attestation: Some(&att),
+            verdict: None,
+            reviews: &[],
+            now: NOW,
+        })
+    };
+    let attempt = |number: u32, by: &str| {
+        Some(RunAttempt {
+            number,
+            actor: Some("octocat".into()),
+            triggering_actor: Some(by.into()),
+            read: true,
+        })
+    };
+    // GitHub, attempt 1: the token's actor, whatever else the run says.
+    let mut req = request("production");
+    req.run_attempt = attempt(1, "mallory");
+    assert_eq!(decide(&req).outcome, Outcome::Approved);
+    // GitHub, a re-run: its starter.
+    req.run_attempt = attempt(2, "mallory");
+    let d = decide(&req);
+    assert_eq!(d.codes(), vec![ReasonCode::ActorNotApprover]);
+    assert_eq!(
+        d.reasons[0].message,
+        "mallory (who started attempt 2 of run 42; its first attempt and token are octocat's) is not an approver of production"
+    );
+    req.run_attempt = attempt(3, "hubot");
+    assert_eq!(decide(&req).outcome, Outcome::Approved);
+    // GitHub, not read yet: waits.
+    req.run_attempt = None;
+    assert_eq!(decide(&req).codes(), vec![ReasonCode::RunAttemptUnknown]);
+    // GitLab: the deployment's user.
+    let mut gl = request("production");
+    gl.platform = Platform::Gitlab;
+    gl.repository = "octo-org/payments".into();
+    let mut gl_att = att.clone();
+    gl_att.platform = Platform::Gitlab;
+    gl.run_attempt = attempt(0, "mallory");
+    let d = evaluate(&Inputs {
+        policy: policy.as_ref(),
+        request: &gl,
+        attestation: Some(&gl_att),
+        verdict: None,
+        reviews: &[],
+        now: NOW,
+    });
+    assert_eq!(d.codes(), vec![ReasonCode::ActorNotApprover], "{d:?}");
 }

@@ -282,6 +282,9 @@ pub struct DeploymentRequest {
     /// The last evaluation: pending with what is missing, or the final decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
+    /// GitHub only: the run's attempt and who started it, once read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_attempt: Option<RunAttempt>,
     /// The attestation and verdict a final decision weighed, kept from the
     /// evaluation to the `decision` record so the record names exactly them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -327,6 +330,38 @@ impl DeploymentRequest {
         );
         let digest = crate::crypto::sha256_hex(key.as_bytes());
         format!("req_{}", &digest[..24])
+    }
+}
+
+/// Which attempt of a GitHub workflow run asks to deploy, and who started
+/// that attempt. Read from the Actions API when the request arrives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAttempt {
+    /// GitHub: 1 for the first attempt. 0 on GitHub when the run could not
+    /// be read at all (no GitHub App credentials, in dry run): the token's
+    /// actor is then the one checked, as for a first attempt. 0 on GitLab,
+    /// which has no attempts (a retried job is a new deployment).
+    pub number: u32,
+    /// Who started the first attempt (the OIDC token's `actor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Who started this attempt (GitHub's `triggering_actor`; GitLab: the
+    /// deployment's user): the person a re-run or retried job is checked
+    /// against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggering_actor: Option<String>,
+    /// Read from the platform's API (false: not read, see `number`).
+    pub read: bool,
+}
+
+impl RunAttempt {
+    /// The identity that must be an approver: whoever started this attempt
+    /// (a GitHub re-run, any GitLab deployment), else the attested actor.
+    pub fn deploying_actor<'a>(&'a self, attested_actor: &'a str) -> &'a str {
+        match &self.triggering_actor {
+            Some(t) if self.read && self.number != 1 => t,
+            _ => attested_actor,
+        }
     }
 }
 

@@ -36,6 +36,7 @@ pub enum ReasonCode {
     PendingTimeout,
     // Missing inputs (pending).
     AttestationMissing,
+    RunAttemptUnknown,
     VerdictMissing,
     VerdictStale,
     VerdictProducerUntrusted,
@@ -61,6 +62,7 @@ impl ReasonCode {
             ReasonCode::ReviewRejected => "review_rejected",
             ReasonCode::PendingTimeout => "pending_timeout",
             ReasonCode::AttestationMissing => "attestation_missing",
+            ReasonCode::RunAttemptUnknown => "run_attempt_unknown",
             ReasonCode::VerdictMissing => "verdict_missing",
             ReasonCode::VerdictStale => "verdict_stale",
             ReasonCode::VerdictProducerUntrusted => "verdict_producer_untrusted",

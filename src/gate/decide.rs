@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use serde_json::json;
 use time::OffsetDateTime;
@@ -11,7 +12,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::{Gate, GateError, events};
 use crate::decision::{self, Decision, Inputs, Outcome};
-use crate::domain::{DecidedOn, DeploymentRequest, PlatformOutcome, RequestStatus};
+use crate::domain::{DecidedOn, DeploymentRequest, PlatformOutcome, RequestStatus, RunAttempt, Target};
 use crate::platform::{CallResult, FailureKind};
 use crate::state::{Cas, Lease, StateError};
 
@@ -43,6 +44,10 @@ impl Gate {
                     RequestStatus::Deciding => return self.redrive(req).await,
                     RequestStatus::Pending => {}
                 }
+                let req = match self.with_run_attempt(req).await? {
+                    Some(req) => req,
+                    None => continue,
+                };
                 let (decision, decided_on) = self.decide_with_inputs(&req, now).await?;
                 if !decision.is_final() {
                     if req.decision.as_ref() != Some(&decision) {
@@ -86,6 +91,75 @@ impl Gate {
         }
         .instrument(span)
         .await
+    }
+
+    /// A GitHub request learns its run's attempt and who started it, once:
+    /// read from the Actions API and stored on the request. Without GitHub
+    /// App credentials (dry run) the run cannot be read, and the request is
+    /// marked so. A failed read leaves the request waiting and is retried
+    /// shortly; it is never approved without the read. `None`: the stored
+    /// request changed meanwhile; read it again.
+    async fn with_run_attempt(
+        self: &Arc<Self>,
+        mut req: DeploymentRequest,
+    ) -> Result<Option<DeploymentRequest>, GateError> {
+        let Target::Github {
+            owner,
+            repo,
+            run_id,
+            installation_id,
+            ..
+        } = &req.target
+        else {
+            return Ok(Some(req));
+        };
+        // Known already; or not needed: a request with intake problems (a
+        // foreign callback host, say) is rejected whatever the run says, and
+        // nothing is called for it.
+        if req.run_attempt.is_some() || !req.intake_problems.is_empty() {
+            return Ok(Some(req));
+        }
+        let attempt = match &self.platforms.github_api {
+            None => RunAttempt {
+                number: 0,
+                actor: None,
+                triggering_actor: None,
+                read: false,
+            },
+            Some(api) => match api.run_attempt(owner, repo, *run_id, *installation_id).await {
+                Ok(attempt) => attempt,
+                Err(e) => {
+                    warn!(request = %req.id, error = %e, "cannot read the workflow run; the request waits and the read is retried");
+                    self.retry_later(req.id.clone(), Duration::from_secs(2));
+                    return Ok(Some(req));
+                }
+            },
+        };
+        if attempt.number > 1 {
+            info!(request = %req.id, attempt = attempt.number, triggering_actor = ?attempt.triggering_actor,
+                  actor = ?attempt.actor, "a re-run: its starter is the identity checked");
+        }
+        req.run_attempt = Some(attempt);
+        match self.store.update_request(&req).await? {
+            Cas::Written(v) => {
+                req.version = v;
+                Ok(Some(req))
+            }
+            Cas::Conflict(_) => Ok(None),
+        }
+    }
+
+    /// Evaluates the request again after `delay` (tracked, so shutdown
+    /// waits for it or cancels it with the rest).
+    fn retry_later(self: &Arc<Self>, id: String, delay: Duration) {
+        let gate = Arc::clone(self);
+        self.tasks.spawn_on(
+            async move {
+                tokio::time::sleep(delay).await;
+                gate.spawn_evaluate(id);
+            },
+            &self.runtime,
+        );
     }
 
     /// Reads the inputs of a request and runs the pure engine.

@@ -101,6 +101,13 @@ pub(super) fn decision(
         ev.token_sha256 = Some(a.token_sha256.clone());
     }
     ev.verdict = verdict.map(verdict_summary);
+    // A re-run: the attested actor above started the run; this attempt's
+    // starter is the identity the decision checked.
+    ev.detail = req
+        .run_attempt
+        .as_ref()
+        .filter(|a| a.read)
+        .map(|a| json!({ "run_attempt": a.number, "triggering_actor": a.triggering_actor }));
     if !req.reviews.is_empty() {
         ev.reviews = Some(json!(
             req.reviews

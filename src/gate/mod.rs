@@ -52,6 +52,9 @@ pub const DELIVERY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub struct Platforms {
     pub github: Option<Arc<dyn PlatformClient>>,
     pub gitlab: Option<Arc<dyn PlatformClient>>,
+    /// GitHub's read API (workflow runs: a re-run's attempt and starter);
+    /// present whenever the App has credentials, dry run or not.
+    pub github_api: Option<Arc<crate::platform::github::GithubClient>>,
     /// GitLab's read API (deployment lookups, the blocked-deployment poller);
     /// present whenever a GitLab token is configured, dry run or not.
     pub gitlab_api: Option<Arc<crate::platform::gitlab::GitlabClient>>,

@@ -225,12 +225,20 @@ async fn build_audit(config: &Config, _store: &SharedStore) -> Result<Arc<dyn Au
 
 fn build_platforms(config: &Config) -> Result<Platforms, StartError> {
     let mut p = Platforms::default();
-    if let Some(gh) = &config.github
-        && !config.server.dry_run
-    {
-        let client =
-            crate::platform::github::GithubClient::new(gh).map_err(|e| StartError::Platform(format!("github: {e}")))?;
-        p.github = Some(Arc::new(client));
+    if let Some(gh) = &config.github {
+        // The App reads workflow runs whenever it has credentials (dry run
+        // too); it answers only outside dry run, where they are required.
+        let has_credentials = gh.app_id.is_some() && gh.private_key.is_some();
+        if has_credentials || !config.server.dry_run {
+            let client = Arc::new(
+                crate::platform::github::GithubClient::new(gh)
+                    .map_err(|e| StartError::Platform(format!("github: {e}")))?,
+            );
+            p.github_api = Some(client.clone());
+            if !config.server.dry_run {
+                p.github = Some(client);
+            }
+        }
     }
     if let Some(gl) = &config.gitlab
         && gl.token.is_some()

@@ -213,6 +213,18 @@ fn repo_from_callback(url: &Url, api_url: &Url) -> Option<(String, String)> {
     (n >= 7).then(|| (s[n - 6].to_string(), s[n - 5].to_string()))
 }
 
+/// The id of the request a delivery asks for. Each attempt of a run that
+/// deploys gets its own deployment (a re-run is a new one), so the id names
+/// the deployment as well as the run: a re-run is a new request with its own
+/// answer, while every copy of one delivery, on any replica, lands on one.
+pub fn request_id(repository: &str, run_id: u64, deployment_id: Option<u64>, environment: &str) -> String {
+    let run = match deployment_id {
+        Some(d) => format!("{run_id}/{d}"),
+        None => run_id.to_string(),
+    };
+    DeploymentRequest::derive_id(Platform::Github, repository, &run, environment)
+}
+
 /// Builds the GitHub deployment request from a verified, parsed delivery.
 /// The delivery's problems (a callback on a foreign host, say) come along as
 /// intake problems, which reject the request without calling the callback.
@@ -224,7 +236,7 @@ pub fn deployment_request(
 ) -> DeploymentRequest {
     let run = p.run_id.to_string();
     DeploymentRequest {
-        id: DeploymentRequest::derive_id(Platform::Github, &p.repository, &run, &p.environment),
+        id: request_id(&p.repository, p.run_id, p.deployment_id, &p.environment),
         platform: Platform::Github,
         repository: p.repository.clone(),
         run,
@@ -244,6 +256,7 @@ pub fn deployment_request(
         reviews: Vec::new(),
         status: RequestStatus::Pending,
         decision: None,
+        run_attempt: None,
         decided_on: None,
         decision_record: None,
         platform_attempts: 0,

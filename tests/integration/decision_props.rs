@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use portcullis::config::Config;
 use portcullis::decision::{Inputs, Outcome, ReasonCode, evaluate};
 use portcullis::domain::{
-    Attestation, DeploymentRequest, Platform, Producer, Reason, RequestStatus, Review, Target, Verdict, VerdictSource,
+    Attestation, DeploymentRequest, Platform, Producer, Reason, RequestStatus, Review, RunAttempt, Target, Verdict,
+    VerdictSource,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -186,6 +187,12 @@ fn build(c: &Case) -> (DeploymentRequest, Option<Attestation>, Option<Verdict>, 
         reviews: vec![],
         status: RequestStatus::Pending,
         decision: None,
+        run_attempt: Some(RunAttempt {
+            number: 1,
+            actor: Some("octocat".into()),
+            triggering_actor: Some("octocat".into()),
+            read: true,
+        }),
         decided_on: None,
         decision_record: None,
         platform_attempts: 0,

@@ -138,6 +138,38 @@ impl World {
         body["request"].as_str().unwrap().to_string()
     }
 
+    /// A re-run's delivery: the same run, a new deployment (each attempt of
+    /// a deploying job gets its own).
+    async fn rerun_webhook(&self, delivery: &str, run: u64, deployment: u64, sha: &str) -> String {
+        let mut p: Value = serde_json::from_slice(&payload(&self.gh, run, "production", sha)).unwrap();
+        p["deployment"]["id"] = json!(deployment);
+        let (code, body) = self
+            .app
+            .post_webhook("deployment_protection_rule", delivery, &serde_json::to_vec(&p).unwrap())
+            .await;
+        assert_eq!(code, 202, "{body}");
+        assert_eq!(body["status"], "accepted", "{body}");
+        body["request"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until `n` review calls for `run` were made; returns them.
+    async fn wait_reviews_for(&self, run: u64, n: usize) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let r = self.reviews_for(run);
+            if r.len() >= n {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {n} review calls for run {run}; logs:\n{}",
+                r.len(),
+                self.app.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn reviews_for(&self, run: u64) -> Vec<Value> {
         let path = review_path("octo-org", "payments", run);
         self.gh
@@ -482,6 +514,135 @@ async fn the_same_delivery_twice_gives_one_review_call() {
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(w.reviews_for(run).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_after_a_rejection_gets_its_own_answer() {
+    let w = world().await;
+    let (run, s) = (7601, sha(7601));
+    w.attest(ci_claims(run, &s)).await;
+    w.verdict(&s, "production", false, &["CVE-2026-0001 is critical"]).await;
+    let first = w.webhook("d-7601-1", run, "production", &s).await;
+    let done = w.app.wait_request(&first, "done", WAIT).await;
+    assert_eq!(codes(&done), ["verdict_denied"]);
+    assert_eq!(w.wait_reviews_for(run, 1).await[0]["state"], "rejected");
+
+    // The fix lands, the verdict allows, and the team re-runs the failed
+    // job: GitHub sends a new delivery for the same run (attempt 2).
+    w.verdict(&s, "production", true, &[]).await;
+    w.gh.set_run(run, 2, "octocat", "octocat");
+    let second = w.rerun_webhook("d-7601-2", run, 99_000_001, &s).await;
+    assert_ne!(second, first, "a re-run is a new request");
+    let done = w.app.wait_request(&second, "done", WAIT).await;
+    assert_eq!(done["decision"]["outcome"], "approved", "{done}");
+    assert_eq!(done["run_attempt"]["number"], 2);
+    let reviews = w.wait_reviews_for(run, 2).await;
+    assert_eq!(
+        reviews.iter().map(|r| r["state"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["rejected", "approved"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_by_a_non_approver_of_an_approvers_run_is_rejected_naming_the_rerunner() {
+    let w = world().await;
+    let (run, s) = (7602, sha(7602));
+    // octocat (an approver) started the run; the token's actor is octocat.
+    w.attest(ci_claims(run, &s)).await;
+    w.verdict(&s, "production", true, &[]).await;
+    // mallory (not an approver) re-ran it.
+    w.gh.set_run(run, 2, "octocat", "mallory");
+    let id = w.rerun_webhook("d-7602-2", run, 99_000_002, &s).await;
+    let done = w.app.wait_request(&id, "done", WAIT).await;
+    assert_eq!(codes(&done), ["actor_not_approver"]);
+    let message = done["decision"]["reasons"][0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("mallory (who started attempt 2 of run 7602; its first attempt and token are octocat's)"),
+        "{message}"
+    );
+    let review = w.review_for(run).await;
+    assert_eq!(review["state"], "rejected");
+    assert!(review["comment"].as_str().unwrap().contains("mallory"), "{review}");
+    assert!(review["comment"].as_str().unwrap().contains("octocat"), "{review}");
+    // The decision record names the attested actor and the re-runner.
+    let decision = w
+        .app
+        .audit_records()
+        .into_iter()
+        .find(|r| r["event"] == "decision" && r["request"] == id.as_str())
+        .expect("a decision record");
+    assert_eq!(decision["actor"], "octocat");
+    assert_eq!(
+        decision["detail"],
+        json!({"run_attempt": 2, "triggering_actor": "mallory"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_of_failed_jobs_by_an_approver_with_only_the_first_attestation_is_approved() {
+    let w = world().await;
+    let (run, s) = (7603, sha(7603));
+    // mallory started the run (attempt 1: the authorize job's token says
+    // mallory); hubot, an approver, re-ran the failed deploy job. The
+    // authorize job was not re-run: attempt 1's attestation is all there is.
+    let mut claims = ci_claims(run, &s);
+    claims["actor"] = json!("mallory");
+    w.attest(claims).await;
+    w.verdict(&s, "production", true, &[]).await;
+    w.gh.set_run(run, 2, "mallory", "hubot");
+    let id = w.rerun_webhook("d-7603-2", run, 99_000_003, &s).await;
+    let done = w.app.wait_request(&id, "done", WAIT).await;
+    assert_eq!(done["decision"]["outcome"], "approved", "{done}");
+    let approved = done["decision"]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["code"] == "actor_approved")
+        .expect("actor_approved")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        approved.starts_with("hubot (who started attempt 2 of run 7603"),
+        "{approved}"
+    );
+    assert_eq!(w.review_for(run).await["state"], "approved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_is_read_before_any_answer_and_a_failed_read_waits() {
+    let w = world().await;
+    let (run, s) = (7604, sha(7604));
+    w.attest(ci_claims(run, &s)).await;
+    w.verdict(&s, "production", true, &[]).await;
+    // GitHub cannot show the run for a while: the request waits.
+    w.gh.script(
+        &format!("/repos/{REPO}/actions/runs/{run}"),
+        [
+            Reply::status(502),
+            Reply::status(502),
+            Reply::status(502),
+            Reply::status(502),
+            Reply::status(502),
+        ],
+    );
+    let id = w.webhook("d-7604", run, "production", &s).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, req) = w.app.get(&format!("/v1/requests/{id}")).await;
+        if req["decision"]["outcome"] == "pending" {
+            assert_eq!(codes(&req), ["run_attempt_unknown"]);
+            break;
+        }
+        assert!(req["status"] != "done", "answered without the run: {req}");
+        assert!(std::time::Instant::now() < deadline, "{req}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(w.reviews_for(run).is_empty(), "never answered without the run");
+    // Once GitHub answers, the retried read lets it through.
+    let done = w.app.wait_request(&id, "done", WAIT).await;
+    assert_eq!(done["decision"]["outcome"], "approved");
+    assert_eq!(done["run_attempt"]["number"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,6 +106,9 @@ impl World {
         api["deployable"]["id"] = json!(id + 100_000);
         api["deployable"]["pipeline"]["id"] = json!(pipeline);
         api["deployable"]["pipeline"]["sha"] = json!(sha);
+        // The pipeline's user (alice, as in the CI tokens) started the job.
+        api["user"]["username"] = json!("alice");
+        api["deployable"]["user"]["username"] = json!("alice");
         self.gl.add_deployment(PROJECT_ID, api);
         let mut hook = fixture("deployment.blocked.json");
         hook["deployment_id"] = json!(id);
@@ -234,6 +237,43 @@ async fn a_blocked_deployment_is_approved_and_its_job_played() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_deploy_job_is_decided_afresh_and_its_retrier_is_checked() {
+    let w = world().await;
+    let (pipeline, s) = (53011, sha(2011));
+    w.attest(ci(pipeline, &s)).await; // the pipeline's token: alice, an approver
+    w.verdict(&s, "production", true, &[]).await;
+
+    // mallory (not an approver) retries the deploy job of alice's pipeline:
+    // GitLab makes a new deployment, whose user is mallory.
+    let retried = w.blocked(2011, pipeline, "production", &s);
+    let mut api = w.gl.deployment(PROJECT_ID, 2011).expect("the mock holds it");
+    api["user"]["username"] = json!("mallory");
+    w.gl.add_deployment(PROJECT_ID, api);
+    let (code, body) = w.hook(&retried, "idem-2011").await;
+    assert_eq!(code, 202, "{body}");
+    let first = body["request"].as_str().unwrap().to_string();
+    let req = w.app.wait_request(&first, "done", WAIT).await;
+    assert_eq!(codes(&req), ["actor_not_approver"], "{req}");
+    let message = req["decision"]["reasons"][0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "mallory (who started this deployment's job in pipeline {pipeline}; the pipeline's token is alice's)"
+        )),
+        "{message}"
+    );
+    assert_eq!(w.approval_for(2011).await.status, "rejected");
+
+    // alice retries it again: another new deployment, decided afresh.
+    let (code, body) = w.hook(&w.blocked(2012, pipeline, "production", &s), "idem-2012").await;
+    assert_eq!(code, 202, "{body}");
+    let second = body["request"].as_str().unwrap().to_string();
+    assert_ne!(second, first);
+    let req = w.app.wait_request(&second, "done", WAIT).await;
+    assert_eq!(req["decision"]["outcome"], "approved", "{req}");
+    assert_eq!(w.approval_for(2012).await.status, "approved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rule_rejects_a_blocked_deployment_with_its_reason() {
     let w = world().await;
     struct Case {
@@ -307,9 +347,13 @@ async fn every_rule_rejects_a_blocked_deployment_with_its_reason() {
     }
     for c in &cases {
         let (pipeline, s) = (c.dep + 50_000, sha(c.dep));
-        let (code, body) = w
-            .hook(&w.blocked(c.dep, pipeline, c.env, &s), &format!("idem-{}", c.dep))
-            .await;
+        let hook = w.blocked(c.dep, pipeline, c.env, &s);
+        // Whoever ran the pipeline (the token's user) started its deploy job.
+        let user = (c.claims)(ci(pipeline, &s))["user_login"].clone();
+        let mut api = w.gl.deployment(PROJECT_ID, c.dep).expect("registered");
+        api["user"]["username"] = user;
+        w.gl.add_deployment(PROJECT_ID, api);
+        let (code, body) = w.hook(&hook, &format!("idem-{}", c.dep)).await;
         assert_eq!(code, 202, "{body}");
         let req = w
             .app

@@ -94,6 +94,7 @@ fn request(job_id: Option<u64>) -> DeploymentRequest {
         reviews: Vec::new(),
         status: RequestStatus::Deciding,
         decision: None,
+        run_attempt: None,
         decided_on: None,
         decision_record: None,
         platform_attempts: 0,

@@ -219,8 +219,11 @@ impl Cluster {
     }
 }
 
+/// The fixture's deployment id: every delivery here is a first attempt.
+const DEPLOYMENT_ID: u64 = 2345678901;
+
 fn request_id(run: u64) -> String {
-    DeploymentRequest::derive_id(Platform::Github, REPO, &run.to_string(), "production")
+    portcullis::webhook::github::request_id(REPO, run, Some(DEPLOYMENT_ID), "production")
 }
 
 async fn wait_done(app: &App, run: u64) -> Value {
@@ -966,6 +969,7 @@ fn prop_request(run: u64, now: OffsetDateTime) -> DeploymentRequest {
         reviews: vec![],
         status: RequestStatus::Pending,
         decision: None,
+        run_attempt: None,
         decided_on: None,
         decision_record: None,
         platform_attempts: 0,

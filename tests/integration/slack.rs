@@ -1561,6 +1561,7 @@ fn request(platform: &str, environment: &str, decision: Option<Value>, status: &
         "deadline": "2026-01-01T00:30:00Z",
         "status": status,
         "decision": decision,
+        "run_attempt": {"number": 1, "actor": "octocat", "triggering_actor": "octocat", "read": true},
     }))
     .expect("a request")
 }
@@ -1995,6 +1996,8 @@ channel = "#deploys-production"
     api["deployable"]["id"] = json!(dep + 100_000);
     api["deployable"]["pipeline"]["id"] = json!(pipeline);
     api["deployable"]["pipeline"]["sha"] = json!(s);
+    // The pipeline's user (as in the CI token) started the deploy job.
+    api["user"]["username"] = json!("alice");
     gl.add_deployment(GL_PROJECT_ID, api);
     let mut hook = gitlab_fixture("deployment.blocked.json");
     hook["deployment_id"] = json!(dep);

@@ -33,6 +33,7 @@ fn request(id: &str, run: &str, deadline: OffsetDateTime) -> DeploymentRequest {
         reviews: vec![],
         status: RequestStatus::Pending,
         decision: None,
+        run_attempt: None,
         decided_on: None,
         decision_record: None,
         platform_attempts: 0,

@@ -13,6 +13,10 @@
 //!   `Accept` and `X-GitHub-Api-Version` headers, a `User-Agent`, and a JSON
 //!   body `{environment_name, state: approved|rejected, comment (≤ 1024 chars)}`;
 //!   answers 204.
+//! - `GET /repos/{owner}/{repo}/actions/runs/{run_id}`: requires an
+//!   installation token this mock issued for the repository; answers 200 with
+//!   the run's `id`, `run_attempt`, `actor` and `triggering_actor` (attempt 1
+//!   by `octocat` unless set with [`GithubMock::set_run`]).
 //!
 //! A request that fails a check gets 400 with a `message` naming the check
 //! (never 422, which the client treats as "already reviewed"), and a token
@@ -183,6 +187,8 @@ struct Inner {
     token_lifetime: Option<time::Duration>,
     /// The App's webhook deliveries, newest first (see the deliveries section).
     deliveries: Vec<Value>,
+    /// Workflow runs by id: (attempt, first attempt's actor, this attempt's).
+    runs: HashMap<u64, (u32, String, String)>,
 }
 
 struct Shared {
@@ -256,6 +262,15 @@ impl GithubMock {
                 max_per_run: 50,
             },
         }
+    }
+
+    /// Sets what `GET .../actions/runs/{run_id}` answers: the current
+    /// attempt, who started the first attempt and who started this one.
+    pub fn set_run(&self, run_id: u64, attempt: u32, actor: &str, triggering_actor: &str) {
+        self.shared
+            .lock()
+            .runs
+            .insert(run_id, (attempt, actor.to_owned(), triggering_actor.to_owned()));
     }
 
     /// The review URL for a run, as a webhook's `deployment_callback_url`.
@@ -567,42 +582,8 @@ fn route(
                     message: "Not Found".into(),
                 };
             }
-            let token = match bearer(headers) {
-                Some(t) => t,
-                None => {
-                    return Outcome::Rejected {
-                        status: 400,
-                        message: "mock: missing `Authorization: Bearer <installation token>`".into(),
-                    };
-                }
-            };
-            {
-                let inner = shared.lock();
-                let Some((_, for_installation)) = inner.issued.iter().find(|(t, _)| t == token) else {
-                    return Outcome::Rejected {
-                        status: 400,
-                        message: "mock: the bearer token is not an installation token this mock issued".into(),
-                    };
-                };
-                if inner.revoked.contains(token) {
-                    return Outcome::Rejected {
-                        status: 401,
-                        message: "Bad credentials".into(),
-                    };
-                }
-                let repo_installation = inner
-                    .installations
-                    .get(&repo_key(owner, repo))
-                    .copied()
-                    .unwrap_or(TEST_INSTALLATION_ID);
-                if *for_installation != repo_installation {
-                    return Outcome::Rejected {
-                        status: 400,
-                        message: format!(
-                            "mock: the token is for installation {for_installation}, the repository's is {repo_installation}"
-                        ),
-                    };
-                }
+            if let Err(rejected) = check_installation_token(shared, headers, owner, repo) {
+                return rejected;
             }
             if let Err(message) = check_review_body(headers, body) {
                 return Outcome::Rejected { status: 400, message };
@@ -612,11 +593,103 @@ fn route(
                 body: None,
             }
         }
+        ("GET", ["repos", owner, repo, "actions", "runs", run_id]) => {
+            let Ok(run_id) = run_id.parse::<u64>() else {
+                return Outcome::Rejected {
+                    status: 404,
+                    message: "Not Found".into(),
+                };
+            };
+            if let Err(rejected) = check_installation_token(shared, headers, owner, repo) {
+                return rejected;
+            }
+            if !raw_body.is_empty() {
+                return Outcome::Rejected {
+                    status: 400,
+                    message: "mock: a GET carries no body".into(),
+                };
+            }
+            let (attempt, actor, triggering) =
+                shared
+                    .lock()
+                    .runs
+                    .get(&run_id)
+                    .cloned()
+                    .unwrap_or((1, "octocat".into(), "octocat".into()));
+            Outcome::Normal {
+                status: 200,
+                body: Some(workflow_run_body(owner, repo, run_id, attempt, &actor, &triggering)),
+            }
+        }
         _ => Outcome::Rejected {
             status: 404,
             message: "Not Found".into(),
         },
     }
+}
+
+/// The bearer must be an installation token this mock issued, not revoked,
+/// for the repository's installation.
+fn check_installation_token(
+    shared: &Shared,
+    headers: &BTreeMap<String, String>,
+    owner: &str,
+    repo: &str,
+) -> Result<(), Outcome> {
+    let Some(token) = bearer(headers) else {
+        return Err(Outcome::Rejected {
+            status: 400,
+            message: "mock: missing `Authorization: Bearer <installation token>`".into(),
+        });
+    };
+    let inner = shared.lock();
+    let Some((_, for_installation)) = inner.issued.iter().find(|(t, _)| t == token) else {
+        return Err(Outcome::Rejected {
+            status: 400,
+            message: "mock: the bearer token is not an installation token this mock issued".into(),
+        });
+    };
+    if inner.revoked.contains(token) {
+        return Err(Outcome::Rejected {
+            status: 401,
+            message: "Bad credentials".into(),
+        });
+    }
+    let repo_installation = inner
+        .installations
+        .get(&repo_key(owner, repo))
+        .copied()
+        .unwrap_or(TEST_INSTALLATION_ID);
+    if *for_installation != repo_installation {
+        return Err(Outcome::Rejected {
+            status: 400,
+            message: format!(
+                "mock: the token is for installation {for_installation}, the repository's is {repo_installation}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A workflow run as `GET /repos/{owner}/{repo}/actions/runs/{run_id}`
+/// answers it (the fields portcullis reads, and a few around them).
+fn workflow_run_body(owner: &str, repo: &str, run_id: u64, attempt: u32, actor: &str, triggering: &str) -> Value {
+    let user = |login: &str| json!({ "login": login, "id": 583231, "type": "User", "site_admin": false });
+    json!({
+        "id": run_id,
+        "name": "deploy",
+        "run_attempt": attempt,
+        "run_number": 42,
+        "event": "push",
+        "status": "waiting",
+        "conclusion": null,
+        "head_branch": "main",
+        "path": ".github/workflows/deploy.yml",
+        "actor": user(actor),
+        "triggering_actor": user(triggering),
+        "html_url": format!("https://github.com/{owner}/{repo}/actions/runs/{run_id}"),
+        "url": format!("https://api.github.com/repos/{owner}/{repo}/actions/runs/{run_id}"),
+    })
 }
 
 fn check_common_headers(headers: &BTreeMap<String, String>) -> Result<(), String> {

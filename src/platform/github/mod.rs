@@ -14,6 +14,7 @@
 //! secret (no token, no JWT, no upstream body beyond GitHub's `message`).
 
 mod app_auth;
+mod runs;
 #[cfg(test)]
 mod tests;
 

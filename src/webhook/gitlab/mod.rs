@@ -29,7 +29,7 @@ use super::{WebhookError, parse_error};
 use crate::config::GitlabConfig;
 use crate::crypto::standard_webhooks_key;
 use crate::crypto::{hmac_sha256_verify, secrets_equal, sha256_hex};
-use crate::domain::{DeploymentRequest, Platform, Reason, ReasonCode, RequestStatus, Target, deadline};
+use crate::domain::{DeploymentRequest, Platform, Reason, ReasonCode, RequestStatus, RunAttempt, Target, deadline};
 
 /// Header names, lower-case: the header lookup is expected to be
 /// case-insensitive (actix's `HeaderMap` is).
@@ -438,6 +438,14 @@ pub fn deployment_request(
         reviews: Vec::new(),
         status: RequestStatus::Pending,
         decision: None,
+        // GitLab has no attempts: a retried job is a new deployment, and its
+        // user (who started it) is the identity checked.
+        run_attempt: Some(RunAttempt {
+            number: 0,
+            actor: None,
+            triggering_actor: info.user.clone(),
+            read: true,
+        }),
         decided_on: None,
         decision_record: None,
         platform_attempts: 0,
