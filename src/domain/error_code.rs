@@ -65,6 +65,8 @@ pub enum ErrorCode {
     ReadTokenInvalid,
     /// Forbidden: the poster is not a trusted verdict producer.
     ProducerNotTrusted,
+    /// Forbidden: a verdict for another commit than the posting job's.
+    ShaMismatch,
     /// Payload too large.
     PayloadTooLarge,
     /// Unavailable: the issuer's keys could not be fetched.
@@ -113,6 +115,7 @@ impl ErrorCode {
             ErrorCode::ReadTokenRequired => "read_token_required",
             ErrorCode::ReadTokenInvalid => "read_token_invalid",
             ErrorCode::ProducerNotTrusted => "producer_not_trusted",
+            ErrorCode::ShaMismatch => "sha_mismatch",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::IssuerUnavailable => "issuer_unavailable",
             ErrorCode::StateUnavailable => "state_unavailable",

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::audit::{AuditEvent, EventKind};
 use crate::domain::{
-    Attestation, Decision, DeploymentRequest, Platform, Reason, ReasonCode, Review, Verdict, VerdictBody,
+    Attestation, Decision, DeploymentRequest, ErrorCode, Platform, Reason, ReasonCode, Review, Verdict, VerdictBody,
 };
 use crate::identity::{TokenError, VerifiedToken};
 use crate::webhook::gitlab::DeploymentHook;
@@ -54,8 +54,9 @@ pub(super) fn token_rejected(token_sha256: String, err: &TokenError, purpose: &s
     ev
 }
 
-/// A verified poster that is not a trusted verdict producer.
-pub(super) fn producer_refused(v: &VerifiedToken, body: &VerdictBody) -> AuditEvent {
+/// A verified poster's verdict refused: not a trusted producer, or for
+/// another commit than the posting job's (`code` says which).
+pub(super) fn verdict_refused(v: &VerifiedToken, body: &VerdictBody, code: ErrorCode) -> AuditEvent {
     let mut ev = AuditEvent::new(EventKind::AttestationRejected);
     ev.repository = Some(v.repository.clone());
     ev.environment = Some(body.environment.clone());
@@ -63,7 +64,7 @@ pub(super) fn producer_refused(v: &VerifiedToken, body: &VerdictBody) -> AuditEv
     ev.actor = Some(v.actor.clone());
     ev.claims = Some(v.claims.clone());
     ev.token_sha256 = Some(v.token_sha256.clone());
-    ev.detail = Some(json!({ "code": "producer_not_trusted", "purpose": "verdict", "subject": v.subject }));
+    ev.detail = Some(json!({ "code": code, "purpose": "verdict", "subject": v.subject, "token_sha": v.sha }));
     ev
 }
 

@@ -125,13 +125,34 @@ impl Gate {
             }
         }
         if !decision::producer_trusted(policy, &verified.claims) {
-            self.audit.append_nowait(events::producer_refused(&verified, &body));
+            self.audit
+                .append_nowait(events::verdict_refused(&verified, &body, ErrorCode::ProducerNotTrusted));
             info!(subject = %verified.subject, environment = %body.environment, "verdict refused: producer not trusted");
             return Err(GateError::refused(
                 ErrorCode::ProducerNotTrusted,
                 format!(
                     "{} is not a trusted verdict producer for {}",
                     verified.subject, body.environment
+                ),
+            ));
+        }
+        // The verdict is for the commit the posting job ran on: a policy-gate
+        // job cannot vouch for another commit.
+        if !verified
+            .sha
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case(sha.as_str()))
+        {
+            self.audit
+                .append_nowait(events::verdict_refused(&verified, &body, ErrorCode::ShaMismatch));
+            self.metrics.verdicts_sha_mismatch.fetch_add(1, Ordering::Relaxed);
+            info!(subject = %verified.subject, environment = %body.environment, "verdict refused: not the posting job's commit");
+            return Err(GateError::refused(
+                ErrorCode::ShaMismatch,
+                format!(
+                    "the verdict is for {}, but the posting job's token is for {}",
+                    sha,
+                    verified.sha.as_deref().unwrap_or("no commit")
                 ),
             ));
         }

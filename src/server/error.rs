@@ -124,7 +124,7 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         | E::AlgorithmNotAllowed
         | E::ReadTokenRequired
         | E::ReadTokenInvalid => StatusCode::UNAUTHORIZED,
-        E::ProducerNotTrusted => StatusCode::FORBIDDEN,
+        E::ProducerNotTrusted | E::ShaMismatch => StatusCode::FORBIDDEN,
         E::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         E::IssuerUnavailable
         | E::StateUnavailable

@@ -646,6 +646,44 @@ async fn the_run_is_read_before_any_answer_and_a_failed_read_waits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_for_another_commit_than_the_posting_jobs_is_refused() {
+    let w = world().await;
+    let (job_sha, other) = (sha(7701), sha(7702));
+    let mut claims = github_claims(&job_sha);
+    claims["repository"] = json!(REPO);
+    claims["job_workflow_ref"] = json!(GATE_WORKFLOW);
+    claims["sub"] = json!(format!("repo:{REPO}:ref:refs/heads/main"));
+    let token = w.oidc.mint("portcullis", claims).await;
+    let body = json!({"environment": "production", "sha": other, "allow": true});
+    let (code, err) = w.app.post_bearer("/v1/verdicts", &token, Some(&body)).await;
+    assert_eq!(
+        (code, err["error"]["code"].as_str()),
+        (403, Some("sha_mismatch")),
+        "{err}"
+    );
+    // The same job may post for its own commit.
+    let body = json!({"environment": "production", "sha": job_sha, "allow": true});
+    let (code, _) = w.app.post_bearer("/v1/verdicts", &token, Some(&body)).await;
+    assert_eq!(code, 201);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let r: Vec<Value> = w
+            .app
+            .audit_records()
+            .into_iter()
+            .filter(|r| r["event"] == "attestation_rejected")
+            .collect();
+        if !r.is_empty() || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["detail"]["code"], "sha_mismatch");
+    assert_eq!(refused[0]["sha"], json!(other));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_tokens_signed_by_a_trusted_issuer_are_audited_when_refused() {
     let w = world().await;
     let claims = with_registered(
