@@ -222,3 +222,32 @@ fn a_redis_url_with_a_password_must_be_a_secret() {
     .unwrap();
     assert!(matches!(&c.state.backend, StateBackend::Redis { url, .. } if url.expose() == "redis://:pw@127.0.0.1:1/0"));
 }
+
+#[test]
+fn durations_have_upper_bounds_named_by_key() {
+    let text = r#"
+[server]
+shutdown_timeout = "3h"
+[github]
+webhook_secrets = [{ env = "S" }]
+request_timeout = "1h"
+[[issuers]]
+kind = "github"
+name = "gha"
+issuer = "https://token.actions.githubusercontent.com"
+audience = "portcullis"
+[environments.production]
+approvers = ["octocat"]
+pending_timeout = "100000y"
+[environments.production.verdict]
+required = false
+"#;
+    let errs = errors(text);
+    for e in [
+        "server.shutdown_timeout: `3h` is longer than the most this setting takes (1h)",
+        "github.request_timeout: `1h` is longer than the most this setting takes (10m)",
+        "environments.production.pending_timeout: `100000y` is longer than the most this setting takes (1year 18h)",
+    ] {
+        assert!(errs.iter().any(|x| x.starts_with(e)), "missing `{e}` in {errs:#?}");
+    }
+}

@@ -83,6 +83,23 @@ pub(super) struct Validator<'a> {
     pub(super) skip_secrets: bool,
 }
 
+/// The longest value a duration setting takes: a timeout of an outside
+/// call or of shutdown is minutes at most; anything else (pending
+/// timeouts, TTLs, ages, intervals) a year at most. Far-future values would
+/// overflow time arithmetic and keep requests and records forever.
+fn max_duration(key: &str) -> Duration {
+    const MINUTE: u64 = 60;
+    const DAY: u64 = 24 * 60 * MINUTE;
+    let secs = if key.ends_with("request_timeout") || key.ends_with("signature_tolerance") {
+        10 * MINUTE
+    } else if key.ends_with("shutdown_timeout") {
+        60 * MINUTE
+    } else {
+        366 * DAY
+    };
+    Duration::from_secs(secs)
+}
+
 impl Validator<'_> {
     pub(super) fn err(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
@@ -95,6 +112,16 @@ impl Validator<'_> {
         match raw {
             None => default,
             Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if d > max_duration(key) => {
+                    self.err(
+                        key,
+                        format!(
+                            "`{s}` is longer than the most this setting takes ({})",
+                            humantime::format_duration(max_duration(key))
+                        ),
+                    );
+                    default
+                }
                 Ok(d) if !d.is_zero() => d,
                 Ok(_) => {
                     self.err(key, "must be longer than zero");
