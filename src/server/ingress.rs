@@ -4,23 +4,17 @@
 use std::future::Future;
 use std::sync::atomic::Ordering;
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 use tracing::info;
 
 use super::ApiError;
+use crate::domain::ErrorCode;
 use crate::gate::{DELIVERY_TTL, Gate, GateError};
 
 /// Reads the whole body, refusing more than the configured limit with 413.
 pub(super) async fn read_body(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body exceeds {limit} bytes"),
-        )
-    };
+    let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, format!("the body exceeds {limit} bytes"));
     if let Some(len) = header(req, "content-length").and_then(|v| v.parse::<usize>().ok())
         && len > limit
     {
@@ -28,8 +22,8 @@ pub(super) async fn read_body(req: &HttpRequest, payload: web::Payload, limit: u
     }
     match payload.to_bytes_limited(limit).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(ApiError::bad_request(
-            "payload_unreadable",
+        Ok(Err(_)) => Err(ApiError::new(
+            ErrorCode::PayloadUnreadable,
             "the body could not be read",
         )),
         Err(_) => Err(too_large()),

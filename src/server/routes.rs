@@ -3,7 +3,6 @@
 
 use std::sync::atomic::Ordering;
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -15,7 +14,7 @@ use super::ingress::{header, once_per_delivery, read_body};
 use super::slack_routes::{SlackRoutes, slack_webhook};
 use super::sso::{self, Sso};
 use crate::audit::AuditFilter;
-use crate::domain::VerdictBody;
+use crate::domain::{ErrorCode, VerdictBody};
 use crate::gate::Gate;
 use crate::webhook::github::{GithubEvent, parse as parse_github, verify_signature};
 
@@ -43,7 +42,7 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))
+    Err(ApiError::new(ErrorCode::NotFound, "no such route"))
 }
 
 fn bearer(req: &HttpRequest) -> Option<&str> {
@@ -142,23 +141,22 @@ async fn github_webhook(
 ) -> Result<HttpResponse, ApiError> {
     let Some(gh) = gate.config.github.as_ref() else {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "platform_not_configured",
+            ErrorCode::PlatformNotConfigured,
             "GitHub is not configured",
         ));
     };
     let body = read_body(&req, payload, gate.config.server.max_body_bytes).await?;
     if let Err(e) = verify_signature(&gh.webhook_secrets, header(&req, "x-hub-signature-256"), &body) {
         gate.metrics.webhooks_rejected.fetch_add(1, Ordering::Relaxed);
-        info!(code = e.code(), "github webhook refused");
+        info!(code = %e.code(), "github webhook refused");
         return Err(e.into());
     }
     let event = header(&req, "x-github-event")
-        .ok_or_else(|| ApiError::bad_request("header_missing", "X-GitHub-Event is required"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::HeaderMissing, "X-GitHub-Event is required"))?;
     let delivery = header(&req, "x-github-delivery")
-        .ok_or_else(|| ApiError::bad_request("header_missing", "X-GitHub-Delivery is required"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::HeaderMissing, "X-GitHub-Delivery is required"))?;
     if delivery.len() > 128 {
-        return Err(ApiError::bad_request("header_invalid", "X-GitHub-Delivery is too long"));
+        return Err(ApiError::new(ErrorCode::HeaderInvalid, "X-GitHub-Delivery is too long"));
     }
     let span = info_span!("webhook", platform = "github", delivery = %delivery, event = %event);
     async {
@@ -195,8 +193,7 @@ async fn gitlab_webhook(
     use crate::webhook::gitlab::{GitlabEvent, dedup_key, parse, verify};
     let Some(gl) = gate.config.gitlab.as_ref() else {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "platform_not_configured",
+            ErrorCode::PlatformNotConfigured,
             "GitLab is not configured",
         ));
     };
@@ -205,7 +202,7 @@ async fn gitlab_webhook(
     let now = OffsetDateTime::now_utc();
     if let Err(e) = verify(gl, &headers, &body, now) {
         gate.metrics.webhooks_rejected.fetch_add(1, Ordering::Relaxed);
-        info!(code = e.code(), "gitlab webhook refused");
+        info!(code = %e.code(), "gitlab webhook refused");
         return Err(e.into());
     }
     let delivery = dedup_key(&headers);
@@ -249,8 +246,7 @@ async fn gitlab_hook(
     }
     let Some(api) = gate.gitlab_api() else {
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "platform_unavailable",
+            ErrorCode::PlatformUnavailable,
             "gitlab.token is needed to read the deployment's full commit and pipeline",
         ));
     };
@@ -258,8 +254,7 @@ async fn gitlab_hook(
     let info = api.deployment(hook.project_id, hook.deployment_id).await.map_err(|e| {
         tracing::warn!(error = %e, "cannot read the deployment from GitLab");
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "platform_unavailable",
+            ErrorCode::PlatformUnavailable,
             "GitLab's deployments API did not answer; try again",
         )
     })?;
@@ -274,8 +269,7 @@ async fn gitlab_hook(
 fn token_of(req: &HttpRequest) -> Result<&str, ApiError> {
     bearer(req).ok_or_else(|| {
         ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "token_malformed",
+            ErrorCode::TokenMalformed,
             "an `Authorization: Bearer <OIDC ID token>` header is required",
         )
     })
@@ -284,11 +278,7 @@ fn token_of(req: &HttpRequest) -> Result<&str, ApiError> {
 async fn post_attestation(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
     let token = token_of(&req)?;
     if token.len() > 16 * 1024 {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "token_malformed",
-            "the token is too long",
-        ));
+        return Err(ApiError::new(ErrorCode::TokenMalformed, "the token is too long"));
     }
     let att = gate.clone().into_inner().attest(token).await?;
     Ok(HttpResponse::Created().json(json!({
@@ -311,7 +301,10 @@ async fn post_verdict(
     let body = read_body(&req, payload, gate.config.server.max_body_bytes).await?;
     let body: VerdictBody = serde_json::from_slice(&body).map_err(|e| {
         let msg: String = e.to_string().chars().take(200).collect();
-        ApiError::bad_request("invalid_verdict", format!("the verdict body is malformed: {msg}"))
+        ApiError::new(
+            ErrorCode::InvalidVerdict,
+            format!("the verdict body is malformed: {msg}"),
+        )
     })?;
     let verdict = gate.clone().into_inner().record_verdict(&token, body).await?;
     Ok(HttpResponse::Created().json(json!({
@@ -335,15 +328,13 @@ fn authorize_read(req: &HttpRequest, gate: &Gate) -> Result<(), ApiError> {
         Some(t) => match bearer(req) {
             Some(given) if crate::crypto::secrets_equal(given.as_bytes(), t.expose().as_bytes()) => Ok(()),
             _ => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "read_token_invalid",
+                ErrorCode::ReadTokenInvalid,
                 "a valid read token is required",
             )),
         },
         None if gate.config.server.listen.ip().is_loopback() => Ok(()),
         None => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "read_token_required",
+            ErrorCode::ReadTokenRequired,
             "server.read_token must be configured to read requests and audit records",
         )),
     }
@@ -370,11 +361,7 @@ async fn get_request(
             }
             Ok(HttpResponse::Ok().json(body))
         }
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "request_not_found",
-            format!("no request `{id}`"),
-        )),
+        None => Err(ApiError::new(ErrorCode::RequestNotFound, format!("no request `{id}`"))),
     }
 }
 
@@ -392,12 +379,12 @@ struct AuditQuery {
 async fn list_audit(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
     authorize_read(&req, &gate)?;
     let q: AuditQuery = web::Query::<AuditQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
+        .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.to_string()))?
         .into_inner();
     let since = match q.since.as_deref() {
         Some(s) => Some(
             crate::time_fmt::parse_rfc3339(s)
-                .ok_or_else(|| ApiError::bad_request("invalid_query", "since must be an RFC 3339 time"))?,
+                .ok_or_else(|| ApiError::new(ErrorCode::InvalidQuery, "since must be an RFC 3339 time"))?,
         ),
         None => None,
     };
@@ -411,11 +398,7 @@ async fn list_audit(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpRespo
     };
     let records = gate.audit.query(&filter).await.map_err(|e| {
         tracing::error!(error = %e, "audit query failed");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
-            "the audit trail is unavailable; try again",
-        )
+        ApiError::new(ErrorCode::AuditUnavailable, "the audit trail is unavailable; try again")
     })?;
     Ok(HttpResponse::Ok().json(json!({"records": records})))
 }
@@ -425,16 +408,11 @@ async fn get_audit(req: HttpRequest, path: web::Path<String>, gate: web::Data<Ga
     let id = path.into_inner();
     match gate.audit.get(&id).await.map_err(|e| {
         tracing::error!(error = %e, "audit read failed");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
-            "the audit trail is unavailable; try again",
-        )
+        ApiError::new(ErrorCode::AuditUnavailable, "the audit trail is unavailable; try again")
     })? {
         Some(r) => Ok(HttpResponse::Ok().json(r)),
         None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "audit_record_not_found",
+            ErrorCode::AuditRecordNotFound,
             format!("no audit record `{id}`"),
         )),
     }
