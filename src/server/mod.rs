@@ -8,8 +8,10 @@
 //!   webhook routes.
 //! - `slack_routes`: Slack interactivity (the review buttons).
 //! - `sso`: reviews through the organisation's OpenID Provider.
+//! - `access`: who may use the read API.
 //! - `error`: the one error body.
 
+mod access;
 mod error;
 mod ingress;
 mod routes;

@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use tracing::{Instrument, info, info_span};
 
 use super::ApiError;
+use super::access::{authorize_read, bearer};
 use super::ingress::{header, once_per_delivery, read_body};
 use super::slack_routes::{SlackRoutes, slack_webhook};
 use super::sso::{self, Sso};
@@ -43,15 +44,6 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(ErrorCode::NotFound, "no such route"))
-}
-
-fn bearer(req: &HttpRequest) -> Option<&str> {
-    let v = header(req, "authorization")?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-        .filter(|t| !t.is_empty())
 }
 
 async fn healthz() -> HttpResponse {
@@ -321,31 +313,12 @@ async fn post_verdict(
     })))
 }
 
-/// The read endpoints need the read token; without one configured they are
-/// open only when the service listens on loopback (local trials).
-fn authorize_read(req: &HttpRequest, gate: &Gate) -> Result<(), ApiError> {
-    match &gate.config.server.read_token {
-        Some(t) => match bearer(req) {
-            Some(given) if crate::crypto::secrets_equal(given.as_bytes(), t.expose().as_bytes()) => Ok(()),
-            _ => Err(ApiError::new(
-                ErrorCode::ReadTokenInvalid,
-                "a valid read token is required",
-            )),
-        },
-        None if gate.config.server.listen.ip().is_loopback() => Ok(()),
-        None => Err(ApiError::new(
-            ErrorCode::ReadTokenRequired,
-            "server.read_token must be configured to read requests and audit records",
-        )),
-    }
-}
-
 async fn get_request(
     req: HttpRequest,
     path: web::Path<String>,
     gate: web::Data<Gate>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize_read(&req, &gate)?;
+    authorize_read(&req, &gate.config.server)?;
     let id = path.into_inner();
     match gate
         .store
@@ -377,7 +350,7 @@ struct AuditQuery {
 }
 
 async fn list_audit(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
-    authorize_read(&req, &gate)?;
+    authorize_read(&req, &gate.config.server)?;
     let q: AuditQuery = web::Query::<AuditQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.to_string()))?
         .into_inner();
@@ -404,7 +377,7 @@ async fn list_audit(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpRespo
 }
 
 async fn get_audit(req: HttpRequest, path: web::Path<String>, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
-    authorize_read(&req, &gate)?;
+    authorize_read(&req, &gate.config.server)?;
     let id = path.into_inner();
     match gate.audit.get(&id).await.map_err(|e| {
         tracing::error!(error = %e, "audit read failed");
