@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
+use actix_web::middleware::from_fn;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -12,6 +13,7 @@ use tracing::{Instrument, info, info_span};
 use super::ApiError;
 use super::access::{authorize_read, bearer};
 use super::ingress::{header, once_per_delivery, read_body};
+use super::rate_limit::limit_v1;
 use super::slack_routes::{SlackRoutes, slack_webhook};
 use super::sso::{self, Sso};
 use crate::audit::AuditFilter;
@@ -21,7 +23,8 @@ use crate::webhook::github::{GithubEvent, parse as parse_github, verify_signatur
 
 /// The application's route table: every route, and the per-worker state of
 /// the Slack and SSO routes. `/reviews/callback` comes before
-/// `/reviews/{request}`, which would otherwise match it.
+/// `/reviews/{request}`, which would otherwise match it. Everything under
+/// `/v1` passes the per-source rate limit first.
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::Data::new(SlackRoutes::default()))
         .app_data(web::Data::new(Sso::default()))
@@ -30,11 +33,15 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics))
         .route("/webhooks/github", web::post().to(github_webhook))
         .route("/webhooks/gitlab", web::post().to(gitlab_webhook))
-        .route("/v1/attestations", web::post().to(post_attestation))
-        .route("/v1/verdicts", web::post().to(post_verdict))
-        .route("/v1/requests/{id}", web::get().to(get_request))
-        .route("/v1/audit", web::get().to(list_audit))
-        .route("/v1/audit/{id}", web::get().to(get_audit))
+        .service(
+            web::scope("/v1")
+                .wrap(from_fn(limit_v1))
+                .route("/attestations", web::post().to(post_attestation))
+                .route("/verdicts", web::post().to(post_verdict))
+                .route("/requests/{id}", web::get().to(get_request))
+                .route("/audit", web::get().to(list_audit))
+                .route("/audit/{id}", web::get().to(get_audit)),
+        )
         .route("/webhooks/slack", web::post().to(slack_webhook))
         .route("/reviews/callback", web::get().to(sso::callback))
         .route("/reviews/{request}", web::get().to(sso::start))
