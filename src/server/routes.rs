@@ -12,7 +12,7 @@ use tracing::{Instrument, info, info_span};
 
 use super::ApiError;
 use super::access::{authorize_read, bearer};
-use super::ingress::{header, once_per_delivery, read_body};
+use super::ingress::{header, once_per_delivery, read_body, refuse_when_overloaded};
 use super::rate_limit::limit_v1;
 use super::slack_routes::{SlackRoutes, slack_webhook};
 use super::sso::{self, Sso};
@@ -150,6 +150,7 @@ async fn github_webhook(
         info!(code = %e.code(), "github webhook refused");
         return Err(e.into());
     }
+    refuse_when_overloaded(gate.audit.as_ref())?;
     let event = header(&req, "x-github-event")
         .ok_or_else(|| ApiError::new(ErrorCode::HeaderMissing, "X-GitHub-Event is required"))?;
     let delivery = header(&req, "x-github-delivery")
@@ -204,6 +205,7 @@ async fn gitlab_webhook(
         info!(code = %e.code(), "gitlab webhook refused");
         return Err(e.into());
     }
+    refuse_when_overloaded(gate.audit.as_ref())?;
     let delivery = dedup_key(&headers);
     let span = info_span!(
         "webhook",
@@ -276,6 +278,7 @@ fn token_of(req: &HttpRequest) -> Result<&str, ApiError> {
 
 async fn post_attestation(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
     let token = token_of(&req)?;
+    refuse_when_overloaded(gate.audit.as_ref())?;
     if token.len() > 16 * 1024 {
         return Err(ApiError::new(ErrorCode::TokenMalformed, "the token is too long"));
     }
@@ -297,6 +300,7 @@ async fn post_verdict(
     gate: web::Data<Gate>,
 ) -> Result<HttpResponse, ApiError> {
     let token = token_of(&req)?.to_string();
+    refuse_when_overloaded(gate.audit.as_ref())?;
     let body = read_body(&req, payload, gate.config.server.max_body_bytes).await?;
     let body: VerdictBody = serde_json::from_slice(&body).map_err(|e| {
         let msg: String = e.to_string().chars().take(200).collect();
