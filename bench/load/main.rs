@@ -106,6 +106,7 @@ async fn start_replica(dir: &Path, n: usize, redis: &str, issuer: &str, api: &st
 [server]
 listen = "127.0.0.1:{port}"
 public_url = "https://portcullis.example"
+rate_limit = false
 [state]
 backend = "redis"
 url = "{redis}"

@@ -55,7 +55,7 @@ use async_trait::async_trait;
 
 use super::chain::{Lines, VerifyReport, verify_lines};
 use super::writer::{self, Appended, Batch, ChainHead, Grouping, Handle, Sink, SinkError};
-use super::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditRecord};
+use super::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditRecord, QueueFull};
 use crate::time_fmt::parse_rfc3339;
 
 const MOVED: &str = "the path no longer names the file this log writes (moved or replaced?)";
@@ -123,8 +123,12 @@ impl AuditLog for FileAudit {
         self.writer.append(event).await
     }
 
-    fn append_nowait(&self, event: AuditEvent) {
-        self.writer.append_nowait(event);
+    fn append_nowait(&self, event: AuditEvent) -> Result<(), QueueFull> {
+        self.writer.append_nowait(event)
+    }
+
+    fn queue_full(&self) -> bool {
+        self.writer.queue_full()
     }
 
     async fn get(&self, id: &str) -> Result<Option<AuditRecord>, AuditError> {
@@ -239,6 +243,7 @@ fn open_blocking(path: PathBuf) -> Result<FileAudit, AuditError> {
     let grouping = Grouping {
         max_batch: MAX_BATCH,
         max_bytes: None,
+        queue: writer::QUEUE_CAPACITY,
     };
     let (handle, writer) = writer::writer(sink, head, grouping);
     // The writer's own runtime: one thread, no I/O driver (the sink's I/O

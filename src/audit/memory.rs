@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::chain::seal;
-use super::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditRecord, GENESIS, new_id, record_time};
+use super::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditRecord, GENESIS, QueueFull, new_id, record_time};
 use crate::time_fmt::parse_rfc3339;
 
 #[derive(Default)]
@@ -65,10 +65,11 @@ impl AuditLog for MemoryAudit {
         self.push(event)
     }
 
-    fn append_nowait(&self, event: AuditEvent) {
+    fn append_nowait(&self, event: AuditEvent) -> Result<(), QueueFull> {
         if let Err(e) = self.push(event) {
             tracing::error!(error = %e, "audit record dropped");
         }
+        Ok(())
     }
 
     async fn get(&self, id: &str) -> Result<Option<AuditRecord>, AuditError> {
@@ -105,7 +106,8 @@ mod tests {
                 .await
                 .unwrap();
         }
-        log.append_nowait(AuditEvent::new(EventKind::PlatformResult));
+        log.append_nowait(AuditEvent::new(EventKind::PlatformResult))
+            .expect("queued");
         let report = verify_lines(&log.to_lines()[..]).expect("verifies");
         assert_eq!(report.records, 4);
         let prod = AuditFilter {

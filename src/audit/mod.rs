@@ -264,6 +264,14 @@ impl AuditFilter {
 
 /// Why the audit trail could not record or read. A caller that cannot audit
 /// a decision must not act on it.
+/// [`AuditLog::append_nowait`] did not take a record because the log's
+/// bounded queue is full; the record comes back. The caller either waits
+/// with [`AuditLog::append`] or refuses its input (503 `overloaded`), never
+/// goes on without the record.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit queue is full; try again")]
+pub struct QueueFull(pub Box<AuditEvent>);
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("audit log {path}: {message}")]
@@ -307,8 +315,9 @@ pub trait AuditLog: Send + Sync + 'static {
     /// file backend stops, the Redis backend retries until stored). Failures
     /// are logged, having no caller to tell; so is a record refused on its
     /// own (over [`MAX_LINE_BYTES`](chain::MAX_LINE_BYTES)), the one case where a later append may
-    /// succeed without it.
-    fn append_nowait(&self, event: AuditEvent);
+    /// succeed without it. The queue is bounded: when it is full the record
+    /// is not taken and the answer is [`QueueFull`].
+    fn append_nowait(&self, event: AuditEvent) -> Result<(), QueueFull>;
 
     /// The record with this `id`.
     async fn get(&self, id: &str) -> Result<Option<AuditRecord>, AuditError>;
@@ -318,6 +327,12 @@ pub trait AuditLog: Send + Sync + 'static {
 
     /// Whether the log can take records now (for readiness).
     async fn ping(&self) -> Result<(), AuditError>;
+
+    /// The bounded queue has no room now: new inputs should be refused
+    /// (503 `overloaded`) before they take effect.
+    fn queue_full(&self) -> bool {
+        false
+    }
 
     /// Makes every record enqueued so far durable, then stops taking records
     /// and releases the backend (the file lock). For graceful shutdown.

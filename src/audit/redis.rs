@@ -67,7 +67,7 @@ pub use reader::{ExportReport, Head, Persistence, RedisAuditReader};
 use reader::{as_string, connect, redis_err};
 
 use super::writer::{self, Appended, Batch, ChainHead, Grouping, Handle, Sink, SinkError};
-use super::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditRecord};
+use super::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditRecord, QueueFull};
 use crate::time_fmt::parse_rfc3339;
 
 /// The most records one script call carries.
@@ -172,6 +172,7 @@ impl RedisAudit {
         let grouping = Grouping {
             max_batch: options.max_batch,
             max_bytes: Some(MAX_BATCH_BYTES),
+            queue: writer::QUEUE_CAPACITY,
         };
         // The head is learnt from the first answer: a batch sealed after
         // genesis on a non-empty chain is a conflict that names the head.
@@ -207,8 +208,12 @@ impl AuditLog for RedisAudit {
         self.writer.append(event).await
     }
 
-    fn append_nowait(&self, event: AuditEvent) {
-        self.writer.append_nowait(event);
+    fn append_nowait(&self, event: AuditEvent) -> Result<(), QueueFull> {
+        self.writer.append_nowait(event)
+    }
+
+    fn queue_full(&self) -> bool {
+        self.writer.queue_full()
     }
 
     async fn get(&self, id: &str) -> Result<Option<AuditRecord>, AuditError> {

@@ -31,6 +31,12 @@
 //! A record refused on its own (over [`MAX_LINE_BYTES`], or not encodable)
 //! fails alone with [`AuditError::Invalid`]; the rest of its batch goes on.
 //! An `append_nowait` record that fails is logged, having no caller to tell.
+//!
+//! # A bounded queue
+//! The channel holds at most [`Grouping::queue`] jobs. [`Handle::append`]
+//! waits for room (the decisions that await durability are slowed, never
+//! refused); [`Handle::append_nowait`] does not wait: on a full queue it
+//! refuses with [`QueueFull`] and its caller refuses its input.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,11 +47,14 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{self, MAX_LINE_BYTES};
-use super::{AuditError, AuditEvent, AuditRecord, GENESIS, StopFlag, new_id, record_time};
+use super::{AuditError, AuditEvent, AuditRecord, GENESIS, QueueFull, StopFlag, new_id, record_time};
 
 /// Back-off between attempts while a sink asks for a retry.
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// How many appends a log's queue holds by default.
+pub(crate) const QUEUE_CAPACITY: usize = 8192;
 
 type Reply = oneshot::Sender<Result<AuditRecord, AuditError>>;
 type CloseReply = oneshot::Sender<Result<(), AuditError>>;
@@ -175,6 +184,8 @@ pub(crate) struct Grouping {
     /// Stop taking records into a batch once their encoded events reach this
     /// many bytes (beyond the first record); `None` counts no bytes.
     pub(crate) max_bytes: Option<usize>,
+    /// How many jobs the queue holds (at least 1).
+    pub(crate) queue: usize,
 }
 
 /// Counters and flags shared by a [`Handle`] and its [`Writer`].
@@ -198,7 +209,7 @@ pub(crate) struct Shared {
 
 /// The appending side of a log: sends to its [`Writer`].
 pub(crate) struct Handle {
-    tx: mpsc::UnboundedSender<Job>,
+    tx: mpsc::Sender<Job>,
     shared: Arc<Shared>,
     shown: String,
 }
@@ -218,12 +229,12 @@ pub(crate) struct Writer<S> {
     head: ChainHead,
     grouping: Grouping,
     shared: Arc<Shared>,
-    rx: mpsc::UnboundedReceiver<Job>,
+    rx: mpsc::Receiver<Job>,
 }
 
 /// A writer over `sink`, whose chain ends at `head`, and its handle.
 pub(crate) fn writer<S: Sink>(sink: S, head: ChainHead, grouping: Grouping) -> (Handle, Writer<S>) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(grouping.queue.max(1));
     let shared = Arc::new(Shared::default());
     let handle = Handle {
         tx,
@@ -265,13 +276,19 @@ impl Handle {
         self.shared.failing.load(Ordering::Acquire)
     }
 
+    /// The queue has no room now.
+    pub(crate) fn queue_full(&self) -> bool {
+        self.tx.capacity() == 0
+    }
+
     /// The writer has ended (closed, or its handle's task or thread is gone).
     pub(crate) fn writer_gone(&self) -> bool {
         self.tx.is_closed()
     }
 
-    /// Appends and returns once the record is durable. Dropping the future
-    /// does not withdraw the record.
+    /// Appends and returns once the record is durable, first waiting for
+    /// room in the queue. Dropping the future once the record is queued does
+    /// not withdraw it.
     pub(crate) async fn append(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
         if let Some(err) = self.refusal() {
             return Err(err);
@@ -282,23 +299,37 @@ impl Handle {
                 event: Box::new(event),
                 reply: Some(reply),
             })
+            .await
             .map_err(|_| AuditError::Closed)?;
         answer.await.map_err(|_| AuditError::Closed)?
     }
 
-    /// Enqueues without waiting; a refusal is logged.
-    pub(crate) fn append_nowait(&self, event: AuditEvent) {
+    /// Enqueues without waiting. A full queue gives the record back in
+    /// [`QueueFull`]; any other refusal (the log stopped or
+    /// closed) is logged, as the awaited appends after it fail anyway.
+    pub(crate) fn append_nowait(&self, event: AuditEvent) -> Result<(), QueueFull> {
         let kind = event.event;
         if let Some(err) = self.refusal() {
             tracing::error!(log = %self.shown, event = ?kind, error = %err, "audit record dropped");
-            return;
+            return Ok(());
         }
         let job = Job::Append {
             event: Box::new(event),
             reply: None,
         };
-        if self.tx.send(job).is_err() {
-            tracing::error!(log = %self.shown, event = ?kind, "audit record dropped: the writer is gone");
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                tracing::warn!(log = %self.shown, event = ?kind, "audit queue full");
+                match job {
+                    Job::Append { event, .. } => Err(QueueFull(event)),
+                    Job::Close(_) => unreachable!("append_nowait sends appends only"),
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!(log = %self.shown, event = ?kind, "audit record dropped: the writer is gone");
+                Ok(())
+            }
         }
     }
 
@@ -307,7 +338,7 @@ impl Handle {
     /// the writer is already gone.
     pub(crate) async fn close(&self) -> Result<(), AuditError> {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(Job::Close(reply)).is_err() {
+        if self.tx.send(Job::Close(reply)).await.is_err() {
             return Ok(()); // already closed
         }
         answer.await.unwrap_or(Ok(()))

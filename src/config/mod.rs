@@ -20,8 +20,9 @@ pub use secrets::Secret;
 pub(crate) use types::rule_matches;
 pub use types::{
     AuditBackend, AuditConfig, ClaimMatcher, ClaimRule, Config, ConfigError, ConfigErrors, EnvironmentPolicy,
-    GithubConfig, GitlabConfig, GitlabPoll, IssuerConfig, LogFormat, PoliciesConfig, RedeliverConfig, ReviewPolicy,
-    ReviewVia, ServerConfig, SlackConfig, SsoConfig, StateBackend, StateConfig, VerdictMode, VerdictPolicy,
+    GithubConfig, GitlabConfig, GitlabPoll, IssuerConfig, LogFormat, PoliciesConfig, RateLimit, RedeliverConfig,
+    ReviewPolicy, ReviewVia, ServerConfig, SlackConfig, SsoConfig, StateBackend, StateConfig, VerdictMode,
+    VerdictPolicy,
 };
 
 #[cfg(test)]

@@ -59,6 +59,13 @@ pub(super) struct RawServer {
     pub max_body_bytes: Option<usize>,
     pub log_format: Option<String>,
     pub shutdown_timeout: Option<String>,
+    /// `true`, `false`, or `{ per_second, burst }`: read as a value so that
+    /// validation can name the offending key.
+    pub rate_limit: Option<toml::Value>,
+    pub trusted_proxy_header: Option<String>,
+    pub client_request_timeout: Option<String>,
+    pub client_disconnect_timeout: Option<String>,
+    pub keep_alive: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -251,3 +251,76 @@ required = false
         assert!(errs.iter().any(|x| x.starts_with(e)), "missing `{e}` in {errs:#?}");
     }
 }
+
+#[test]
+fn server_limits_have_bounded_defaults() {
+    let c = Config::from_toml(MINIMAL, &|_| None).unwrap();
+    assert_eq!(
+        c.server.rate_limit,
+        Some(RateLimit {
+            per_second: 20.0,
+            burst: 40
+        })
+    );
+    assert_eq!(c.server.trusted_proxy_header, None);
+    assert_eq!(c.server.client_request_timeout, Duration::from_secs(5));
+    assert_eq!(c.server.client_disconnect_timeout, Duration::from_secs(1));
+    assert_eq!(c.server.keep_alive, Duration::from_secs(5));
+}
+
+#[test]
+fn server_limits_are_configurable() {
+    let text = format!(
+        "[server]\nrate_limit = {{ per_second = 5 }}\ntrusted_proxy_header = \"X-Forwarded-For\"\n\
+         client_request_timeout = \"2s\"\nclient_disconnect_timeout = \"500ms\"\nkeep_alive = \"30s\"\n{MINIMAL}"
+    );
+    let c = Config::from_toml(&text, &|_| None).unwrap();
+    assert_eq!(
+        c.server.rate_limit,
+        Some(RateLimit {
+            per_second: 5.0,
+            burst: 10
+        })
+    );
+    assert_eq!(c.server.trusted_proxy_header.as_deref(), Some("x-forwarded-for"));
+    assert_eq!(c.server.client_request_timeout, Duration::from_secs(2));
+    assert_eq!(c.server.client_disconnect_timeout, Duration::from_millis(500));
+    assert_eq!(c.server.keep_alive, Duration::from_secs(30));
+    let off = Config::from_toml(&format!("[server]\nrate_limit = false\n{MINIMAL}"), &|_| None).unwrap();
+    assert_eq!(off.server.rate_limit, None);
+    let both = format!("[server]\nrate_limit = {{ per_second = 0.5, burst = 3 }}\n{MINIMAL}");
+    let both = Config::from_toml(&both, &|_| None).unwrap();
+    assert_eq!(
+        both.server.rate_limit,
+        Some(RateLimit {
+            per_second: 0.5,
+            burst: 3
+        })
+    );
+}
+
+#[test]
+fn server_limits_are_validated_naming_the_key() {
+    let errs = errors(&format!(
+        "[server]\nrate_limit = {{ per_second = 0, burst = 0, bursts = 1 }}\ntrusted_proxy_header = \"x forwarded\"\n\
+         client_request_timeout = \"2m\"\nclient_disconnect_timeout = \"0s\"\nkeep_alive = \"1h\"\n{MINIMAL}"
+    ));
+    let expected = [
+        "server.rate_limit.bursts: unknown key",
+        "server.rate_limit.per_second: must be a number above 0",
+        "server.rate_limit.burst: must be a whole number from 1 to 1000000",
+        "server.trusted_proxy_header: `x forwarded` is not a header name",
+        "server.client_request_timeout: must be at most 1m",
+        "server.client_disconnect_timeout: must be longer than zero",
+        "server.keep_alive: must be at most 5m",
+    ];
+    assert_eq!(errs.len(), expected.len(), "{errs:?}");
+    for e in expected {
+        assert!(errs.iter().any(|x| x.starts_with(e)), "missing `{e}` in {errs:?}");
+    }
+    let errs = errors(&format!("[server]\nrate_limit = \"fast\"\n{MINIMAL}"));
+    assert!(
+        errs[0].starts_with("server.rate_limit: must be true, false"),
+        "{errs:?}"
+    );
+}

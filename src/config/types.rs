@@ -60,6 +60,34 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub shutdown_timeout: Duration,
+    /// Per-source token buckets on `/v1/*`; `None` when turned off.
+    pub rate_limit: Option<RateLimit>,
+    /// A header (lower case) in which a trusted reverse proxy names the
+    /// client's address, as `x-forwarded-for` does in its last entry.
+    pub trusted_proxy_header: Option<String>,
+    /// How long a client may take to send a request's headers.
+    pub client_request_timeout: Duration,
+    /// How long a connection's shutdown may take once the response is sent.
+    pub client_disconnect_timeout: Duration,
+    /// How long an idle keep-alive connection stays open.
+    pub keep_alive: Duration,
+}
+
+/// A token bucket per source: `burst` requests at once, refilled at
+/// `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            per_second: 20.0,
+            burst: 40,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -138,6 +138,22 @@ impl Validator<'_> {
         }
     }
 
+    /// A duration like [`Self::duration`], and at most `max`.
+    pub(super) fn bounded_duration(
+        &mut self,
+        key: &str,
+        raw: Option<&str>,
+        default: Duration,
+        max: Duration,
+    ) -> Duration {
+        let d = self.duration(key, raw, default);
+        if d > max {
+            self.err(key, format!("must be at most {}", humantime::format_duration(max)));
+            return default;
+        }
+        d
+    }
+
     /// An outside service's URL: https, or http on a loopback address only.
     pub(super) fn url(&mut self, key: &str, raw: &str) -> Option<Url> {
         let url = match Url::parse(raw) {
@@ -264,6 +280,35 @@ impl Validator<'_> {
             raw.shutdown_timeout.as_deref(),
             Duration::from_secs(30),
         );
+        let rate_limit = self.rate_limit(raw.rate_limit.as_ref());
+        let trusted_proxy_header = raw.trusted_proxy_header.and_then(|h| {
+            let name = h.trim().to_ascii_lowercase();
+            match actix_web::http::header::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(_) => Some(name),
+                Err(_) => {
+                    self.err("server.trusted_proxy_header", format!("`{h}` is not a header name"));
+                    None
+                }
+            }
+        });
+        let client_request_timeout = self.bounded_duration(
+            "server.client_request_timeout",
+            raw.client_request_timeout.as_deref(),
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+        );
+        let client_disconnect_timeout = self.bounded_duration(
+            "server.client_disconnect_timeout",
+            raw.client_disconnect_timeout.as_deref(),
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        );
+        let keep_alive = self.bounded_duration(
+            "server.keep_alive",
+            raw.keep_alive.as_deref(),
+            Duration::from_secs(5),
+            Duration::from_secs(300),
+        );
         ServerConfig {
             listen,
             public_url,
@@ -272,7 +317,55 @@ impl Validator<'_> {
             max_body_bytes,
             log_format,
             shutdown_timeout,
+            rate_limit,
+            trusted_proxy_header,
+            client_request_timeout,
+            client_disconnect_timeout,
+            keep_alive,
         }
+    }
+
+    /// `server.rate_limit`: on by default; `false` turns it off; a table
+    /// sets `per_second` (more than 0, at most 100000) and `burst` (1 to
+    /// 1000000; twice `per_second` when left out).
+    fn rate_limit(&mut self, raw: Option<&toml::Value>) -> Option<RateLimit> {
+        const KEY: &str = "server.rate_limit";
+        let table = match raw {
+            None | Some(toml::Value::Boolean(true)) => return Some(RateLimit::default()),
+            Some(toml::Value::Boolean(false)) => return None,
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => {
+                self.err(KEY, "must be true, false or { per_second = 20, burst = 40 }");
+                return Some(RateLimit::default());
+            }
+        };
+        let mut limit = RateLimit::default();
+        for key in table.keys().filter(|k| !matches!(k.as_str(), "per_second" | "burst")) {
+            self.err(format!("{KEY}.{key}"), "unknown key (expected per_second, burst)");
+        }
+        let per_second = match table.get("per_second") {
+            None => None,
+            Some(toml::Value::Integer(n)) => Some(*n as f64),
+            Some(toml::Value::Float(x)) => Some(*x),
+            Some(_) => Some(f64::NAN),
+        };
+        if let Some(rate) = per_second {
+            if rate.is_finite() && rate > 0.0 && rate <= 100_000.0 {
+                limit.per_second = rate;
+                limit.burst = (rate * 2.0).ceil().max(1.0) as u32;
+            } else {
+                self.err(
+                    format!("{KEY}.per_second"),
+                    "must be a number above 0 and at most 100000",
+                );
+            }
+        }
+        match table.get("burst") {
+            None => {}
+            Some(toml::Value::Integer(n)) if (1..=1_000_000).contains(n) => limit.burst = *n as u32,
+            Some(_) => self.err(format!("{KEY}.burst"), "must be a whole number from 1 to 1000000"),
+        }
+        Some(limit)
     }
 
     fn state(&mut self, raw: raw::RawState) -> StateConfig {

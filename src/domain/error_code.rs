@@ -59,7 +59,8 @@ pub enum ErrorCode {
     AudienceMismatch,
     /// Unauthorized: the token's algorithm is not allowed.
     AlgorithmNotAllowed,
-    /// Unauthorized: the read API needs its token.
+    /// Forbidden: no read token is configured and the caller is not on a
+    /// loopback address.
     ReadTokenRequired,
     /// Unauthorized: the read token is wrong.
     ReadTokenInvalid,
@@ -79,8 +80,14 @@ pub enum ErrorCode {
     PolicyUnavailable,
     /// Unavailable: the platform API could not be reached.
     PlatformUnavailable,
-    /// Unavailable: the platform is not configured.
+    /// Not found: the webhook's platform is not configured.
     PlatformNotConfigured,
+    /// Unavailable: the Slack client could not be built.
+    SlackUnavailable,
+    /// Too many requests from one source: slow down (`Retry-After`).
+    RateLimited,
+    /// Unavailable: a bounded queue is full; try again.
+    Overloaded,
 }
 
 impl ErrorCode {
@@ -123,6 +130,9 @@ impl ErrorCode {
             ErrorCode::PolicyUnavailable => "policy_unavailable",
             ErrorCode::PlatformUnavailable => "platform_unavailable",
             ErrorCode::PlatformNotConfigured => "platform_not_configured",
+            ErrorCode::SlackUnavailable => "slack_unavailable",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Overloaded => "overloaded",
         }
     }
 }
@@ -143,6 +153,10 @@ mod tests {
             ErrorCode::RequestNotFound,
             ErrorCode::EvidenceDigestMismatch,
             ErrorCode::TokenNotYetValid,
+            ErrorCode::PlatformNotConfigured,
+            ErrorCode::SlackUnavailable,
+            ErrorCode::RateLimited,
+            ErrorCode::Overloaded,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), serde_json::json!(code.as_str()));
         }

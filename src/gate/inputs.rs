@@ -34,7 +34,7 @@ impl Gate {
     pub async fn receive_request(self: &Arc<Self>, req: DeploymentRequest) -> Result<(String, bool), GateError> {
         let created = self.store.insert_request(&req).await?;
         if created {
-            self.audit.append_nowait(events::request_received(&req));
+            self.audit_queued(events::request_received(&req)).await?;
             info!(request = %req.id, environment = %req.environment, repository = %req.repository, run = %req.run, "deployment request received");
             self.notify(&req.id);
         }
@@ -59,7 +59,7 @@ impl Gate {
         self.store
             .put_attestation(&run_key, &att, self.config.state.attestation_ttl)
             .await?;
-        self.audit.append_nowait(events::attestation_accepted(&att));
+        self.audit_queued(events::attestation_accepted(&att)).await?;
         self.metrics.attestations_accepted.fetch_add(1, Ordering::Relaxed);
         info!(repository = %att.repository, run = %att.run, actor = %att.actor, "attestation accepted");
         for id in self.store.requests_for_run(&run_key).await? {
@@ -125,8 +125,8 @@ impl Gate {
             }
         }
         if !decision::producer_trusted(policy, &verified.claims) {
-            self.audit
-                .append_nowait(events::verdict_refused(&verified, &body, ErrorCode::ProducerNotTrusted));
+            self.audit_queued(events::verdict_refused(&verified, &body, ErrorCode::ProducerNotTrusted))
+                .await?;
             info!(subject = %verified.subject, environment = %body.environment, "verdict refused: producer not trusted");
             return Err(GateError::refused(
                 ErrorCode::ProducerNotTrusted,
@@ -143,8 +143,8 @@ impl Gate {
             .as_deref()
             .is_some_and(|t| t.eq_ignore_ascii_case(sha.as_str()))
         {
-            self.audit
-                .append_nowait(events::verdict_refused(&verified, &body, ErrorCode::ShaMismatch));
+            self.audit_queued(events::verdict_refused(&verified, &body, ErrorCode::ShaMismatch))
+                .await?;
             self.metrics.verdicts_sha_mismatch.fetch_add(1, Ordering::Relaxed);
             info!(subject = %verified.subject, environment = %body.environment, "verdict refused: not the posting job's commit");
             return Err(GateError::refused(
@@ -227,7 +227,7 @@ impl Gate {
         self.store
             .put_verdict(&key, &verdict, self.config.state.verdict_ttl)
             .await?;
-        self.audit.append_nowait(events::verdict_recorded(&verdict));
+        self.audit_queued(events::verdict_recorded(&verdict)).await?;
         self.metrics.verdicts_recorded.fetch_add(1, Ordering::Relaxed);
         info!(repository = %verdict.repository, sha = %verdict.sha, environment = %verdict.environment, allow = verdict.allow, "verdict recorded");
         for id in self.store.requests_for_verdict(&key).await? {
@@ -276,6 +276,20 @@ impl Gate {
         )))
     }
 
+    /// Queues `event` for the audit trail without waiting for it to be
+    /// durable. When the bounded queue is full, waits for room and for the
+    /// record instead: the input has already taken effect, so its record is
+    /// never dropped.
+    async fn audit_queued(&self, event: crate::audit::AuditEvent) -> Result<(), GateError> {
+        if let Err(crate::audit::QueueFull(event)) = self.audit.append_nowait(event) {
+            self.audit
+                .append(*event)
+                .await
+                .map_err(|e| GateError::Audit(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// A refused token. One whose signature verified against a trusted
     /// issuer is audited (its hash and why, never the token); anything else
     /// (garbage, unsigned, forged, an unknown issuer) is only counted, and
@@ -284,7 +298,9 @@ impl Gate {
         let err = &refusal.error;
         if refusal.signed {
             let hash = crate::crypto::sha256_hex(token.as_bytes());
-            self.audit.append_nowait(events::token_rejected(hash, err, purpose));
+            // On a full audit queue this record is dropped (and logged): the
+            // token is refused either way.
+            let _ = self.audit.append_nowait(events::token_rejected(hash, err, purpose));
             info!(code = err.code(), purpose, "token refused");
             return;
         }

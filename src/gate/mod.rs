@@ -86,6 +86,14 @@ pub enum GateError {
     Refused { code: ErrorCode, message: String },
 }
 
+/// A full audit queue, for a caller that refuses its input rather than
+/// wait: 503 `overloaded`.
+impl From<crate::audit::QueueFull> for GateError {
+    fn from(_: crate::audit::QueueFull) -> Self {
+        GateError::refused(ErrorCode::Overloaded, "portcullis is overloaded; try again")
+    }
+}
+
 impl GateError {
     pub(crate) fn refused(code: ErrorCode, message: impl Into<String>) -> Self {
         GateError::Refused {

@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 
 use crate::config::IssuerConfig;
 use crate::crypto::sha256_hex;
-use crate::domain::Platform;
+use crate::domain::{ErrorCode, Platform};
 
 use self::claims::{Jws, LEEWAY};
 use self::jwks::{IssuerKeys, KeySet};
@@ -107,17 +107,22 @@ pub enum TokenError {
 
 impl TokenError {
     /// The stable error code of the HTTP API.
-    pub fn code(&self) -> &'static str {
+    pub fn error_code(&self) -> ErrorCode {
         match self {
-            TokenError::Expired => "token_expired",
-            TokenError::NotYetValid => "token_not_yet_valid",
-            TokenError::IssuerNotTrusted => "issuer_not_trusted",
-            TokenError::AudienceMismatch => "audience_mismatch",
-            TokenError::SignatureInvalid => "signature_invalid",
-            TokenError::AlgorithmNotAllowed => "algorithm_not_allowed",
-            TokenError::Malformed(_) => "token_malformed",
-            TokenError::IssuerUnavailable(_) => "issuer_unavailable",
+            TokenError::Expired => ErrorCode::TokenExpired,
+            TokenError::NotYetValid => ErrorCode::TokenNotYetValid,
+            TokenError::IssuerNotTrusted => ErrorCode::IssuerNotTrusted,
+            TokenError::AudienceMismatch => ErrorCode::AudienceMismatch,
+            TokenError::SignatureInvalid => ErrorCode::SignatureInvalid,
+            TokenError::AlgorithmNotAllowed => ErrorCode::AlgorithmNotAllowed,
+            TokenError::Malformed(_) => ErrorCode::TokenMalformed,
+            TokenError::IssuerUnavailable(_) => ErrorCode::IssuerUnavailable,
         }
+    }
+
+    /// [`Self::error_code`] as the API writes it (for logs and audit details).
+    pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
     }
 }
 

@@ -8,10 +8,14 @@
 //!   webhook routes.
 //! - `slack_routes`: Slack interactivity (the review buttons).
 //! - `sso`: reviews through the organisation's OpenID Provider.
+//! - `access`: who may use the read API.
+//! - `rate_limit`: per-source token buckets on `/v1/*`.
 //! - `error`: the one error body.
 
+mod access;
 mod error;
 mod ingress;
+mod rate_limit;
 mod routes;
 mod slack_routes;
 mod sso;
@@ -119,14 +123,21 @@ impl Application {
         })?;
         let data = web::Data::from(gate.clone());
         let limit = config.server.max_body_bytes;
+        // Abuse limits: one rate limiter shared by every worker.
+        let rate_limiter = web::Data::new(rate_limit::RateLimiter::new(&config.server));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(rate_limiter.clone())
                 .app_data(web::PayloadConfig::new(limit))
                 .app_data(web::JsonConfig::default().limit(limit))
                 .configure(routes::configure)
         })
         .shutdown_timeout(config.server.shutdown_timeout.as_secs())
+        // Abuse limits: slow clients cannot hold connections open.
+        .client_request_timeout(config.server.client_request_timeout)
+        .client_disconnect_timeout(config.server.client_disconnect_timeout)
+        .keep_alive(config.server.keep_alive)
         .listen(listener)
         .map_err(|source| StartError::Bind {
             addr: config.server.listen.to_string(),

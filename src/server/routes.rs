@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use actix_web::http::StatusCode;
+use actix_web::middleware::from_fn;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -11,17 +11,20 @@ use time::OffsetDateTime;
 use tracing::{Instrument, info, info_span};
 
 use super::ApiError;
-use super::ingress::{header, once_per_delivery, read_body};
+use super::access::{authorize_read, bearer};
+use super::ingress::{header, once_per_delivery, read_body, refuse_when_overloaded};
+use super::rate_limit::limit_v1;
 use super::slack_routes::{SlackRoutes, slack_webhook};
 use super::sso::{self, Sso};
 use crate::audit::AuditFilter;
-use crate::domain::VerdictBody;
+use crate::domain::{ErrorCode, PlatformOutcome, VerdictBody};
 use crate::gate::Gate;
 use crate::webhook::github::{GithubEvent, parse as parse_github, verify_signature};
 
 /// The application's route table: every route, and the per-worker state of
 /// the Slack and SSO routes. `/reviews/callback` comes before
-/// `/reviews/{request}`, which would otherwise match it.
+/// `/reviews/{request}`, which would otherwise match it. Everything under
+/// `/v1` passes the per-source rate limit first.
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::Data::new(SlackRoutes::default()))
         .app_data(web::Data::new(Sso::default()))
@@ -30,11 +33,15 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics))
         .route("/webhooks/github", web::post().to(github_webhook))
         .route("/webhooks/gitlab", web::post().to(gitlab_webhook))
-        .route("/v1/attestations", web::post().to(post_attestation))
-        .route("/v1/verdicts", web::post().to(post_verdict))
-        .route("/v1/requests/{id}", web::get().to(get_request))
-        .route("/v1/audit", web::get().to(list_audit))
-        .route("/v1/audit/{id}", web::get().to(get_audit))
+        .service(
+            web::scope("/v1")
+                .wrap(from_fn(limit_v1))
+                .route("/attestations", web::post().to(post_attestation))
+                .route("/verdicts", web::post().to(post_verdict))
+                .route("/requests/{id}", web::get().to(get_request))
+                .route("/audit", web::get().to(list_audit))
+                .route("/audit/{id}", web::get().to(get_audit)),
+        )
         .route("/webhooks/slack", web::post().to(slack_webhook))
         .route("/reviews/callback", web::get().to(sso::callback))
         .route("/reviews/{request}", web::get().to(sso::start))
@@ -43,16 +50,7 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))
-}
-
-fn bearer(req: &HttpRequest) -> Option<&str> {
-    let v = header(req, "authorization")?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-        .filter(|t| !t.is_empty())
+    Err(ApiError::new(ErrorCode::NotFound, "no such route"))
 }
 
 async fn healthz() -> HttpResponse {
@@ -142,23 +140,23 @@ async fn github_webhook(
 ) -> Result<HttpResponse, ApiError> {
     let Some(gh) = gate.config.github.as_ref() else {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "platform_not_configured",
+            ErrorCode::PlatformNotConfigured,
             "GitHub is not configured",
         ));
     };
     let body = read_body(&req, payload, gate.config.server.max_body_bytes).await?;
     if let Err(e) = verify_signature(&gh.webhook_secrets, header(&req, "x-hub-signature-256"), &body) {
         gate.metrics.webhooks_rejected.fetch_add(1, Ordering::Relaxed);
-        info!(code = e.code(), "github webhook refused");
+        info!(code = %e.code(), "github webhook refused");
         return Err(e.into());
     }
+    refuse_when_overloaded(gate.audit.as_ref())?;
     let event = header(&req, "x-github-event")
-        .ok_or_else(|| ApiError::bad_request("header_missing", "X-GitHub-Event is required"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::HeaderMissing, "X-GitHub-Event is required"))?;
     let delivery = header(&req, "x-github-delivery")
-        .ok_or_else(|| ApiError::bad_request("header_missing", "X-GitHub-Delivery is required"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::HeaderMissing, "X-GitHub-Delivery is required"))?;
     if delivery.len() > 128 {
-        return Err(ApiError::bad_request("header_invalid", "X-GitHub-Delivery is too long"));
+        return Err(ApiError::new(ErrorCode::HeaderInvalid, "X-GitHub-Delivery is too long"));
     }
     let span = info_span!("webhook", platform = "github", delivery = %delivery, event = %event);
     async {
@@ -195,8 +193,7 @@ async fn gitlab_webhook(
     use crate::webhook::gitlab::{GitlabEvent, dedup_key, parse, verify};
     let Some(gl) = gate.config.gitlab.as_ref() else {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "platform_not_configured",
+            ErrorCode::PlatformNotConfigured,
             "GitLab is not configured",
         ));
     };
@@ -205,9 +202,10 @@ async fn gitlab_webhook(
     let now = OffsetDateTime::now_utc();
     if let Err(e) = verify(gl, &headers, &body, now) {
         gate.metrics.webhooks_rejected.fetch_add(1, Ordering::Relaxed);
-        info!(code = e.code(), "gitlab webhook refused");
+        info!(code = %e.code(), "gitlab webhook refused");
         return Err(e.into());
     }
+    refuse_when_overloaded(gate.audit.as_ref())?;
     let delivery = dedup_key(&headers);
     let span = info_span!(
         "webhook",
@@ -249,8 +247,7 @@ async fn gitlab_hook(
     }
     let Some(api) = gate.gitlab_api() else {
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "platform_unavailable",
+            ErrorCode::PlatformUnavailable,
             "gitlab.token is needed to read the deployment's full commit and pipeline",
         ));
     };
@@ -258,8 +255,7 @@ async fn gitlab_hook(
     let info = api.deployment(hook.project_id, hook.deployment_id).await.map_err(|e| {
         tracing::warn!(error = %e, "cannot read the deployment from GitLab");
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "platform_unavailable",
+            ErrorCode::PlatformUnavailable,
             "GitLab's deployments API did not answer; try again",
         )
     })?;
@@ -274,8 +270,7 @@ async fn gitlab_hook(
 fn token_of(req: &HttpRequest) -> Result<&str, ApiError> {
     bearer(req).ok_or_else(|| {
         ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "token_malformed",
+            ErrorCode::TokenMalformed,
             "an `Authorization: Bearer <OIDC ID token>` header is required",
         )
     })
@@ -283,12 +278,9 @@ fn token_of(req: &HttpRequest) -> Result<&str, ApiError> {
 
 async fn post_attestation(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
     let token = token_of(&req)?;
+    refuse_when_overloaded(gate.audit.as_ref())?;
     if token.len() > 16 * 1024 {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "token_malformed",
-            "the token is too long",
-        ));
+        return Err(ApiError::new(ErrorCode::TokenMalformed, "the token is too long"));
     }
     let att = gate.clone().into_inner().attest(token).await?;
     Ok(HttpResponse::Created().json(json!({
@@ -308,10 +300,14 @@ async fn post_verdict(
     gate: web::Data<Gate>,
 ) -> Result<HttpResponse, ApiError> {
     let token = token_of(&req)?.to_string();
+    refuse_when_overloaded(gate.audit.as_ref())?;
     let body = read_body(&req, payload, gate.config.server.max_body_bytes).await?;
     let body: VerdictBody = serde_json::from_slice(&body).map_err(|e| {
         let msg: String = e.to_string().chars().take(200).collect();
-        ApiError::bad_request("invalid_verdict", format!("the verdict body is malformed: {msg}"))
+        ApiError::new(
+            ErrorCode::InvalidVerdict,
+            format!("the verdict body is malformed: {msg}"),
+        )
     })?;
     let verdict = gate.clone().into_inner().record_verdict(&token, body).await?;
     Ok(HttpResponse::Created().json(json!({
@@ -328,33 +324,12 @@ async fn post_verdict(
     })))
 }
 
-/// The read endpoints need the read token; without one configured they are
-/// open only when the service listens on loopback (local trials).
-fn authorize_read(req: &HttpRequest, gate: &Gate) -> Result<(), ApiError> {
-    match &gate.config.server.read_token {
-        Some(t) => match bearer(req) {
-            Some(given) if crate::crypto::secrets_equal(given.as_bytes(), t.expose().as_bytes()) => Ok(()),
-            _ => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "read_token_invalid",
-                "a valid read token is required",
-            )),
-        },
-        None if gate.config.server.listen.ip().is_loopback() => Ok(()),
-        None => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "read_token_required",
-            "server.read_token must be configured to read requests and audit records",
-        )),
-    }
-}
-
 async fn get_request(
     req: HttpRequest,
     path: web::Path<String>,
     gate: web::Data<Gate>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize_read(&req, &gate)?;
+    authorize_read(&req, &gate.config.server)?;
     let id = path.into_inner();
     match gate
         .store
@@ -367,14 +342,28 @@ async fn get_request(
             let mut body = serde_json::to_value(&r).unwrap_or_else(|_| json!({}));
             if let Some(obj) = body.as_object_mut() {
                 obj.insert("audit_url".into(), json!(audit));
+                if let Some(result) = &r.platform_result
+                    && let Some(shown) = obj.get_mut("platform_result").and_then(|v| v.as_object_mut())
+                {
+                    shown.insert("detail".into(), json!(platform_detail(result)));
+                }
             }
             Ok(HttpResponse::Ok().json(body))
         }
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "request_not_found",
-            format!("no request `{id}`"),
-        )),
+        None => Err(ApiError::new(ErrorCode::RequestNotFound, format!("no request `{id}`"))),
+    }
+}
+
+/// What a caller is told of a platform call: a fixed sentence by outcome.
+/// The recorded detail can hold the platform's own error text, which goes
+/// only to the audit record and the log.
+fn platform_detail(result: &PlatformOutcome) -> &'static str {
+    match (result.dry_run, result.ok, result.status) {
+        (true, _, _) => "dry run: the platform was not called",
+        (false, true, Some(_)) => "the platform took the answer",
+        (false, true, None) => "the platform was not called; the audit record says why",
+        (false, false, Some(_)) => "the platform refused the answer; the audit record has the details",
+        (false, false, None) => "the platform could not be reached; the audit record has the details",
     }
 }
 
@@ -390,14 +379,14 @@ struct AuditQuery {
 }
 
 async fn list_audit(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
-    authorize_read(&req, &gate)?;
+    authorize_read(&req, &gate.config.server)?;
     let q: AuditQuery = web::Query::<AuditQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
+        .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.to_string()))?
         .into_inner();
     let since = match q.since.as_deref() {
         Some(s) => Some(
             crate::time_fmt::parse_rfc3339(s)
-                .ok_or_else(|| ApiError::bad_request("invalid_query", "since must be an RFC 3339 time"))?,
+                .ok_or_else(|| ApiError::new(ErrorCode::InvalidQuery, "since must be an RFC 3339 time"))?,
         ),
         None => None,
     };
@@ -411,30 +400,21 @@ async fn list_audit(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpRespo
     };
     let records = gate.audit.query(&filter).await.map_err(|e| {
         tracing::error!(error = %e, "audit query failed");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
-            "the audit trail is unavailable; try again",
-        )
+        ApiError::new(ErrorCode::AuditUnavailable, "the audit trail is unavailable; try again")
     })?;
     Ok(HttpResponse::Ok().json(json!({"records": records})))
 }
 
 async fn get_audit(req: HttpRequest, path: web::Path<String>, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
-    authorize_read(&req, &gate)?;
+    authorize_read(&req, &gate.config.server)?;
     let id = path.into_inner();
     match gate.audit.get(&id).await.map_err(|e| {
         tracing::error!(error = %e, "audit read failed");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
-            "the audit trail is unavailable; try again",
-        )
+        ApiError::new(ErrorCode::AuditUnavailable, "the audit trail is unavailable; try again")
     })? {
         Some(r) => Ok(HttpResponse::Ok().json(r)),
         None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "audit_record_not_found",
+            ErrorCode::AuditRecordNotFound,
             format!("no audit record `{id}`"),
         )),
     }

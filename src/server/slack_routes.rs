@@ -9,7 +9,6 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -17,6 +16,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::ApiError;
 use super::ingress::{header, read_body};
+use crate::domain::ErrorCode;
 use crate::gate::Gate;
 use crate::slack::SlackClient;
 use crate::slack::interaction::{self, Interaction};
@@ -57,8 +57,7 @@ pub(super) async fn slack_webhook(
 ) -> Result<HttpResponse, ApiError> {
     let Some(slack) = gate.config.slack.as_ref() else {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "platform_not_configured",
+            ErrorCode::PlatformNotConfigured,
             "Slack is not configured",
         ));
     };
@@ -70,8 +69,8 @@ pub(super) async fn slack_webhook(
         &body,
         OffsetDateTime::now_utc(),
     ) {
-        info!(code = e.code(), "slack interaction refused");
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()));
+        info!(code = %e.code(), "slack interaction refused");
+        return Err(e.into());
     }
     let click = match interaction::parse(&body) {
         Ok(Interaction::Review(click)) => click,
@@ -79,12 +78,11 @@ pub(super) async fn slack_webhook(
             info!(what = %what, "slack interaction acknowledged");
             return Ok(HttpResponse::Ok().finish());
         }
-        Err(msg) => return Err(ApiError::bad_request("payload_malformed", msg)),
+        Err(msg) => return Err(ApiError::new(ErrorCode::PayloadMalformed, msg)),
     };
     let Some(client) = routes.client(&gate) else {
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "slack_unavailable",
+            ErrorCode::SlackUnavailable,
             "the Slack client could not be built",
         ));
     };

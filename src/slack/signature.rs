@@ -9,6 +9,8 @@
 
 use time::OffsetDateTime;
 
+use crate::domain::ErrorCode;
+
 /// How far a request's timestamp may be from now, either way.
 pub const WINDOW: i64 = 5 * 60;
 
@@ -22,10 +24,11 @@ pub enum SignatureError {
 }
 
 impl SignatureError {
-    pub fn code(self) -> &'static str {
+    /// The stable error code of the HTTP API.
+    pub fn code(self) -> ErrorCode {
         match self {
-            SignatureError::Invalid => "signature_invalid",
-            SignatureError::Stale => "signature_stale",
+            SignatureError::Invalid => ErrorCode::SignatureInvalid,
+            SignatureError::Stale => ErrorCode::SignatureStale,
         }
     }
 }

@@ -334,7 +334,7 @@ mod tests {
     fn a_callback_without_a_run_is_malformed() {
         let b = body("https://api.github.com/repos/octo-org/payments/deployments");
         let err = parse("deployment_protection_rule", &b, &api()).unwrap_err();
-        assert_eq!(err.code(), "payload_malformed");
+        assert_eq!(err.code().as_str(), "payload_malformed");
     }
 
     #[test]

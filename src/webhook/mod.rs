@@ -9,6 +9,8 @@
 pub mod github;
 pub mod gitlab;
 
+use crate::domain::ErrorCode;
+
 /// Why a delivery was refused before it reached the gate.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WebhookError {
@@ -25,13 +27,14 @@ pub enum WebhookError {
 }
 
 impl WebhookError {
-    pub fn code(&self) -> &'static str {
+    /// The stable error code of the HTTP API.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            WebhookError::MissingSignature => "signature_missing",
-            WebhookError::BadSignature => "signature_invalid",
-            WebhookError::StaleTimestamp => "signature_stale",
-            WebhookError::MissingHeader(_) => "header_missing",
-            WebhookError::Malformed(_) => "payload_malformed",
+            WebhookError::MissingSignature => ErrorCode::SignatureMissing,
+            WebhookError::BadSignature => ErrorCode::SignatureInvalid,
+            WebhookError::StaleTimestamp => ErrorCode::SignatureStale,
+            WebhookError::MissingHeader(_) => ErrorCode::HeaderMissing,
+            WebhookError::Malformed(_) => ErrorCode::PayloadMalformed,
         }
     }
 }

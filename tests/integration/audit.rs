@@ -376,8 +376,10 @@ async fn concurrent_appends_share_fsyncs_and_keep_one_chain() {
 async fn append_nowait_keeps_order_with_durable_appends() {
     let dir = TempDir::new().unwrap();
     let log = FileAudit::open(&log_path(&dir)).await.unwrap();
-    log.append_nowait(AuditEvent::new(EventKind::RequestReceived).request("req_a"));
-    log.append_nowait(AuditEvent::new(EventKind::AttestationAccepted).request("req_a"));
+    log.append_nowait(AuditEvent::new(EventKind::RequestReceived).request("req_a"))
+        .expect("queued");
+    log.append_nowait(AuditEvent::new(EventKind::AttestationAccepted).request("req_a"))
+        .expect("queued");
     let decision = log
         .append(AuditEvent::new(EventKind::Decision).request("req_a"))
         .await
@@ -566,7 +568,7 @@ async fn open_creates_parent_directories_and_an_empty_log_verifies() {
 async fn only_batches_someone_waits_on_are_fsynced_and_they_cover_the_rest() {
     let dir = TempDir::new().unwrap();
     let log = FileAudit::open(&log_path(&dir)).await.expect("open");
-    log.append_nowait(event(1));
+    log.append_nowait(event(1)).expect("queued");
     // The nowait record is written (readers see it) without an fsync.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while lines(&log_path(&dir)).is_empty() {
@@ -581,7 +583,7 @@ async fn only_batches_someone_waits_on_are_fsynced_and_they_cover_the_rest() {
     let second = log.append(event(2)).await.expect("append");
     assert_eq!((second.seq, log.fsync_count()), (2, 1));
     // Closing makes a trailing nowait record durable.
-    log.append_nowait(event(3));
+    log.append_nowait(event(3)).expect("queued");
     log.close().await.expect("close");
     assert_eq!(log.fsync_count(), 2);
     assert_eq!(verify_file(&log_path(&dir)).expect("verifies").records, 3);

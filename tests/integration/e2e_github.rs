@@ -417,6 +417,16 @@ async fn a_callback_on_a_foreign_host_is_rejected_and_never_called() {
     assert_eq!(codes(&req), ["callback_host_mismatch"]);
     assert_eq!(
         req["platform_result"]["detail"],
+        "the platform was not called; the audit record says why"
+    );
+    let result = w
+        .app
+        .audit_records()
+        .into_iter()
+        .rfind(|r| r["event"] == "platform_result")
+        .unwrap();
+    assert_eq!(
+        result["detail"]["detail"],
         "not called: the callback URL is not on the configured API host"
     );
     assert!(
@@ -925,6 +935,62 @@ async fn platform_failures_are_retried_and_422_counts_as_done() {
         (Some(false), Some(403), Some(1))
     );
     assert_eq!(w.reviews_for(run).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn githubs_error_text_reaches_the_audit_record_never_the_read_api() {
+    let w = world().await;
+    let cases = [
+        (
+            7651,
+            403,
+            "Resource not accessible by integration (upstream-text-7651)",
+            false,
+            "the platform refused the answer; the audit record has the details",
+        ),
+        (
+            7652,
+            422,
+            "No pending deployment requests to approve or reject (upstream-text-7652)",
+            true,
+            "the platform took the answer",
+        ),
+    ];
+    for (run, status, message, ok, shown) in cases {
+        let s = sha(run);
+        w.gh.script(
+            &review_path("octo-org", "payments", run),
+            [Reply::status(status).message(message)],
+        );
+        w.attest(ci_claims(run, &s)).await;
+        w.verdict(&s, "production", true, &[]).await;
+        let id = w.webhook(&format!("d-{run}"), run, "production", &s).await;
+        let req = w.app.wait_request(&id, "done", WAIT).await;
+        assert_eq!(
+            req["platform_result"],
+            json!({
+                "ok": ok,
+                "status": status,
+                "detail": shown,
+                "dry_run": false,
+                "at": req["platform_result"]["at"],
+            })
+        );
+        assert!(!req.to_string().contains("upstream-text"), "{req}");
+        let recorded = w
+            .app
+            .audit_records()
+            .into_iter()
+            .rfind(|r| r["event"] == "platform_result" && r["request"] == json!(id))
+            .unwrap();
+        assert!(
+            recorded["detail"]["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("upstream-text-{run}")),
+            "the audit record keeps GitHub's text: {recorded}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

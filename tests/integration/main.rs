@@ -20,6 +20,7 @@ mod identity;
 mod policy_differential;
 mod policy_opa_mode;
 mod replicas;
+mod server_limits;
 mod slack;
 mod state;
 mod webhook_fixtures;

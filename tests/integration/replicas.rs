@@ -522,7 +522,7 @@ async fn concurrent_writers_on_one_chain_group_appends_and_the_export_verifies()
                     if i % 2 == 0 {
                         log.append(ev).await.map(|_| ())
                     } else {
-                        log.append_nowait(ev);
+                        log.append_nowait(ev).expect("queued");
                         Ok(())
                     }
                 }));
@@ -637,7 +637,8 @@ async fn audit_records_enqueued_while_redis_is_down_are_stored_after_it_returns(
         .await
         .unwrap();
     redis.stop();
-    log.append_nowait(AuditEvent::new(EventKind::RequestReceived).request("during"));
+    log.append_nowait(AuditEvent::new(EventKind::RequestReceived).request("during"))
+        .expect("queued");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(log.ping().await.is_err(), "not ready while records wait");
     redis.restart();

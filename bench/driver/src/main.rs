@@ -720,6 +720,7 @@ fn start(b: &Bench, kind: Kind, state: &str, redis_url: Option<&str>) -> Result<
 listen = "127.0.0.1:0"
 public_url = "http://127.0.0.1:8080"
 shutdown_timeout = "5s"
+rate_limit = false                # one load source: measure the service, not the limiter
 
 [state]
 {state_toml}

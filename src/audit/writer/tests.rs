@@ -87,6 +87,10 @@ fn start(script: Vec<Answer>) -> (Handle, Arc<Mutex<Store>>) {
 }
 
 fn start_on(store: Store, script: Vec<Answer>) -> (Handle, Arc<Mutex<Store>>) {
+    start_with(store, script, QUEUE_CAPACITY)
+}
+
+fn start_with(store: Store, script: Vec<Answer>, queue: usize) -> (Handle, Arc<Mutex<Store>>) {
     let store = Arc::new(Mutex::new(store));
     let sink = TestSink {
         store: Arc::clone(&store),
@@ -95,6 +99,7 @@ fn start_on(store: Store, script: Vec<Answer>) -> (Handle, Arc<Mutex<Store>>) {
     let grouping = Grouping {
         max_batch: 8,
         max_bytes: None,
+        queue,
     };
     let (handle, writer) = writer(sink, ChainHead::genesis(), grouping);
     tokio::spawn(writer.run());
@@ -107,6 +112,27 @@ fn event(request: &str) -> AuditEvent {
 
 fn calls(store: &Mutex<Store>) -> Vec<Call> {
     store.lock().unwrap().calls.clone()
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_nowait_appends_and_makes_awaited_ones_wait() {
+    // The sink holds the first batch (retrying), so the queue fills.
+    let script = (0..20).map(|_| Answer::Retry).collect();
+    let (log, store) = start_with(Store::default(), script, 2);
+    log.append_nowait(event("held")).expect("queued");
+    while calls(&store).is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    log.append_nowait(event("q1")).expect("queued");
+    assert!(!log.queue_full());
+    log.append_nowait(event("q2")).expect("queued");
+    assert!(log.queue_full());
+    match log.append_nowait(event("q3")) {
+        Err(QueueFull(back)) => assert_eq!(back.request.as_deref(), Some("q3")),
+        Ok(()) => panic!("a full queue took a record"),
+    }
+    let waiting = tokio::time::timeout(Duration::from_millis(100), log.append(event("waits"))).await;
+    assert!(waiting.is_err(), "an awaited append waits for room");
 }
 
 #[tokio::test]
@@ -124,7 +150,7 @@ async fn batch_lines_are_its_bytes_without_the_newlines() {
 #[tokio::test]
 async fn a_retried_batch_is_resent_unchanged_and_later_records_wait_behind_it() {
     let (log, store) = start(vec![Answer::Retry, Answer::Retry]);
-    log.append_nowait(event("first"));
+    log.append_nowait(event("first")).expect("queued");
     let second = log.append(event("second")).await.unwrap();
     assert_eq!(second.seq, 2, "the record enqueued first is stored first");
     assert!(!log.failing(), "stored: no longer failing");
@@ -187,7 +213,7 @@ async fn a_stopping_sink_fails_its_batch_and_the_log_refuses_everything_after() 
         "{err}"
     );
     assert!(matches!(log.refusal(), Some(AuditError::Stopped(_))));
-    log.append_nowait(event("c")); // logged, not stored
+    log.append_nowait(event("c")).expect("queued"); // logged, not stored
     let closed = log.close().await;
     assert!(matches!(closed, Err(AuditError::Stopped(_))), "{closed:?}");
     let store = store.lock().unwrap();
@@ -199,7 +225,7 @@ async fn a_stopping_sink_fails_its_batch_and_the_log_refuses_everything_after() 
 #[tokio::test]
 async fn only_batches_someone_waits_on_ask_for_durability_and_close_flushes() {
     let (log, store) = start(vec![]);
-    log.append_nowait(event("a"));
+    log.append_nowait(event("a")).expect("queued");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while calls(&store).is_empty() {
         assert!(
@@ -212,7 +238,7 @@ async fn only_batches_someone_waits_on_ask_for_durability_and_close_flushes() {
     let durable: Vec<bool> = calls(&store).iter().map(|c| c.durable).collect();
     assert_eq!(durable, [false, true]);
 
-    log.append_nowait(event("c"));
+    log.append_nowait(event("c")).expect("queued");
     log.close().await.unwrap();
     {
         let store = store.lock().unwrap();

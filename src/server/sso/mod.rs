@@ -265,7 +265,10 @@ pub(super) async fn submit(
     };
     let body = match read_body(&req, payload, gate.config.server.max_body_bytes).await {
         Ok(b) => b,
-        Err(e) => return refused(e.status, e.code, "Not recorded", &e.message),
+        Err(e) => {
+            use actix_web::ResponseError;
+            return refused(e.status_code(), e.code().as_str(), "Not recorded", e.message());
+        }
     };
     let form: BTreeMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let now = OffsetDateTime::now_utc();

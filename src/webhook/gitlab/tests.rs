@@ -393,7 +393,7 @@ fn malformed_deliveries_are_refused_without_echoing_them() {
     ];
     for (name, body) in cases {
         let err = parse(body).expect_err(name);
-        assert_eq!(err.code(), "payload_malformed", "{name}");
+        assert_eq!(err.code().as_str(), "payload_malformed", "{name}");
     }
     let WebhookError::Malformed(msg) = parse(br#"{"object_kind": "deployment", "secret-ish": "#).unwrap_err() else {
         panic!()
