@@ -23,7 +23,7 @@ mod sso;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -77,6 +77,12 @@ pub fn load_policies(config: &Config) -> Result<Option<Arc<crate::verdict::Polic
 }
 
 /// A built, bound application: `port()` is known before `run`.
+///
+/// [`Application::build`] gives the one the binary serves: SIGTERM (and
+/// SIGINT) stop it. [`Application::build_without_signals`] gives one that
+/// leaves the process's signals alone, for a program that runs it inside
+/// itself (the integration tests) and stops it through
+/// [`Application::server_handle`].
 pub struct Application {
     addr: SocketAddr,
     server: Server,
@@ -85,7 +91,18 @@ pub struct Application {
 }
 
 impl Application {
+    /// Builds and binds the application; it stops on SIGTERM or SIGINT.
     pub async fn build(config: Config) -> Result<Application, StartError> {
+        Self::build_with(config, true).await
+    }
+
+    /// Builds and binds the application without handling any OS signal:
+    /// it stops only through [`Application::server_handle`].
+    pub async fn build_without_signals(config: Config) -> Result<Application, StartError> {
+        Self::build_with(config, false).await
+    }
+
+    async fn build_with(config: Config, os_signals: bool) -> Result<Application, StartError> {
         let config = Arc::new(config);
         let store = build_store(&config).await?;
         let audit = build_audit(&config, &store).await?;
@@ -142,8 +159,8 @@ impl Application {
         .map_err(|source| StartError::Bind {
             addr: config.server.listen.to_string(),
             source,
-        })?
-        .run();
+        })?;
+        let server = if os_signals { server } else { server.disable_signals() }.run();
         Ok(Application {
             addr,
             server,
@@ -162,8 +179,17 @@ impl Application {
         self.gate.clone()
     }
 
-    /// Serves until SIGTERM/SIGINT; then stops taking requests, lets the
-    /// requests and decisions in flight finish, and returns.
+    /// Stops the server from inside the process: `stop(true)` as SIGTERM
+    /// does (graceful), `stop(false)` as SIGINT does (open connections
+    /// closed at once). Either way [`Application::run_until_stopped`] then
+    /// lets the decisions in flight finish and returns.
+    pub fn server_handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped (SIGTERM/SIGINT, or [`Application::server_handle`]);
+    /// then stops taking requests, lets the requests and decisions in flight
+    /// finish, and returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let sweeper = tokio::spawn(self.gate.clone().run_sweeper(self.stop.clone()));
         if let Some(gl) = &self.gate.config.gitlab {

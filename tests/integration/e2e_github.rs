@@ -1,10 +1,11 @@
-//! End to end through the real binary: a real OpenID Provider mints the CI
+//! End to end through the application (in process; the real binary where
+//! SIGTERM is under test): a real OpenID Provider mints the CI
 //! tokens, a recording GitHub API mock takes the review calls, and the
 //! webhooks are full-size, schema-valid payloads signed as GitHub signs them.
 
 use std::time::Duration;
 
-use crate::support::app::{App, WEBHOOK_SECRET, sign};
+use crate::support::app::{App, Run, WEBHOOK_SECRET, sign};
 use crate::support::github_mock::{GithubMock, Reply, TEST_APP_ID, review_path, test_app_private_key};
 use crate::support::oidc::{OidcProvider, TestKey, forge, github_claims, with_registered};
 use serde_json::{Value, json};
@@ -20,10 +21,15 @@ struct World {
 }
 
 async fn world() -> World {
-    world_with("").await
+    world_with(Run::InProcess, "").await
 }
 
-async fn world_with(extra: &str) -> World {
+/// The world with the real binary, for what needs a process (SIGTERM).
+async fn binary_world() -> World {
+    world_with(Run::Binary, "").await
+}
+
+async fn world_with(run: Run, extra: &str) -> World {
     let oidc = OidcProvider::start().await;
     let gh = GithubMock::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -70,7 +76,8 @@ required = false
         api = gh.url(),
         issuer = oidc.issuer(),
     );
-    let app = App::start_in(
+    let app = App::launch_in(
+        run,
         dir,
         &config,
         &[("GH_WEBHOOK_SECRET", WEBHOOK_SECRET), ("OLD_SECRET", "previous-secret")],
@@ -995,7 +1002,7 @@ async fn githubs_error_text_reaches_the_audit_record_never_the_read_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_decision_in_flight_finish() {
-    let mut w = world().await;
+    let mut w = binary_world().await;
     let (run, s) = (7701, sha(7701));
     w.gh.script(
         &review_path("octo-org", "payments", run),

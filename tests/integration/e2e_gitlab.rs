@@ -1,4 +1,4 @@
-//! End to end through the real binary for GitLab: a `blocked` Deployment
+//! End to end through the application, in process, for GitLab: a `blocked` Deployment
 //! Hook, GitLab-shaped ID tokens from a real OpenID Provider, and a recording
 //! GitLab API mock that checks every request.
 

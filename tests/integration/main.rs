@@ -1,6 +1,6 @@
 //! The integration tests, in one test binary (one compile and one link for
 //! all of them). Each module is one area; `support` holds the real parts
-//! they run (an OpenID Provider, API mocks, Redis servers, the binary).
+//! they run (an OpenID Provider, API mocks, Redis servers, the application).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -16,6 +16,7 @@ mod e2e_gitlab;
 mod e2e_policy;
 mod github_api;
 mod gitlab_api;
+mod harness;
 mod identity;
 mod policy_differential;
 mod policy_opa_mode;

@@ -3,14 +3,15 @@
 //! restart, lost GitHub deliveries, and a property test over random
 //! interleavings of inputs across in-process gates.
 //!
-//! Real parts: a `redis-server` per test, the `portcullis` binary, the
-//! OpenID Provider, the recording GitHub API mock.
+//! Real parts: a `redis-server` per test, the replicas (in process; the
+//! `portcullis` binary where one is killed with SIGKILL), the OpenID
+//! Provider, the recording GitHub API mock.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::app::{App, WEBHOOK_SECRET};
+use crate::support::app::{App, Run, WEBHOOK_SECRET};
 use crate::support::github_mock::{GithubMock, Reply, TEST_APP_ID, delivery_item, review_path, test_app_private_key};
 use crate::support::oidc::{OidcProvider, TestKey, forge, github_claims, with_registered};
 use crate::support::redis::RedisServer;
@@ -81,11 +82,17 @@ struct Cluster {
     redis: RedisServer,
     oidc: OidcProvider,
     gh: GithubMock,
+    run: Run,
     apps: Vec<Option<App>>,
 }
 
 impl Cluster {
+    /// `n` replicas in process.
     async fn start(n: usize) -> Cluster {
+        Self::start_on(Run::InProcess, n).await
+    }
+
+    async fn start_on(run: Run, n: usize) -> Cluster {
         let redis = RedisServer::start();
         let oidc = OidcProvider::start().await;
         let gh = GithubMock::start().await;
@@ -93,6 +100,7 @@ impl Cluster {
             redis,
             oidc,
             gh,
+            run,
             apps: Vec::new(),
         };
         for _ in 0..n {
@@ -106,7 +114,7 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("app.pem"), test_app_private_key()).unwrap();
         let config = config_text(&self.redis.url(), &self.oidc.issuer(), &self.gh.url(), extra);
-        App::start_in(dir, &config, &[("GH_WEBHOOK_SECRET", WEBHOOK_SECRET)]).await
+        App::launch_in(self.run, dir, &config, &[("GH_WEBHOOK_SECRET", WEBHOOK_SECRET)]).await
     }
 
     fn app(&self, i: usize) -> &App {
@@ -117,8 +125,9 @@ impl Cluster {
         self.apps.iter().flatten()
     }
 
-    /// Kills replica `i` with SIGKILL (dropping the `App` kills it).
+    /// Kills replica `i` with SIGKILL (dropping a binary `App` kills it).
     fn kill(&mut self, i: usize) {
+        assert_eq!(self.run, Run::Binary, "SIGKILL needs the replicas as processes");
         self.apps[i] = None;
     }
 
@@ -331,7 +340,7 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_during_the_platform_call_is_taken_over_without_a_second_approval() {
-    let mut c = Cluster::start(2).await;
+    let mut c = Cluster::start_on(Run::Binary, 2).await;
     let run = 31_001;
     // The first review call hangs (the replica dies during it); GitHub answers
     // a repeat with 422 "already reviewed".

@@ -1,6 +1,6 @@
 //! Human reviews and the Slack-linked audit trail.
 //!
-//! Through the real binary: a real OpenID Provider mints the CI tokens, a
+//! Through the application, in process: a real OpenID Provider mints the CI tokens, a
 //! recording GitHub API mock takes the review calls, a checking Slack Web
 //! API fake holds the messages and the user directory, and interactivity
 //! payloads are signed as Slack signs them. SSO reviews go through a second

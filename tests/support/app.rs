@@ -1,15 +1,24 @@
-//! Runs the real `portcullis` binary with a configuration written to a
-//! temporary directory, and talks to it over HTTP.
+//! Runs portcullis with a configuration written to a temporary directory,
+//! and talks to it over HTTP. By default the application runs inside the
+//! test process ([`App::start`]); [`App::start_binary`] runs the real
+//! `portcullis` binary, for what only a process has: SIGTERM, SIGKILL, exit.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use portcullis::config::Config;
+use portcullis::server::Application;
 use serde_json::Value;
 
+use super::logs;
+
 pub const WEBHOOK_SECRET: &str = "test-webhook-secret-7f3a";
+
+/// How long an app may take to start, and an in-process one to stop.
+const START_STOP: Duration = Duration::from_secs(30);
 
 /// The port of the startup line `listening on ADDR` (`127.0.0.1:8080`,
 /// `0.0.0.0:8080`, `[::1]:8080`), in the text or the JSON log format.
@@ -22,64 +31,82 @@ fn listening_port(line: &str) -> Option<u16> {
     addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
 }
 
-/// A running portcullis process. Killed on drop.
+/// Where an [`App`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Run {
+    /// [`Application`] on a thread of the test process, with its own
+    /// multi-thread tokio runtime.
+    InProcess,
+    /// The `portcullis serve` binary, as a child process.
+    Binary,
+}
+
+enum Runner {
+    InProcess(InProcess),
+    Binary(Child),
+}
+
+/// A running portcullis: stopped on drop (an in-process one at once, its
+/// decisions in flight abandoned; the binary with SIGKILL).
 pub struct App {
-    child: Child,
+    runner: Runner,
     pub port: u16,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
-    logs: Arc<Mutex<String>>,
+    logs: logs::Buffer,
     pub http: reqwest::Client,
 }
 
 impl App {
-    /// Starts the binary with `config` (TOML; `{dir}` is replaced by the
-    /// temporary directory) and `env`, waits for it to listen.
+    /// Runs the application in this process with `config` (TOML; `{dir}` is
+    /// replaced by a new temporary directory), its secrets' environment
+    /// variables looked up in `env` only; returns once it listens.
     pub async fn start(config: &str, env: &[(&str, &str)]) -> App {
         let dir = tempfile::tempdir().expect("temp dir");
         Self::start_in(dir, config, env).await
     }
 
+    /// [`App::start`] in `dir`.
     pub async fn start_in(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> App {
+        Self::launch_in(Run::InProcess, dir, config, env).await
+    }
+
+    /// Starts the binary with `config` (`{dir}` replaced as for
+    /// [`App::start`]) and `env` added to its environment, waits for it to
+    /// listen.
+    pub async fn start_binary(config: &str, env: &[(&str, &str)]) -> App {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_binary_in(dir, config, env).await
+    }
+
+    /// [`App::start_binary`] in `dir`.
+    pub async fn start_binary_in(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> App {
+        Self::launch_in(Run::Binary, dir, config, env).await
+    }
+
+    /// Writes `config` (with `{dir}` replaced) to `dir/portcullis.toml`, where
+    /// [`App::cli`] finds it, and starts the app as `run` says.
+    pub async fn launch_in(run: Run, dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> App {
         let config_path = dir.path().join("portcullis.toml");
-        std::fs::write(&config_path, config.replace("{dir}", &dir.path().display().to_string())).expect("write config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .current_dir(dir.path())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn portcullis");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let (Some(p), Some(t)) = (listening_port(&line), tx.as_ref()) {
-                    let _ = t.send(p);
-                    tx = None;
-                }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
+        let text = config.replace("{dir}", &dir.path().display().to_string());
+        std::fs::write(&config_path, &text).expect("write config");
+        let logs = logs::Buffer::default();
+        let (runner, port) = match run {
+            Run::InProcess => {
+                let config = Config::from_toml(&text, &|name| {
+                    env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+                })
+                .unwrap_or_else(|e| panic!("invalid test configuration:\n{e}"));
+                let (app, port) = InProcess::start(config, logs.clone()).await;
+                (Runner::InProcess(app), port)
             }
-        });
-        let port = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(p) => p,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("portcullis did not start; its log:\n{}", logs.lock().unwrap());
+            Run::Binary => {
+                let (child, port) = start_binary(&config_path, dir.path(), env, &logs);
+                (Runner::Binary(child), port)
             }
         };
         App {
-            child,
+            runner,
             port,
             dir,
             config_path,
@@ -100,17 +127,21 @@ impl App {
         self.dir.path().join("audit.jsonl")
     }
 
-    /// Sends SIGTERM and waits for the process to exit; returns its status.
+    /// Sends SIGTERM to the binary and waits for it to exit; returns its
+    /// status. Only for an app from [`App::start_binary`].
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
+        let Runner::Binary(child) = &mut self.runner else {
+            panic!("terminate() signals a process: start the app with App::start_binary");
+        };
+        let pid = child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + START_STOP;
         loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
+            if let Ok(Some(s)) = child.try_wait() {
                 return s;
             }
             if Instant::now() > deadline {
-                let _ = self.child.kill();
+                let _ = child.kill();
                 panic!("portcullis did not stop on SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -188,8 +219,195 @@ impl App {
 
 impl Drop for App {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.runner {
+            Runner::InProcess(app) => app.stop(),
+            Runner::Binary(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Spawns `portcullis serve` and reads its stderr into `logs`; returns once
+/// it logs the port it listens on.
+fn start_binary(config_path: &Path, dir: &Path, env: &[(&str, &str)], logs: &logs::Buffer) -> (Child, u16) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config_path)
+        .current_dir(dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn portcullis");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let (Some(p), Some(t)) = (listening_port(&line), tx.as_ref()) {
+                let _ = t.send(p);
+                tx = None;
+            }
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    match rx.recv_timeout(START_STOP) {
+        Ok(p) => (child, p),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("portcullis did not start; its log:\n{}", logs.lock().unwrap());
+        }
+    }
+}
+
+/// An [`Application`] on its own thread, with its own multi-thread tokio
+/// runtime (so a test's blocking calls or current-thread runtime never
+/// starve it) inside an actix `System` (so actix-web's worker threads are
+/// known to be the app's, for the log capture).
+struct InProcess {
+    id: u64,
+    /// Dropped or sent: the app stops.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Receives when the app's thread is done.
+    done: std::sync::mpsc::Receiver<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProcess {
+    async fn start(config: Config, buffer: logs::Buffer) -> (InProcess, u16) {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        logs::install();
+        logs::register(id, buffer.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<u16, String>>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("portcullis-app-{id}"))
+            .spawn(move || {
+                logs::enter(id);
+                let system = actix_web::rt::System::with_tokio_rt(move || {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .enable_all()
+                        .thread_name(format!("portcullis-app-{id}"))
+                        .on_thread_start(move || logs::enter(id))
+                        .build()
+                        .expect("the app's runtime")
+                });
+                logs::register_system(actix_web::rt::System::current().id(), id);
+                system.block_on(serve(config, ready_tx, stop_rx));
+                drop(system);
+                let _ = done_tx.send(());
+            })
+            .expect("spawn the app's thread");
+        let mut app = InProcess {
+            id,
+            stop: Some(stop_tx),
+            done,
+            thread: Some(thread),
+        };
+        let port = match tokio::time::timeout(START_STOP, ready_rx).await {
+            Ok(Ok(Ok(port))) => port,
+            Ok(Ok(Err(e))) => {
+                app.stop();
+                panic!("portcullis did not start: {e}\nits log:\n{}", buffer.lock().unwrap())
+            }
+            Ok(Err(_)) => {
+                app.stop();
+                panic!(
+                    "the app's thread ended before it listened; its log:\n{}",
+                    buffer.lock().unwrap()
+                )
+            }
+            Err(_) => panic!(
+                "portcullis did not start in {START_STOP:?}; its log:\n{}",
+                buffer.lock().unwrap()
+            ),
+        };
+        // The startup line shows the capture works: a test asserting that
+        // something is absent from the logs never passes on an empty buffer.
+        let deadline = Instant::now() + START_STOP;
+        while !buffer.lock().unwrap().contains("listening on") {
+            assert!(
+                Instant::now() < deadline,
+                "the app's log has no `listening on` line: its log capture is broken"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (app, port)
+    }
+
+    /// Stops the server at once (open connections closed), abandons what is
+    /// in flight with the runtime, and waits for the app's thread to end.
+    fn stop(&mut self) {
+        let Some(stop) = self.stop.take() else {
+            return;
+        };
+        let _ = stop.send(());
+        match self.done.recv_timeout(START_STOP) {
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                eprintln!(
+                    "portcullis app {} did not stop in {START_STOP:?}; left running",
+                    self.id
+                );
+            }
+        }
+        logs::unregister(self.id);
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs on the app's thread: builds the application, reports its port, and
+/// serves until `stop` resolves (sent or dropped).
+async fn serve(
+    config: Config,
+    ready: tokio::sync::oneshot::Sender<Result<u16, String>>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let app = match Application::build_without_signals(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let server = app.server_handle();
+    let _ = ready.send(Ok(app.port()));
+    let run = app.run_until_stopped();
+    tokio::pin!(run);
+    tokio::select! {
+        result = &mut run => {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "the server failed");
+            }
+        }
+        _ = stop => {
+            // The server stops (its workers too) only while `run` is polled;
+            // what `run` would drain afterwards is dropped with the runtime.
+            let stopped = server.stop(false);
+            tokio::select! {
+                _ = &mut run => {}
+                _ = stopped => {}
+            }
+        }
     }
 }
 

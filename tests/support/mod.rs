@@ -1,11 +1,13 @@
 //! Shared test support: the real parts the integration tests run (an OpenID
-//! Provider, GitHub API mocks, Redis servers, the portcullis binary).
+//! Provider, GitHub API mocks, Redis servers, the application in process or
+//! as the binary, and the capture of its logs).
 //! Each test binary includes this with `mod support;` and uses what it needs.
 #![allow(dead_code)]
 
 pub mod app;
 pub mod github_mock;
 pub mod gitlab_mock;
+pub mod logs;
 pub mod oidc;
 pub mod prism;
 pub mod redis;
