@@ -180,16 +180,22 @@ impl App {
         status_json(r).await
     }
 
+    /// Posts with a bearer token. Like a polite client, it waits out a 429
+    /// (the `/v1` rate limit) as `Retry-After` says, a few times.
     pub async fn post_bearer(&self, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
-        let mut r = self.http.post(self.url(path)).bearer_auth(token);
-        if let Some(b) = body {
-            r = r.json(b);
-        }
-        status_json(r.send().await.expect("post")).await
+        polite(|| {
+            let mut r = self.http.post(self.url(path)).bearer_auth(token);
+            if let Some(b) = body {
+                r = r.json(b);
+            }
+            r
+        })
+        .await
     }
 
+    /// Gets `path`, waiting out a 429 as [`App::post_bearer`] does.
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        status_json(self.http.get(self.url(path)).send().await.expect("get")).await
+        polite(|| self.http.get(self.url(path))).await
     }
 
     /// Polls `GET /v1/requests/{id}` until its status is not pending (or
@@ -207,7 +213,8 @@ impl App {
                     self.logs()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Under the default `/v1` rate limit (20 a second).
+            tokio::time::sleep(Duration::from_millis(60)).await;
         }
     }
 
@@ -425,6 +432,26 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
         "sha256={}",
         hex::encode(portcullis::crypto::hmac_sha256(secret.as_bytes(), &[body]))
     )
+}
+
+/// Sends the request `make` builds; on 429 waits `Retry-After` (at most
+/// 2 s) and sends it again, up to 10 times.
+async fn polite(make: impl Fn() -> reqwest::RequestBuilder) -> (u16, Value) {
+    for _ in 0..10 {
+        let r = make().send().await.expect("send");
+        if r.status().as_u16() != 429 {
+            return status_json(r).await;
+        }
+        let wait = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1)
+            .min(2);
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+    status_json(make().send().await.expect("send")).await
 }
 
 async fn status_json(r: reqwest::Response) -> (u16, Value) {
