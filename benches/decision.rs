@@ -54,6 +54,7 @@ signing_secret = { env = "S" }
 fn request(environment: &str) -> DeploymentRequest {
     DeploymentRequest {
         id: "req_bench".into(),
+        issuer: "gha".into(),
         platform: Platform::Github,
         repository: "octo-org/payments".into(),
         run: "13172451234".into(),
@@ -134,6 +135,7 @@ fn verdict(environment: &str) -> Verdict {
         policy_revision: None,
         reasons: vec![],
         producer: Producer {
+            issuer_name: "gha".into(),
             issuer: "https://token.actions.githubusercontent.com".into(),
             subject: "repo:octo-org/compliance:ref:refs/heads/main".into(),
             actor: "compliance-bot".into(),

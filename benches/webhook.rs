@@ -154,7 +154,7 @@ required = false
                 .environment(&p.environment)
                 .map(|e| e.pending_timeout)
                 .unwrap_or_default();
-            portcullis::webhook::github::deployment_request(timeout, "delivery-1", &p, now)
+            portcullis::webhook::github::deployment_request(&gh.issuer, timeout, "delivery-1", &p, now)
         })
     });
     group.finish();

@@ -296,7 +296,13 @@ async fn decide(
         .environment(&parsed.environment)
         .map(|e| e.pending_timeout)
         .unwrap_or_default();
-    let request = crate::webhook::github::deployment_request(timeout, "offline", &parsed, now);
+    let request = crate::webhook::github::deployment_request(
+        config.github.as_ref().map_or("", |g| g.issuer.as_str()),
+        timeout,
+        "offline",
+        &parsed,
+        now,
+    );
 
     let attestation = match token {
         None => None,
@@ -359,6 +365,7 @@ async fn decide(
                 policy_revision: None,
                 reasons: body.reasons.clone(),
                 producer: Producer {
+                    issuer_name: request.issuer.clone(),
                     issuer: "file".into(),
                     subject: source,
                     actor: String::new(),

@@ -1,23 +1,43 @@
 //! portcullis: a deploy authorizer between CI pipelines and protected
 //! environments.
 //!
-//! The flow, module by module:
-//! - [`webhook`]: GitHub, GitLab and Slack ingress; signatures, dedup, parsing
-//!   into a [`domain::DeploymentRequest`].
-//! - [`identity`]: OIDC ID tokens of CI jobs, verified against trusted issuers
-//!   into [`domain::Attestation`]s.
+//! The flow, module by module, lowest layer first (a module uses only the
+//! ones above it in this list; `tests/integration/architecture.rs` checks
+//! that the module graph has no cycles):
+//! - [`crypto`], [`time_fmt`]: SHA-256, HMAC, constant-time comparison,
+//!   Standard Webhooks keys; RFC 3339 times.
+//! - [`domain`]: the values that flow through the gate (requests,
+//!   attestations, verdicts, reviews, run attempts), the decision's reason
+//!   codes and the HTTP API's error codes.
+//! - [`config`]: strict TOML configuration, validated as a whole into typed
+//!   settings; secrets only from the environment or files.
+//! - [`decision`]: the pure engine. Each contract rule is one function
+//!   (`decision::rules`, and `decision::reviews` for reviews and reviewer
+//!   eligibility); the gate, the Slack buttons and the SSO pages ask them.
+//! - `redis_conn` (crate-internal): the one Redis connection builder, used by
+//!   the Redis store and the Redis audit trail.
+//! - [`state`]: memory and Redis stores behind one async interface
+//!   (insert-if-absent, compare-and-set, fenced leases).
+//! - [`audit`]: the hash-chained, append-only audit trail: one group-commit
+//!   writer over file, Redis and memory sinks.
+//! - [`identity`]: OIDC ID tokens of CI jobs, verified against trusted
+//!   issuers into attestations; reviewer aliases for Slack and SSO.
 //! - [`verdict`]: Rego policies (regorus, or an OPA server) evaluated over
-//!   posted scan evidence into verdicts.
-//! - [`decision`]: the pure engine: policy, request, attestation, verdict,
-//!   reviews and time in; approved, rejected or pending with reasons out.
-//! - [`gate`]: the orchestration: re-evaluates requests as inputs arrive,
-//!   takes the lease, audits durably, then answers the platform.
-//! - [`platform`]: GitHub and GitLab API calls.
-//! - [`audit`]: the hash-chained, append-only audit trail (file or Redis).
-//! - [`slack`]: the living Slack message of each request and its reviews.
-//! - [`state`]: memory and Redis backends behind one async interface.
-//! - [`config`]: strict TOML configuration, validated as a whole.
-//! - [`server`]: the actix-web application and its routes.
+//!   posted evidence; `verdict::evaluate_evidence` serves `serve` and
+//!   `decide` alike.
+//! - [`platform`]: GitHub and GitLab API calls through one retrying send with
+//!   typed failures; the answer comment; GitHub's redelivery reconciler.
+//! - [`webhook`]: GitHub and GitLab ingress: signatures, parsing, and the
+//!   [`domain::DeploymentRequest`] each delivery asks for.
+//! - [`gate`]: the orchestration: takes inputs, re-evaluates the requests
+//!   they may unblock, and acts on final decisions under a lease: audit
+//!   durably, answer the platform, audit the answer.
+//! - [`slack`]: the living Slack message of each request and its review
+//!   buttons.
+//! - [`server`]: the actix-web application: one route table, error codes to
+//!   HTTP statuses, the read API's access rules, rate limits, SSO review pages.
+//! - [`cli`]: the binary's commands (`serve`, `check-config`, `decide`,
+//!   `audit verify`/`query`).
 
 pub mod audit;
 pub mod cli;

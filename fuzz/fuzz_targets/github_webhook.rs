@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     let api = url::Url::parse("https://api.github.com").expect("static URL");
     if let Ok(GithubEvent::ProtectionRule(p)) = parse(event, body, &api) {
         let now = time::OffsetDateTime::UNIX_EPOCH;
-        let req = deployment_request(std::time::Duration::from_secs(u64::MAX), "fuzz", &p, now);
+        let req = deployment_request("fuzz", std::time::Duration::from_secs(u64::MAX), "fuzz", &p, now);
         assert_eq!(req.repository, p.repository);
         assert!(req.deadline >= now);
     }

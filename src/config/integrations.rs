@@ -77,6 +77,7 @@ impl Validator<'_> {
                 Duration::from_secs(10),
             ),
             redeliver,
+            issuer: raw.issuer.unwrap_or_default(),
         }
     }
 
@@ -128,6 +129,7 @@ impl Validator<'_> {
             }
         }
         GitlabConfig {
+            issuer: raw.issuer.unwrap_or_default(),
             url,
             token,
             webhook_token,
@@ -195,6 +197,7 @@ impl Validator<'_> {
             client_id: client_id?,
             client_secret,
             groups_claim: raw.groups_claim.unwrap_or_else(|| "groups".into()),
+            trust_unverified_email: raw.trust_unverified_email.unwrap_or(false),
         })
     }
 

@@ -97,6 +97,7 @@ pub(super) struct RawGithub {
     #[serde(default)]
     pub webhook_secrets: Vec<RawSecret>,
     pub api_url: Option<String>,
+    pub issuer: Option<String>,
     pub request_timeout: Option<String>,
     pub redeliver: Option<RawRedeliver>,
 }
@@ -120,6 +121,7 @@ pub(super) struct RawGitlab {
     pub represented_as: Option<String>,
     pub play_after_approval: Option<bool>,
     pub signature_tolerance: Option<String>,
+    pub issuer: Option<String>,
     pub request_timeout: Option<String>,
     #[serde(default)]
     pub poll: Vec<RawGitlabPoll>,
@@ -147,6 +149,7 @@ pub(super) struct RawSso {
     pub client_id: Option<String>,
     pub client_secret: Option<RawSecret>,
     pub groups_claim: Option<String>,
+    pub trust_unverified_email: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

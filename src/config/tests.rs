@@ -324,3 +324,54 @@ fn server_limits_are_validated_naming_the_key() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn each_platform_instance_is_bound_to_one_issuer() {
+    let issuers = r#"
+[[issuers]]
+name = "github-com"
+kind = "github"
+issuer = "https://token.actions.githubusercontent.com"
+audience = "portcullis"
+[[issuers]]
+name = "ghes"
+kind = "github"
+issuer = "https://ghe.example.com/_services/token"
+audience = "portcullis"
+[environments.production]
+approvers = ["octocat"]
+[environments.production.verdict]
+required = false
+"#;
+    let github = |extra: &str| {
+        format!("[server]\ndry_run = true\n[github]\nwebhook_secrets = [{{ env = \"S\" }}]\n{extra}\n{issuers}")
+    };
+    let errs = errors(&github(""));
+    assert!(
+        errs.iter().any(|e| e
+            .starts_with("github.issuer: 2 issuers of kind github are configured (github-com, ghes); name the one")),
+        "{errs:#?}"
+    );
+    let errs = errors(&github("issuer = \"nobody\""));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("github.issuer: `nobody` names no [[issuers]] entry")),
+        "{errs:#?}"
+    );
+    let c = Config::from_toml(&github("issuer = \"ghes\""), &|_| Some("x".into())).expect("valid");
+    assert_eq!(c.github.as_ref().unwrap().issuer, "ghes");
+    // With one issuer of the kind, it is the one.
+    let one = issuers
+        .replacen("name = \"ghes\"", "name = \"gitlab-com\"", 1)
+        .replacen(
+            "kind = \"github\"\nissuer = \"https://ghe",
+            "kind = \"gitlab\"\nissuer = \"https://ghe",
+            1,
+        );
+    let c = Config::from_toml(
+        &format!("[server]\ndry_run = true\n[github]\nwebhook_secrets = [{{ env = \"S\" }}]\n{one}"),
+        &|_| Some("x".into()),
+    )
+    .expect("valid");
+    assert_eq!(c.github.as_ref().unwrap().issuer, "github-com");
+}

@@ -128,6 +128,9 @@ pub struct GithubConfig {
     pub api_url: Url,
     pub request_timeout: Duration,
     pub redeliver: RedeliverConfig,
+    /// The configured name of the issuer whose tokens attest this GitHub's
+    /// runs (`[github] issuer`; by default the only issuer of kind github).
+    pub issuer: String,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +143,9 @@ pub struct RedeliverConfig {
 
 #[derive(Debug, Clone)]
 pub struct GitlabConfig {
+    /// The configured name of the issuer whose tokens attest this GitLab's
+    /// pipelines (`[gitlab] issuer`; by default the only issuer of kind gitlab).
+    pub issuer: String,
     pub url: Url,
     pub token: Option<Secret>,
     pub webhook_token: Option<Secret>,
@@ -171,6 +177,9 @@ pub struct SsoConfig {
     pub client_id: String,
     pub client_secret: Option<Secret>,
     pub groups_claim: String,
+    /// Trust the provider's emails without `email_verified = true` (for a
+    /// provider that only issues verified addresses and omits the claim).
+    pub trust_unverified_email: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -42,10 +42,21 @@ pub(crate) fn attestation_present<'a>(
     attestation
 }
 
-/// Rule 3: the attestation agrees with the request (platform and
-/// repository, and the sha where the token carries one).
+/// Rule 3: the attestation agrees with the request (its issuer is the one
+/// bound to the request's platform instance; platform and repository; the
+/// sha where the token carries one).
 pub(crate) fn attestation_matches(request: &DeploymentRequest, att: &Attestation, f: &mut Findings) {
     let mut ok = true;
+    if !request.issuer.is_empty() && att.issuer_name != request.issuer {
+        ok = false;
+        f.violations.push(Reason::new(
+            ReasonCode::IdentityMismatch,
+            format!(
+                "the token is from issuer `{}`; this platform's runs are attested by `{}`",
+                att.issuer_name, request.issuer
+            ),
+        ));
+    }
     if att.platform != request.platform || !att.repository.eq_ignore_ascii_case(&request.repository) {
         ok = false;
         f.violations.push(Reason::new(
@@ -195,6 +206,7 @@ pub(crate) fn verdict_allows(
     if !v.sha.eq_ignore_ascii_case(&request.sha)
         || !v.repository.eq_ignore_ascii_case(&request.repository)
         || v.environment != request.environment
+        || (!request.issuer.is_empty() && v.producer.issuer_name != request.issuer)
     {
         f.missing.push(Reason::new(
             ReasonCode::VerdictMissing,

@@ -53,6 +53,7 @@ fn request(env: &str) -> DeploymentRequest {
     DeploymentRequest {
         id: "req_1".into(),
         platform: Platform::Github,
+        issuer: "gha".into(),
         repository: "octo-org/payments".into(),
         run: "42".into(),
         environment: env.into(),
@@ -130,6 +131,7 @@ fn verdict(allow: bool) -> Verdict {
             vec!["container: 2 critical CVEs".into()]
         },
         producer: Producer {
+            issuer_name: "gha".into(),
             issuer: "https://token.actions.githubusercontent.com".into(),
             subject: "gate".into(),
             actor: "octocat".into(),
@@ -505,4 +507,40 @@ fn the_identity_checked_is_whoever_started_this_attempt() {
         now: NOW,
     });
     assert_eq!(d.codes(), vec![ReasonCode::ActorNotApprover], "{d:?}");
+}
+
+#[test]
+fn another_issuers_attestation_or_verdict_never_counts() {
+    let config = config();
+    let policy = config.environment("production").cloned().map(|mut p| {
+        p.reviews.required = 0;
+        p
+    });
+    let req = request("production"); // bound to issuer `gha`
+    let mut att = attestation();
+    att.issuer_name = "ghes".into();
+    let d = evaluate(&Inputs {
+        policy: policy.as_ref(),
+        request: &req,
+        attestation: Some(&att),
+        verdict: Some(&verdict(true)),
+        reviews: &[],
+        now: NOW,
+    });
+    assert_eq!(d.codes(), vec![ReasonCode::IdentityMismatch]);
+    assert_eq!(
+        d.reasons[0].message,
+        "the token is from issuer `ghes`; this platform's runs are attested by `gha`"
+    );
+    let mut v = verdict(true);
+    v.producer.issuer_name = "ghes".into();
+    let d = evaluate(&Inputs {
+        policy: policy.as_ref(),
+        request: &req,
+        attestation: Some(&attestation()),
+        verdict: Some(&v),
+        reviews: &[],
+        now: NOW,
+    });
+    assert_eq!(d.codes(), vec![ReasonCode::VerdictMissing]);
 }

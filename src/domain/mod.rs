@@ -41,6 +41,8 @@ impl std::fmt::Display for Platform {
 /// project path and pipeline id. Attestations are keyed by it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RunRef {
+    /// The configured name of the issuer whose tokens attest this run.
+    pub issuer: String,
     pub platform: Platform,
     pub repository: String,
     pub run: String,
@@ -51,7 +53,8 @@ impl RunRef {
     /// platforms, so the key is lower-cased.
     pub fn key(&self) -> String {
         format!(
-            "{}:{}:{}",
+            "{}/{}:{}:{}",
+            self.issuer,
             self.platform,
             self.repository.to_ascii_lowercase(),
             self.run
@@ -59,10 +62,13 @@ impl RunRef {
     }
 }
 
-/// The key of the latest verdict for (repository, sha, environment).
-pub fn verdict_key(platform: Platform, repository: &str, sha: &str, environment: &str) -> String {
+/// The key of the latest verdict for (repository, sha, environment), as
+/// posted with a token of `issuer` (a configured issuer's name): one
+/// instance's policy-gate jobs never stand in for another's.
+pub fn verdict_key(issuer: &str, platform: Platform, repository: &str, sha: &str, environment: &str) -> String {
     format!(
-        "{}:{}:{}:{}",
+        "{}/{}:{}:{}:{}",
+        issuer,
         platform,
         repository.to_ascii_lowercase(),
         sha.to_ascii_lowercase(),
@@ -134,6 +140,7 @@ pub struct Attestation {
 impl Attestation {
     pub fn run_ref(&self) -> RunRef {
         RunRef {
+            issuer: self.issuer_name.clone(),
             platform: self.platform,
             repository: self.repository.clone(),
             run: self.run.clone(),
@@ -156,6 +163,10 @@ pub enum VerdictSource {
 /// Who posted a verdict: the verified identity of the policy-gate job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Producer {
+    /// The configured name of the poster's issuer (empty in records written
+    /// before it was kept).
+    #[serde(default)]
+    pub issuer_name: String,
     pub issuer: String,
     pub subject: String,
     pub actor: String,
@@ -262,6 +273,11 @@ pub struct SlackRef {
 pub struct DeploymentRequest {
     pub id: String,
     pub platform: Platform,
+    /// The configured name of the issuer whose tokens attest this platform
+    /// instance's runs (`[github] issuer`, `[gitlab] issuer`): attestations
+    /// and verdicts of any other issuer never count for it.
+    #[serde(default)]
+    pub issuer: String,
     pub repository: String,
     pub run: String,
     pub environment: String,
@@ -307,6 +323,7 @@ pub struct DeploymentRequest {
 impl DeploymentRequest {
     pub fn run_ref(&self) -> RunRef {
         RunRef {
+            issuer: self.issuer.clone(),
             platform: self.platform,
             repository: self.repository.clone(),
             run: self.run.clone(),
@@ -314,7 +331,13 @@ impl DeploymentRequest {
     }
 
     pub fn verdict_key(&self) -> String {
-        verdict_key(self.platform, &self.repository, &self.sha, &self.environment)
+        verdict_key(
+            &self.issuer,
+            self.platform,
+            &self.repository,
+            &self.sha,
+            &self.environment,
+        )
     }
 
     /// The stable id of the request for (platform, repository, run,

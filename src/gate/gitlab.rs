@@ -140,6 +140,12 @@ impl Gate {
                 format!("listing blocked deployments failed: {e}"),
             )
         });
+        let issuer = self
+            .config
+            .gitlab
+            .as_ref()
+            .map(|g| g.issuer.clone())
+            .unwrap_or_default();
         let mut created = 0;
         for info in blocked.unwrap_or_default() {
             let Some(path) = info.project_path.as_deref() else {
@@ -154,7 +160,7 @@ impl Gate {
             };
             let now = OffsetDateTime::now_utc();
             let timeout = self.pending_timeout(&info.environment);
-            let req = hook::deployment_request(timeout, &format!("poll:{}", info.id), blocked, &info, now);
+            let req = hook::deployment_request(&issuer, timeout, &format!("poll:{}", info.id), blocked, &info, now);
             if self.store.get_request(&req.id).await?.is_none() {
                 let (_, new) = self.receive_request(req).await?;
                 created += usize::from(new);

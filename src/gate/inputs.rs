@@ -194,6 +194,7 @@ impl Gate {
                     // No evaluation, no verdict: and no earlier verdict for this
                     // commit stands in for it. The request waits for a new one.
                     let key = verdict_key(
+                        &verdict.producer.issuer_name,
                         verdict.platform,
                         &verdict.repository,
                         &verdict.sha,
@@ -219,6 +220,7 @@ impl Gate {
     /// the requests waiting on it.
     pub async fn store_verdict(self: &Arc<Self>, verdict: Verdict) -> Result<Verdict, GateError> {
         let key = verdict_key(
+            &verdict.producer.issuer_name,
             verdict.platform,
             &verdict.repository,
             &verdict.sha,
@@ -316,6 +318,7 @@ impl Gate {
 
 fn producer_of(v: &VerifiedToken) -> Producer {
     Producer {
+        issuer_name: v.issuer_name.clone(),
         issuer: v.issuer.clone(),
         subject: v.subject.clone(),
         actor: v.actor.clone(),

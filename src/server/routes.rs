@@ -102,9 +102,17 @@ async fn metrics(gate: web::Data<Gate>) -> HttpResponse {
         ],
     );
     counter(
+        "tokens_refused_unverified_total",
+        "Tokens refused before their signature verified (garbage, unsigned, forged, unknown issuer): counted, never audited.",
+        &[("", g(&m.tokens_refused_unverified))],
+    );
+    counter(
         "verdicts_total",
-        "Verdicts recorded.",
-        &[("result=\"recorded\"", g(&m.verdicts_recorded))],
+        "Verdicts by result.",
+        &[
+            ("result=\"recorded\"", g(&m.verdicts_recorded)),
+            ("result=\"sha_mismatch\"", g(&m.verdicts_sha_mismatch)),
+        ],
     );
     counter(
         "decisions_total",
@@ -169,8 +177,13 @@ async fn github_webhook(
                 let dedup_key = format!("github:{delivery}");
                 once_per_delivery(&gate, Some(&dedup_key), async {
                     let timeout = gate.pending_timeout(&p.environment);
-                    let request =
-                        crate::webhook::github::deployment_request(timeout, delivery, &p, OffsetDateTime::now_utc());
+                    let request = crate::webhook::github::deployment_request(
+                        &gh.issuer,
+                        timeout,
+                        delivery,
+                        &p,
+                        OffsetDateTime::now_utc(),
+                    );
                     let span = info_span!("request", request = %request.id, environment = %request.environment);
                     let gate2 = gate.clone().into_inner();
                     let (id, _) = gate2.receive_request(request).instrument(span).await?;
@@ -260,7 +273,13 @@ async fn gitlab_hook(
         )
     })?;
     let timeout = gate.pending_timeout(&hook.environment);
-    let request = crate::webhook::gitlab::deployment_request(timeout, delivery, hook.deployment(), &info, now);
+    let issuer = gate
+        .config
+        .gitlab
+        .as_ref()
+        .map(|g| g.issuer.clone())
+        .unwrap_or_default();
+    let request = crate::webhook::gitlab::deployment_request(&issuer, timeout, delivery, hook.deployment(), &info, now);
     let span = info_span!("request", request = %request.id, environment = %request.environment);
     let (id, _) = gate.receive_request(request).instrument(span).await?;
     gate.metrics.webhooks_accepted.fetch_add(1, Ordering::Relaxed);

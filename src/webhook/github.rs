@@ -229,6 +229,7 @@ pub fn request_id(repository: &str, run_id: u64, deployment_id: Option<u64>, env
 /// The delivery's problems (a callback on a foreign host, say) come along as
 /// intake problems, which reject the request without calling the callback.
 pub fn deployment_request(
+    issuer: &str,
     pending_timeout: std::time::Duration,
     delivery: &str,
     p: &ProtectionRuleRequest,
@@ -238,6 +239,7 @@ pub fn deployment_request(
     DeploymentRequest {
         id: request_id(&p.repository, p.run_id, p.deployment_id, &p.environment),
         platform: Platform::Github,
+        issuer: issuer.to_string(),
         repository: p.repository.clone(),
         run,
         environment: p.environment.clone(),

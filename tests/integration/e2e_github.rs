@@ -30,6 +30,11 @@ async fn binary_world() -> World {
 }
 
 async fn world_with(run: Run, extra: &str) -> World {
+    world_with_server(run, "", extra).await
+}
+
+/// The world, with `server_extra` added to `[server]` and `extra` at the end.
+async fn world_with_server(run: Run, server_extra: &str, extra: &str) -> World {
     let oidc = OidcProvider::start().await;
     let gh = GithubMock::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -41,6 +46,7 @@ listen = "127.0.0.1:0"
 public_url = "https://portcullis.example"
 shutdown_timeout = "10s"
 max_body_bytes = 65536
+{server_extra}
 
 [audit]
 path = "{{dir}}/audit.jsonl"
@@ -698,6 +704,84 @@ async fn a_verdict_for_another_commit_than_the_posting_jobs_is_refused() {
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0]["detail"]["code"], "sha_mismatch");
     assert_eq!(refused[0]["sha"], json!(other));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_garbage_tokens_grows_nothing_and_a_real_deploy_still_goes_through() {
+    // The rate limit is off so that every token of the flood reaches the
+    // verifier: what is measured is what the gate keeps of them.
+    let w = world_with_server(Run::InProcess, "rate_limit = false", "").await;
+    let audit_before = w.app.audit_records().len();
+    let rss_before = rss_kib();
+    const FLOOD: usize = 100_000;
+    const CONNECTIONS: usize = 16;
+    let url = w.app.url("/v1/attestations");
+    let flood = {
+        let http = reqwest::Client::new();
+        let url = url.clone();
+        tokio::spawn(async move {
+            let mut refused = 0usize;
+            let mut workers = Vec::new();
+            for c in 0..CONNECTIONS {
+                let (http, url) = (http.clone(), url.clone());
+                workers.push(tokio::spawn(async move {
+                    let mut n = 0usize;
+                    for i in (c..FLOOD).step_by(CONNECTIONS) {
+                        let r = http
+                            .post(&url)
+                            .bearer_auth(format!("garbage-{i}"))
+                            .send()
+                            .await
+                            .expect("post");
+                        assert_eq!(r.status().as_u16(), 401);
+                        n += 1;
+                    }
+                    n
+                }));
+            }
+            for w in workers {
+                refused += w.await.expect("worker");
+            }
+            refused
+        })
+    };
+    // A real deployment while the flood runs.
+    let (run, s) = (7801, sha(7801));
+    let (code, _) = w.attest(ci_claims(run, &s)).await;
+    assert_eq!(code, 201);
+    w.verdict(&s, "production", true, &[]).await;
+    let id = w.webhook("d-7801", run, "production", &s).await;
+    let done = w.app.wait_request(&id, "done", Duration::from_secs(120)).await;
+    assert_eq!(done["decision"]["outcome"], "approved", "{done}");
+    assert_eq!(flood.await.expect("flood"), FLOOD);
+
+    let records = w.app.audit_records();
+    let grown: Vec<&Value> = records[audit_before..].iter().collect();
+    assert!(
+        grown.iter().all(|r| r["event"] != "attestation_rejected"),
+        "no refused garbage token is audited"
+    );
+    assert!(grown.len() <= 8, "only the real deploy's records: {}", grown.len());
+    let (_, metrics) = w.app.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(
+        metrics.contains(&format!("portcullis_tokens_refused_unverified_total{{}} {FLOOD}")),
+        "{metrics}"
+    );
+    // Memory: the process (app and flooding client together) grew by less
+    // than 64 MiB for 100,000 refused tokens; nothing is kept per token.
+    let grown_kib = rss_kib().saturating_sub(rss_before);
+    assert!(grown_kib < 64 * 1024, "RSS grew by {grown_kib} KiB");
+}
+
+/// This process's resident set size, in KiB (Linux).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

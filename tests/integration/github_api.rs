@@ -810,6 +810,7 @@ async fn github_and_gitlab_report_the_same_category_for_the_same_status() {
             [gitlab_reply(), gitlab_reply(), gitlab_reply()],
         );
         let config = GitlabConfig {
+            issuer: String::new(),
             url: url::Url::parse(&gitlab.url()).expect("mock URL"),
             token: Some(Secret::new(GL_TOKEN)),
             webhook_token: Some(Secret::new("unused")),

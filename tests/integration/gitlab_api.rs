@@ -54,6 +54,7 @@ impl Default for Options {
 
 fn client(mock: &GitlabMock, o: Options) -> GitlabClient {
     let config = GitlabConfig {
+        issuer: String::new(),
         url: url::Url::parse(&mock.url()).expect("mock URL"),
         token: Some(Secret::new(o.token)),
         webhook_token: Some(Secret::new("unused")),
@@ -76,6 +77,7 @@ fn client(mock: &GitlabMock, o: Options) -> GitlabClient {
 fn request(job_id: Option<u64>) -> DeploymentRequest {
     let now = OffsetDateTime::now_utc();
     DeploymentRequest {
+        issuer: String::new(),
         id: DeploymentRequest::derive_id(Platform::Gitlab, PROJECT_PATH, "53017", "production"),
         platform: Platform::Gitlab,
         repository: PROJECT_PATH.into(),

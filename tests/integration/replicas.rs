@@ -961,6 +961,7 @@ fn prop_request(run: u64, now: OffsetDateTime) -> DeploymentRequest {
     DeploymentRequest {
         id: request_id(run),
         platform: Platform::Github,
+        issuer: "ci".into(),
         repository: REPO.into(),
         run: run.to_string(),
         environment: "production".into(),

@@ -1288,6 +1288,19 @@ async fn sso_refuses_a_nonce_mismatch_a_stranger_a_foreign_state_and_records_not
     assert!(page.body.contains("mallory@example.com is not a reviewer for audited."));
     assert!(page.field("grant").is_none(), "no form for a stranger");
 
+    // An email the provider does not say it verified (false, or no
+    // `email_verified` claim at all) is no reviewer identity.
+    for who in ["unverified@example.com", "unsaid@example.com"] {
+        let page = sign_in(&w, &mut Browser::new(), &id, who, |u| u).await;
+        assert_eq!(
+            (page.status, page.code()),
+            (403, Some("email_unverified")),
+            "{who}: {}",
+            page.body
+        );
+        assert!(page.field("grant").is_none(), "no form for {who}");
+    }
+
     // A callback whose state this browser never started (login CSRF).
     let mut b = Browser::new();
     let start = b.get(&w.app.url(&format!("/reviews/{id}"))).await;

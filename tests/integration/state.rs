@@ -14,6 +14,7 @@ const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 fn request(id: &str, run: &str, deadline: OffsetDateTime) -> DeploymentRequest {
     DeploymentRequest {
         id: id.into(),
+        issuer: String::new(),
         platform: Platform::Github,
         repository: "octo-org/payments".into(),
         run: run.into(),
@@ -163,6 +164,7 @@ async fn contract(store: Arc<dyn Store>) {
         policy_revision: None,
         reasons: vec![],
         producer: portcullis::domain::Producer {
+            issuer_name: String::new(),
             issuer: "https://issuer.example".into(),
             subject: "gate".into(),
             actor: "bot".into(),

@@ -250,6 +250,7 @@ impl GithubMock {
     /// App key and a 2 s request timeout.
     pub fn github_config(&self) -> GithubConfig {
         GithubConfig {
+            issuer: String::new(),
             app_id: Some(TEST_APP_ID),
             private_key: Some(Secret::new(test_app_private_key())),
             webhook_secrets: vec![Secret::new("test-only-webhook-secret")],

@@ -8,6 +8,7 @@ use crate::platform::http::MAX_MESSAGE_CHARS;
 
 fn config(url: &str, token: Option<&str>) -> GitlabConfig {
     GitlabConfig {
+        issuer: String::new(),
         url: Url::parse(url).expect("test URL"),
         token: token.map(Secret::new),
         webhook_token: Some(Secret::new("w")),

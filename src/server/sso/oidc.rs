@@ -302,13 +302,16 @@ pub(super) async fn verify_sign_in(
             "The identity token carries no email address.",
         ));
     };
-    if claims.email_verified() == Some(false) {
+    // The email is the reviewer's identity: it counts only when the provider
+    // says it verified it (or the configuration trusts every email it issues).
+    let verified = claims.email_verified() == Some(true) || sso.trust_unverified_email;
+    if !verified {
         info!(reviewer = %email, "sso review refused: the email is not verified");
         return Err(refused(
             StatusCode::FORBIDDEN,
             "email_unverified",
             "Email not verified",
-            "The provider says this email address is not verified.",
+            "The provider does not say this email address is verified.",
         ));
     }
     let groups: Vec<String> = match claims.additional_claims().other.get(&sso.groups_claim) {

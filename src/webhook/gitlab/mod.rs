@@ -393,6 +393,7 @@ impl DeploymentHook {
 /// disagreement between the two, or a deployment without a pipeline, is an
 /// intake problem that rejects the request.
 pub fn deployment_request(
+    issuer: &str,
     pending_timeout: std::time::Duration,
     delivery: &str,
     blocked: BlockedDeployment<'_>,
@@ -422,6 +423,7 @@ pub fn deployment_request(
     DeploymentRequest {
         id: request_id(blocked.project_id, blocked.deployment_id, blocked.environment),
         platform: Platform::Gitlab,
+        issuer: issuer.to_string(),
         repository: blocked.project_path.to_string(),
         run,
         environment: blocked.environment.to_string(),

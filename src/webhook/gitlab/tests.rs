@@ -16,6 +16,7 @@ fn fixture(name: &str) -> Vec<u8> {
 
 fn config(webhook_token: Option<&str>, signing_token: Option<&str>) -> GitlabConfig {
     GitlabConfig {
+        issuer: String::new(),
         url: url::Url::parse("https://gitlab.example.com").unwrap(),
         token: Some(Secret::new("glpat-test")),
         webhook_token: webhook_token.map(Secret::new),

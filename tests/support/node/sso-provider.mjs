@@ -13,7 +13,8 @@
 // redirect URI https://portcullis.example/reviews/callback.
 // Accounts: the login typed on the login page is the account id and its
 // email; `groups` come from ACCOUNTS below. `unverified@example.com` has
-// `email_verified: false`. The ID token carries email, email_verified,
+// `email_verified: false`; `unsaid@example.com`'s token has no
+// `email_verified` claim at all. The ID token carries email, email_verified,
 // name, preferred_username and groups (scopes `email` and `profile`).
 // The signing key is the fixed, test-only RS256 key in ./keys.
 import http from 'node:http';
@@ -65,7 +66,7 @@ const configuration = {
     accountId: id,
     claims: async () => {
       const account = ACCOUNTS[id] ?? { name: id, groups: [] };
-      return {
+      const claims = {
         sub: id,
         email: id,
         email_verified: id !== 'unverified@example.com',
@@ -73,6 +74,8 @@ const configuration = {
         preferred_username: id.split('@')[0],
         groups: account.groups,
       };
+      if (id === 'unsaid@example.com') delete claims.email_verified;
+      return claims;
     },
   }),
 };
