@@ -201,6 +201,45 @@ impl Validator<'_> {
         })
     }
 
+    /// The issuer whose tokens attest a platform instance's runs: the one
+    /// `[{section}] issuer` names (it must be of that kind), else the only
+    /// issuer of that kind. With several, the configuration must name one:
+    /// two instances of one kind (github.com and a GitHub Enterprise Server)
+    /// must never attest each other's runs.
+    pub(super) fn bind_issuer(
+        &mut self,
+        section: &str,
+        named: &str,
+        kind: Platform,
+        issuers: &[IssuerConfig],
+    ) -> String {
+        let key = format!("{section}.issuer");
+        let of_kind: Vec<&IssuerConfig> = issuers.iter().filter(|i| i.kind == kind).collect();
+        if !named.is_empty() {
+            match issuers.iter().find(|i| i.name == named) {
+                Some(i) if i.kind == kind => {}
+                Some(_) => self.err(key, format!("`{named}` is not an issuer of kind {kind}")),
+                None => self.err(key, format!("`{named}` names no [[issuers]] entry")),
+            }
+            return named.to_string();
+        }
+        match of_kind.as_slice() {
+            [one] => one.name.clone(),
+            [] => String::new(),
+            several => {
+                self.err(
+                    key,
+                    format!(
+                        "{} issuers of kind {kind} are configured ({}); name the one whose tokens attest this instance's runs",
+                        several.len(),
+                        several.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                );
+                String::new()
+            }
+        }
+    }
+
     pub(super) fn issuers(&mut self, raw: Vec<raw::RawIssuer>) -> Vec<IssuerConfig> {
         let mut out: Vec<IssuerConfig> = Vec::new();
         for (i, r) in raw.into_iter().enumerate() {

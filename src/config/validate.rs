@@ -14,7 +14,6 @@ use url::Url;
 use super::Secret;
 use super::raw::{self, RawConfig, RawMatcher, RawSecret};
 use super::types::*;
-use crate::domain::Platform;
 
 impl Config {
     /// Reads, parses and validates `path`. Relative paths inside the file
@@ -192,11 +191,11 @@ impl Validator<'_> {
         let sso = raw.sso.and_then(|s| self.sso(s));
         let issuers = self.issuers(raw.issuers);
         let github = github.map(|mut g| {
-            g.issuer = self.bind_issuer("github", &g.issuer, Platform::Github, &issuers);
+            g.issuer = self.bind_issuer("github", &g.issuer, crate::domain::Platform::Github, &issuers);
             g
         });
         let gitlab = gitlab.map(|mut g| {
-            g.issuer = self.bind_issuer("gitlab", &g.issuer, Platform::Gitlab, &issuers);
+            g.issuer = self.bind_issuer("gitlab", &g.issuer, crate::domain::Platform::Gitlab, &issuers);
             g
         });
         let mut environments = BTreeMap::new();
@@ -245,39 +244,6 @@ impl Validator<'_> {
             issuers,
             environments,
             policies,
-        }
-    }
-
-    /// The issuer whose tokens attest a platform instance's runs: the one
-    /// `[{section}] issuer` names (it must be of that kind), else the only
-    /// issuer of that kind. With several, the configuration must name one:
-    /// two instances of one kind (github.com and a GitHub Enterprise Server)
-    /// must never attest each other's runs.
-    fn bind_issuer(&mut self, section: &str, named: &str, kind: Platform, issuers: &[IssuerConfig]) -> String {
-        let key = format!("{section}.issuer");
-        let of_kind: Vec<&IssuerConfig> = issuers.iter().filter(|i| i.kind == kind).collect();
-        if !named.is_empty() {
-            match issuers.iter().find(|i| i.name == named) {
-                Some(i) if i.kind == kind => {}
-                Some(_) => self.err(key, format!("`{named}` is not an issuer of kind {kind}")),
-                None => self.err(key, format!("`{named}` names no [[issuers]] entry")),
-            }
-            return named.to_string();
-        }
-        match of_kind.as_slice() {
-            [one] => one.name.clone(),
-            [] => String::new(),
-            several => {
-                self.err(
-                    key,
-                    format!(
-                        "{} issuers of kind {kind} are configured ({}); name the one whose tokens attest this instance's runs",
-                        several.len(),
-                        several.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
-                );
-                String::new()
-            }
         }
     }
 
