@@ -309,10 +309,7 @@ async fn decide(
         Some(path) => {
             let text =
                 String::from_utf8(read_file(path, "token")?).map_err(|_| "the token file is not text".to_string())?;
-            let http = reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(10))
-                .build()
-                .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            let http = crate::outbound::client().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
             let verifier = crate::identity::Verifier::new(config.issuers.clone(), http);
             let v = verifier
                 .verify(text.trim(), now)
@@ -440,10 +437,7 @@ async fn evaluate_offline(
                 .ok_or("no [policies] paths are configured")?,
         ),
     };
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let http = crate::outbound::client().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     let opa = crate::verdict::OpaClient::new(http);
     let (actor, claims) = attestation
         .map(|a| (a.actor.clone(), a.claims.clone()))

@@ -4,8 +4,9 @@
 //! The flow, module by module, lowest layer first (a module uses only the
 //! ones above it in this list; `tests/integration/architecture.rs` checks
 //! that the module graph has no cycles):
-//! - [`crypto`], [`time_fmt`]: SHA-256, HMAC, constant-time comparison,
-//!   Standard Webhooks keys; RFC 3339 times.
+//! - [`crypto`], [`time_fmt`], [`outbound`]: SHA-256, HMAC, constant-time
+//!   comparison, Standard Webhooks keys; RFC 3339 times; the HTTP client for
+//!   discovery, JWKS and OPA (no redirects).
 //! - [`domain`]: the values that flow through the gate (requests,
 //!   attestations, verdicts, reviews, run attempts), the decision's reason
 //!   codes and the HTTP API's error codes.
@@ -47,6 +48,7 @@ pub mod decision;
 pub mod domain;
 pub mod gate;
 pub mod identity;
+pub mod outbound;
 pub mod platform;
 pub(crate) mod redis_conn;
 pub mod server;

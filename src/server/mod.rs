@@ -106,10 +106,7 @@ impl Application {
         let config = Arc::new(config);
         let store = build_store(&config).await?;
         let audit = build_audit(&config, &store).await?;
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let http = crate::outbound::client()
             .map_err(|e| StartError::Platform(format!("cannot build the HTTP client: {e}")))?;
         let verifier = Arc::new(Verifier::new(config.issuers.clone(), http.clone()));
         let platforms = build_platforms(&config)?;

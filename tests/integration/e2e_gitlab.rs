@@ -274,6 +274,30 @@ async fn a_retried_deploy_job_is_decided_afresh_and_its_retrier_is_checked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_hook_naming_another_project_than_the_api_is_rejected() {
+    let w = world().await;
+    let (pipeline, s) = (53021, sha(2021));
+    w.attest(ci(pipeline, &s)).await;
+    w.verdict(&s, "production", true, &[]).await;
+    // The hook claims another project than the deployment GitLab holds.
+    let mut hook: Value = serde_json::from_slice(&w.blocked(2021, pipeline, "production", &s)).unwrap();
+    hook["project"]["path_with_namespace"] = json!("someone-else/project");
+    let (code, body) = w.hook(&serde_json::to_vec(&hook).unwrap(), "idem-2021").await;
+    assert_eq!(code, 202, "{body}");
+    let req = w
+        .app
+        .wait_request(body["request"].as_str().unwrap(), "done", WAIT)
+        .await;
+    assert_eq!(codes(&req)[0], "identity_mismatch", "{req}");
+    let message = req["decision"]["reasons"][0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("the hook names project `someone-else/project`, GitLab's deployments API `"),
+        "{message}"
+    );
+    assert_eq!(w.approval_for(2021).await.status, "rejected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rule_rejects_a_blocked_deployment_with_its_reason() {
     let w = world().await;
     struct Case {

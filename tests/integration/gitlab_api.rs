@@ -489,6 +489,7 @@ async fn a_github_request_is_refused_without_a_call() {
 async fn deployment_fetch_maps_the_full_sha_pipeline_and_job() {
     let mock = mock().await;
     let gitlab = client(&mock, Options::default());
+    mock.add_project(PROJECT, PROJECT_PATH);
 
     let d = gitlab.deployment(PROJECT, DEPLOYMENT).await.expect("deployment");
 
@@ -496,8 +497,9 @@ async fn deployment_fetch_maps_the_full_sha_pipeline_and_job() {
     assert_eq!(d.iid, Some(212));
     assert_eq!(d.project_id, PROJECT);
     // The fixture's pipeline URL is on gitlab.example.com, not on the
-    // configured instance: no path is read from another host.
-    assert_eq!(d.project_path, None);
+    // configured instance: no path is read from another host; the project
+    // is looked up instead.
+    assert_eq!(d.project_path.as_deref(), Some(PROJECT_PATH));
     assert_eq!(d.status, "blocked");
     assert_eq!(d.sha.as_str(), SHA);
     assert_eq!(d.git_ref, "main");
@@ -512,6 +514,8 @@ async fn deployment_fetch_maps_the_full_sha_pipeline_and_job() {
         ("GET", "/api/v4/projects/4711/deployments/1934")
     );
     assert_eq!(r.header("private-token"), Some(TOKEN));
+    let r = &mock.requests()[1];
+    assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/api/v4/projects/4711"));
 
     let mut same_host = api_deployment();
     same_host["deployable"]["pipeline"]["web_url"] = json!(format!("{}/{PROJECT_PATH}/-/pipelines/53017", mock.url()));

@@ -647,3 +647,54 @@ async fn static_keys_verify_offline_and_never_fetch() {
         &rogue,
     );
 }
+
+/// A server that answers every path with a 302 to the same path on `to`.
+async fn redirector(to: String) -> (String, actix_web::dev::ServerHandle) {
+    use actix_web::{App, HttpRequest, HttpResponse, HttpServer};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = HttpServer::new(move || {
+        let to = to.clone();
+        App::new().default_service(actix_web::web::to(move |req: HttpRequest| {
+            let location = format!("{to}{}", req.path());
+            async move { HttpResponse::Found().insert_header(("location", location)).finish() }
+        }))
+    })
+    .workers(1)
+    .listen(listener)
+    .expect("listen")
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (format!("http://{addr}"), handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_behind_a_redirect_are_not_fetched() {
+    let provider = OidcProvider::start().await;
+    let jwks = format!("{}/jwks", provider.issuer());
+    // The configured JWKS URL redirects to the provider's real one.
+    let (redirecting, handle) = redirector(provider.issuer()).await;
+    let mut issuer = provider.issuer_config("test-github", Platform::Github, AUDIENCE);
+    issuer.jwks_url = Some(url::Url::parse(&format!("{redirecting}/jwks")).unwrap());
+    let token = provider.mint(AUDIENCE, github_claims(SHA)).await;
+
+    // portcullis's client does not follow it: the keys are unavailable.
+    let strict = Verifier::new(vec![issuer.clone()], portcullis::outbound::client().unwrap());
+    assert!(
+        matches!(
+            strict.verify(&token, now()).await,
+            Err(TokenError::IssuerUnavailable(_))
+        ),
+        "a redirected JWKS URL must not be followed"
+    );
+    // The same configuration with a client that follows redirects would
+    // verify: the refusal above is the redirect rule, nothing else.
+    let following = Verifier::new(vec![issuer], reqwest::Client::new());
+    following
+        .verify(&token, now())
+        .await
+        .expect("verifies through the redirect");
+    assert!(jwks.ends_with("/jwks"));
+    handle.stop(false).await;
+}

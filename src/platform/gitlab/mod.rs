@@ -203,9 +203,24 @@ impl GitlabClient {
         let status = answer.status.as_u16();
         let parsed: ApiDeployment = serde_json::from_slice(&answer.body)
             .map_err(|_| CallFailure::malformed(PLATFORM, status, "no usable deployment"))?;
-        let info = self
+        let mut info = self
             .deployment_info(parsed, project_id)
             .map_err(|what| CallFailure::malformed(PLATFORM, status, what))?;
+        if info.project_path.is_none() {
+            // The deployment does not say its project's path: ask, so that a
+            // hook naming another project is caught.
+            let answer = self
+                .call(
+                    Method::GET,
+                    self.endpoint(&["projects", &project_id.to_string()]),
+                    None,
+                    MAX_BODY,
+                )
+                .await?;
+            let found: ApiProject = serde_json::from_slice(&answer.body)
+                .map_err(|_| CallFailure::malformed(PLATFORM, answer.status.as_u16(), "no usable project"))?;
+            info.project_path = Some(found.path_with_namespace);
+        }
         if info.id != deployment_id {
             return Err(CallFailure::malformed(
                 PLATFORM,

@@ -401,6 +401,17 @@ pub fn deployment_request(
     now: OffsetDateTime,
 ) -> DeploymentRequest {
     let mut intake_problems = Vec::new();
+    if let Some(api_path) = info.project_path.as_deref()
+        && !api_path.eq_ignore_ascii_case(blocked.project_path)
+    {
+        intake_problems.push(Reason::new(
+            ReasonCode::IdentityMismatch,
+            format!(
+                "the hook names project `{}`, GitLab's deployments API `{api_path}`",
+                blocked.project_path
+            ),
+        ));
+    }
     if info.environment != blocked.environment {
         intake_problems.push(Reason::new(
             ReasonCode::IdentityMismatch,
