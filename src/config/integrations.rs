@@ -173,6 +173,7 @@ impl Validator<'_> {
             bot_token: bot_token?,
             signing_secret: signing_secret?,
             api_url: api_url?,
+            team_id: raw.team_id.filter(|t| !t.trim().is_empty()),
         })
     }
 

@@ -140,6 +140,7 @@ pub(super) struct RawSlack {
     pub bot_token: Option<RawSecret>,
     pub signing_secret: Option<RawSecret>,
     pub api_url: Option<String>,
+    pub team_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -169,6 +169,8 @@ pub struct SlackConfig {
     pub bot_token: Secret,
     pub signing_secret: Secret,
     pub api_url: Url,
+    /// The workspace whose members may review (`T…`); others are refused.
+    pub team_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]

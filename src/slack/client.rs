@@ -181,7 +181,7 @@ impl SlackClient {
             token: config.bot_token.clone(),
             timeout,
             max_retry_after: MAX_RETRY_AFTER,
-            team_id: None,
+            team_id: config.team_id.clone(),
         })
     }
 

@@ -785,6 +785,29 @@ fn rss_kib() -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_429_with_retry_after_is_waited_out() {
+    let w = world().await;
+    let (run, s) = (7901, sha(7901));
+    w.attest(ci_claims(run, &s)).await;
+    w.verdict(&s, "production", true, &[]).await;
+    w.gh.script_review(
+        "octo-org",
+        "payments",
+        run,
+        [Reply::status(429).header("retry-after", "1"), Reply::normal()],
+    );
+    let started = std::time::Instant::now();
+    let id = w.webhook("d-7901", run, "production", &s).await;
+    let done = w.app.wait_request(&id, "done", WAIT).await;
+    assert_eq!(done["decision"]["outcome"], "approved");
+    assert_eq!(done["platform_result"]["ok"], true, "{done}");
+    assert_eq!(done["platform_attempts"], 1, "waited out inside the one call");
+    let reviews = w.wait_reviews_for(run, 2).await;
+    assert_eq!(reviews.len(), 2, "the refused call, then the one after the wait");
+    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was honoured");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_tokens_signed_by_a_trusted_issuer_are_audited_when_refused() {
     let w = world().await;
     let claims = with_registered(

@@ -22,6 +22,16 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with_verdict(
+        r#"mode = "evaluated"
+policy = "data.deploy.hipaa.allow""#,
+    )
+    .await
+}
+
+/// The world with `verdict` as the production environment's verdict mode
+/// and policy lines.
+async fn world_with_verdict(verdict: &str) -> World {
     let oidc = OidcProvider::start().await;
     let gh = GithubMock::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -46,8 +56,7 @@ audience = "portcullis"
 [environments.production]
 approvers = ["octocat"]
 [environments.production.verdict]
-mode = "evaluated"
-policy = "data.deploy.hipaa.allow"
+{verdict}
 producers = [{{ job_workflow_ref = "{GATE}" }}]
 [policies]
 paths = ["{policies}"]
@@ -284,4 +293,96 @@ async fn decide_evaluates_an_evidence_file_offline() {
         "{printed}"
     );
     assert!(w.gh.requests().is_empty(), "decide calls nothing");
+}
+
+/// A stand-in OPA Data API that allows everything while `up`, and answers
+/// 500 otherwise: what a real OPA server does when it fails is not the
+/// point here, only that it fails.
+async fn fake_opa(up: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+    use actix_web::{App, HttpRequest, HttpResponse, HttpServer};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = HttpServer::new(move || {
+        let up = up.clone();
+        App::new().default_service(actix_web::web::to(move |req: HttpRequest| {
+            let up = up.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if !up {
+                    return HttpResponse::InternalServerError().finish();
+                }
+                let result = if req.path().ends_with("/allow") {
+                    json!(true)
+                } else {
+                    json!([])
+                };
+                HttpResponse::Ok().json(json!({ "result": result }))
+            }
+        }))
+    })
+    .workers(1)
+    .listen(listener)
+    .expect("listen")
+    .run();
+    tokio::spawn(server);
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_opa_evaluation_withdraws_the_previous_verdict() {
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let opa = fake_opa(up.clone()).await;
+    let w = world_with_verdict(&format!(
+        "mode = \"opa\"\nopa_url = \"{opa}\"\npolicy = \"data.deploy.hipaa.allow\""
+    ))
+    .await;
+    let s = sha(6601);
+    let (code, body) = w.post_evidence(&s, evidence()).await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["allow"], true);
+    // OPA fails on the next evaluation of the same commit's evidence.
+    up.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (code, body) = w.post_evidence(&s, evidence()).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (503, Some("policy_unavailable")),
+        "{body}"
+    );
+    // The earlier allow no longer stands: the deployment waits for a verdict.
+    let mut c = github_claims(&s);
+    c["repository"] = json!(REPO);
+    c["run_id"] = json!("6601");
+    let token = w.oidc.mint("portcullis", c).await;
+    assert_eq!(w.app.post_bearer("/v1/attestations", &token, None).await.0, 201);
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/github/deployment_protection_rule.requested.json"
+    ))
+    .unwrap();
+    let mut p: Value = serde_json::from_str(&text).unwrap();
+    p["deployment_callback_url"] = json!(w.gh.callback_url("octo-org", "payments", 6601));
+    p["deployment"]["sha"] = json!(s);
+    let (code, body) = w
+        .app
+        .post_webhook("deployment_protection_rule", "d-6601", &serde_json::to_vec(&p).unwrap())
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let id = body["request"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, req) = w.app.get(&format!("/v1/requests/{id}")).await;
+        if req["decision"]["outcome"] == "pending" {
+            let codes: Vec<&str> = req["decision"]["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["code"].as_str().unwrap())
+                .collect();
+            assert_eq!(codes, ["verdict_missing"], "{req}");
+            break;
+        }
+        assert_ne!(req["status"], "done", "decided on a withdrawn verdict: {req}");
+        assert!(std::time::Instant::now() < deadline, "{req}");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert!(w.gh.reviews().is_empty(), "nothing was approved");
 }

@@ -1347,7 +1347,28 @@ fn slack_config(mock: &SlackMock, token: &str) -> SlackConfig {
         bot_token: Secret::new(token),
         signing_secret: Secret::new(SIGNING_SECRET),
         api_url: url::Url::parse(&mock.url()).unwrap(),
+        team_id: Some(TEAM_ID.into()),
     }
+}
+
+#[tokio::test]
+async fn only_members_of_the_configured_workspace_review() {
+    let mock = SlackMock::start().await;
+    mock.add_user("U0ALICE", "alice", Some("alice@example.com"), "Alice");
+    let ours = SlackClient::new(&slack_config(&mock, BOT_TOKEN)).unwrap();
+    let user = ours.user_info("U0ALICE").await.unwrap();
+    assert_eq!(user.review_refusal(ours.team_id()), None);
+    let mut config = slack_config(&mock, BOT_TOKEN);
+    config.team_id = Some("T0ANOTHER".into());
+    let theirs = SlackClient::new(&config).unwrap();
+    assert_eq!(theirs.team_id(), Some("T0ANOTHER"));
+    assert_eq!(
+        user.review_refusal(theirs.team_id()),
+        Some("a user of another workspace")
+    );
+    // Without a configured workspace the team is not checked.
+    config.team_id = None;
+    assert_eq!(user.review_refusal(SlackClient::new(&config).unwrap().team_id()), None);
 }
 
 fn blocks() -> Value {
