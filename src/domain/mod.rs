@@ -259,6 +259,21 @@ pub struct PlatformOutcome {
     pub at: OffsetDateTime,
 }
 
+impl PlatformOutcome {
+    /// What a caller or a Slack reader is told of a platform call: a fixed
+    /// sentence by outcome. `detail` can hold the platform's own error
+    /// text, which goes only to the audit record and the log.
+    pub fn public_detail(&self) -> &'static str {
+        match (self.dry_run, self.ok, self.status) {
+            (true, _, _) => "dry run: the platform was not called",
+            (false, true, Some(_)) => "the platform took the answer",
+            (false, true, None) => "the platform was not called; the audit record says why",
+            (false, false, Some(_)) => "the platform refused the answer; the audit record has the details",
+            (false, false, None) => "the platform could not be reached; the audit record has the details",
+        }
+    }
+}
+
 /// The Slack message that mirrors a request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SlackRef {

@@ -364,25 +364,12 @@ async fn get_request(
                 if let Some(result) = &r.platform_result
                     && let Some(shown) = obj.get_mut("platform_result").and_then(|v| v.as_object_mut())
                 {
-                    shown.insert("detail".into(), json!(platform_detail(result)));
+                    shown.insert("detail".into(), json!(PlatformOutcome::public_detail(result)));
                 }
             }
             Ok(HttpResponse::Ok().json(body))
         }
         None => Err(ApiError::new(ErrorCode::RequestNotFound, format!("no request `{id}`"))),
-    }
-}
-
-/// What a caller is told of a platform call: a fixed sentence by outcome.
-/// The recorded detail can hold the platform's own error text, which goes
-/// only to the audit record and the log.
-fn platform_detail(result: &PlatformOutcome) -> &'static str {
-    match (result.dry_run, result.ok, result.status) {
-        (true, _, _) => "dry run: the platform was not called",
-        (false, true, Some(_)) => "the platform took the answer",
-        (false, true, None) => "the platform was not called; the audit record says why",
-        (false, false, Some(_)) => "the platform refused the answer; the audit record has the details",
-        (false, false, None) => "the platform could not be reached; the audit record has the details",
     }
 }
 

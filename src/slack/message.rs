@@ -229,15 +229,10 @@ pub fn render(req: &DeploymentRequest, policy: Option<&EnvironmentPolicy>, links
     };
     footer.push(format!("<{}|{audit_label}>", link_url(&links.audit)));
     if let Some(result) = &req.platform_result {
-        let answer = if result.dry_run {
-            "dry run: the platform was not called".to_string()
-        } else if result.ok {
-            match result.status {
-                Some(s) => format!("{} answered (HTTP {s})", req.platform),
-                None => format!("{}: {}", req.platform, esc(&result.detail)),
-            }
-        } else {
-            format!("{} call failed: {}", req.platform, esc(&result.detail))
+        // A fixed sentence: the platform's own text stays in the audit.
+        let answer = match (result.ok, result.status) {
+            (true, Some(s)) if !result.dry_run => format!("{} answered (HTTP {s})", req.platform),
+            _ => format!("{}: {}", req.platform, result.public_detail()),
         };
         footer.push(answer);
     }
