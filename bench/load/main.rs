@@ -1,4 +1,4 @@
-//! The load run of issue 6: 2 000 deployment requests through two replicas
+//! The replicas load run: 2 000 deployment requests through two replicas
 //! sharing one Redis (state and audit) end with exactly 2 000 review calls
 //! and a verifying audit chain.
 //!

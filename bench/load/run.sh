@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The load run of issue 6: 2 000 deployment requests through two replicas
+# The replicas load run: 2 000 deployment requests through two replicas
 # sharing one Redis; checks exactly 2 000 review calls and a verifying audit
 # chain, and prints throughput, p50/p99 latency and each replica's peak RSS.
 # Needs redis-server and the Node test support packages (scripts/test
