@@ -1,4 +1,4 @@
-# The reference deploy policy of the HIPAA pipeline (design/REFERENCE-PIPELINE.md),
+# The reference deploy policy of the HIPAA pipeline portcullis is built for,
 # default deny. `allow` holds when all four hold:
 #   - scan evidence valid: every scan fresh within 24 h, zero critical findings
 #     (container, SAST, IaC), zero secrets, and the scanned image is the artifact;
