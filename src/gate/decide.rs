@@ -120,12 +120,8 @@ impl Gate {
             return Ok(Some(req));
         }
         let attempt = match &self.platforms.github_api {
-            None => RunAttempt {
-                number: 0,
-                actor: None,
-                triggering_actor: None,
-                read: false,
-            },
+            // Nothing to read with: `decide` treats the run as unread.
+            None => return Ok(Some(req)),
             Some(api) => match api.run_attempt(owner, repo, *run_id, *installation_id).await {
                 Ok(attempt) => attempt,
                 Err(e) => {
@@ -173,6 +169,25 @@ impl Gate {
         req: &DeploymentRequest,
         now: OffsetDateTime,
     ) -> Result<(Decision, DecidedOn), GateError> {
+        // Without GitHub App credentials (dry run) a run cannot be read: it
+        // is decided as unread, the token's actor checked as for attempt 1.
+        let unread;
+        let req = if req.run_attempt.is_none()
+            && matches!(req.target, Target::Github { .. })
+            && self.platforms.github_api.is_none()
+        {
+            let mut copy = req.clone();
+            copy.run_attempt = Some(RunAttempt {
+                number: 0,
+                actor: None,
+                triggering_actor: None,
+                read: false,
+            });
+            unread = copy;
+            &unread
+        } else {
+            req
+        };
         let policy = self.config.environment(&req.environment);
         let attestation = self.store.get_attestation(&req.run_ref().key()).await?;
         let verdict = match policy {
