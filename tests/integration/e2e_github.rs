@@ -183,6 +183,24 @@ impl World {
         }
     }
 
+    /// The audit records of `event`, once there is at least one (10 s at
+    /// most; the records are appended in the background).
+    async fn audited(&self, event: &str) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found: Vec<Value> = self
+                .app
+                .audit_records()
+                .into_iter()
+                .filter(|r| r["event"] == event)
+                .collect();
+            if !found.is_empty() || std::time::Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn reviews_for(&self, run: u64) -> Vec<Value> {
         let path = review_path("octo-org", "payments", run);
         self.gh
@@ -688,19 +706,7 @@ async fn a_verdict_for_another_commit_than_the_posting_jobs_is_refused() {
     let body = json!({"environment": "production", "sha": job_sha, "allow": true});
     let (code, _) = w.app.post_bearer("/v1/verdicts", &token, Some(&body)).await;
     assert_eq!(code, 201);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let refused = loop {
-        let r: Vec<Value> = w
-            .app
-            .audit_records()
-            .into_iter()
-            .filter(|r| r["event"] == "attestation_rejected")
-            .collect();
-        if !r.is_empty() || std::time::Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let refused = w.audited("attestation_rejected").await;
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0]["detail"]["code"], "sha_mismatch");
     assert_eq!(refused[0]["sha"], json!(other));
@@ -849,19 +855,7 @@ async fn only_tokens_signed_by_a_trusted_issuer_are_audited_when_refused() {
     let (status, err) = w.app.post_bearer("/v1/attestations", &expired, None).await;
     assert_eq!((status, err["error"]["code"].as_str()), (401, Some("token_expired")));
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let rejected = loop {
-        let rejected: Vec<Value> = w
-            .app
-            .audit_records()
-            .into_iter()
-            .filter(|r| r["event"] == "attestation_rejected")
-            .collect();
-        if !rejected.is_empty() || std::time::Instant::now() > deadline {
-            break rejected;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let rejected = w.audited("attestation_rejected").await;
     assert_eq!(rejected.len(), 1, "only the signed token is audited: {rejected:?}");
     assert_eq!(
         rejected[0]["token_sha256"],
