@@ -7,6 +7,8 @@
 //! - [`crypto`], [`time_fmt`], [`outbound`]: SHA-256, HMAC, constant-time
 //!   comparison, Standard Webhooks keys; RFC 3339 times; the HTTP client for
 //!   discovery, JWKS and OPA (no redirects).
+//! - [`signing`]: the audit key (Ed25519): signed-note checkpoints, DSSE
+//!   receipts, the JWKS of `/v1/keys`.
 //! - [`domain`]: the values that flow through the gate (requests,
 //!   attestations, verdicts, reviews, run attempts), the decision's reason
 //!   codes and the HTTP API's error codes.
@@ -20,7 +22,8 @@
 //! - [`state`]: memory and Redis stores behind one async interface
 //!   (insert-if-absent, compare-and-set, fenced leases).
 //! - [`audit`]: the hash-chained, append-only audit trail: one group-commit
-//!   writer over file, Redis and memory sinks.
+//!   writer over file, Redis and memory sinks; the Merkle tree over it,
+//!   signed checkpoints and proofs (`audit::tlog`).
 //! - [`identity`]: OIDC ID tokens of CI jobs, verified against trusted
 //!   issuers into attestations; reviewer aliases for Slack and SSO.
 //! - [`verdict`]: Rego policies (regorus, or an OPA server) evaluated over
@@ -52,6 +55,7 @@ pub mod outbound;
 pub mod platform;
 pub(crate) mod redis_conn;
 pub mod server;
+pub mod signing;
 pub mod slack;
 pub mod state;
 pub mod time_fmt;

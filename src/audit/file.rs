@@ -73,6 +73,10 @@ pub struct FileAudit {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// (device, inode) of the file the writer holds, on Unix.
     identity: Option<(u64, u64)>,
+    checkpoints: Arc<super::checkpoints::FileCheckpoints>,
+    /// Where [`AuditLog::lines`] stopped: (leaf index, byte offset), so that
+    /// the tree's catch-up reads only what is new.
+    cursor: Arc<Mutex<(u64, u64)>>,
 }
 
 impl FileAudit {
@@ -129,6 +133,22 @@ impl AuditLog for FileAudit {
 
     fn queue_full(&self) -> bool {
         self.writer.queue_full()
+    }
+
+    async fn lines(&self, start: u64, max: usize) -> Result<Vec<Vec<u8>>, AuditError> {
+        let (path, cursor) = (self.path.clone(), self.cursor.clone());
+        blocking(&self.path, move || {
+            let mut at = cursor.lock().unwrap_or_else(|e| e.into_inner());
+            let from = if at.0 == start { Some(at.1) } else { None };
+            let (lines, next) = read_lines_from(&path, start, max, from)?;
+            *at = next;
+            Ok(lines)
+        })
+        .await
+    }
+
+    fn checkpoints(&self) -> Arc<dyn super::checkpoints::CheckpointStore> {
+        self.checkpoints.clone()
     }
 
     async fn get(&self, id: &str) -> Result<Option<AuditRecord>, AuditError> {
@@ -258,11 +278,13 @@ fn open_blocking(path: PathBuf) -> Result<FileAudit, AuditError> {
         .map_err(|e| io_error(&path, "starting the writer thread", e))?;
     tracing::info!(path = %path.display(), records = report.records, "audit log open");
     Ok(FileAudit {
+        checkpoints: Arc::new(super::checkpoints::FileCheckpoints::beside(&path)),
         path,
         writer: handle,
         fsyncs,
         thread: Mutex::new(Some(thread)),
         identity: file_identity,
+        cursor: Arc::new(Mutex::new((0, 0))),
     })
 }
 
@@ -436,6 +458,45 @@ fn open_for_reading(path: &Path) -> Result<BufReader<File>, AuditError> {
     File::open(path)
         .map(|f| BufReader::with_capacity(64 * 1024, f))
         .map_err(|e| io_error(path, "opening for reading", e))
+}
+
+/// Lines `start..start + max` (0-based) of the file at `path`, without their
+/// newlines, and where reading stopped (next index, byte offset). `offset`,
+/// when known, is the byte offset of line `start`. An unterminated last line
+/// (a batch being written) is not returned.
+pub(crate) fn read_lines_from(
+    path: &Path,
+    start: u64,
+    max: usize,
+    offset: Option<u64>,
+) -> Result<(Vec<Vec<u8>>, (u64, u64)), AuditError> {
+    use std::io::{BufRead, Seek, SeekFrom};
+    let mut reader = open_for_reading(path)?;
+    let (mut index, mut pos) = (0u64, 0u64);
+    if let Some(offset) = offset {
+        reader
+            .seek(SeekFrom::Start(offset))
+            .map_err(|e| io_error(path, "seeking", e))?;
+        (index, pos) = (start, offset);
+    }
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    while out.len() < max {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| io_error(path, "reading", e))?;
+        if n == 0 || buf.last() != Some(&b'\n') {
+            break;
+        }
+        if index >= start {
+            buf.pop();
+            out.push(std::mem::take(&mut buf));
+        }
+        index += 1;
+        pos += n as u64;
+    }
+    Ok((out, (index, pos)))
 }
 
 /// Verifies the log at `path` (see [`verify_lines`]). Safe while a writer

@@ -20,6 +20,7 @@ struct Chain {
 #[derive(Default)]
 pub struct MemoryAudit {
     chain: Mutex<Chain>,
+    checkpoints: std::sync::Arc<super::checkpoints::MemoryCheckpoints>,
 }
 
 impl MemoryAudit {
@@ -86,6 +87,21 @@ impl AuditLog for MemoryAudit {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn lines(&self, start: u64, max: usize) -> Result<Vec<Vec<u8>>, AuditError> {
+        let chain = self.lock();
+        Ok(chain
+            .records
+            .iter()
+            .skip(start as usize)
+            .take(max)
+            .map(|r| serde_json::to_vec(&serde_json::to_value(r).unwrap_or_default()).unwrap_or_default())
+            .collect())
+    }
+
+    fn checkpoints(&self) -> std::sync::Arc<dyn super::checkpoints::CheckpointStore> {
+        self.checkpoints.clone()
     }
 
     async fn ping(&self) -> Result<(), AuditError> {

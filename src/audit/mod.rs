@@ -23,9 +23,13 @@
 //! years is the wrong place to discover a leaked credential.
 
 mod chain;
+pub mod checkpoints;
 mod file;
 mod memory;
+pub mod merkle;
+pub mod receipt;
 pub mod redis;
+pub mod tlog;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -72,6 +76,9 @@ pub enum EventKind {
     ReviewRecorded,
     Decision,
     PlatformResult,
+    /// The first record of a trail started on purpose (`serve --new-trail`),
+    /// naming the checkpoint of the trail it replaces.
+    TrailStarted,
 }
 
 /// What a caller records; the log adds `seq`, `id`, `at`, `prev_hash` and
@@ -327,6 +334,14 @@ pub trait AuditLog: Send + Sync + 'static {
 
     /// Whether the log can take records now (for readiness).
     async fn ping(&self) -> Result<(), AuditError>;
+
+    /// The stored lines of records `start + 1 ..` (0-based leaf `start`
+    /// onwards), at most `max`, each exactly as stored without its newline:
+    /// the Merkle tree's leaves. A batch being written is not returned.
+    async fn lines(&self, start: u64, max: usize) -> Result<Vec<Vec<u8>>, AuditError>;
+
+    /// Where this trail's signed checkpoints are kept.
+    fn checkpoints(&self) -> std::sync::Arc<dyn checkpoints::CheckpointStore>;
 
     /// The bounded queue has no room now: new inputs should be refused
     /// (503 `overloaded`) before they take effect.

@@ -115,6 +115,7 @@ pub struct RedisAuditStats {
 pub struct RedisAudit {
     reader: RedisAuditReader,
     writer: Handle,
+    checkpoints: std::sync::Arc<super::checkpoints::RedisCheckpoints>,
 }
 
 /// Options of [`RedisAudit`].
@@ -162,7 +163,8 @@ impl RedisAudit {
 
     /// Uses an existing connection (shared with the state backend).
     pub(crate) fn with_connection(conn: ConnectionManager, prefix: &str, options: RedisAuditOptions) -> RedisAudit {
-        let reader = RedisAuditReader::new(conn, prefix);
+        let reader = RedisAuditReader::new(conn.clone(), prefix);
+        let checkpoints = std::sync::Arc::new(super::checkpoints::RedisCheckpoints::new(conn, prefix));
         let sink = RedisSink {
             reader: reader.clone(),
             script: Script::new(APPEND),
@@ -178,7 +180,11 @@ impl RedisAudit {
         // genesis on a non-empty chain is a conflict that names the head.
         let (handle, writer) = writer::writer(sink, ChainHead::genesis(), grouping);
         tokio::spawn(writer.run());
-        RedisAudit { reader, writer: handle }
+        RedisAudit {
+            reader,
+            writer: handle,
+            checkpoints,
+        }
     }
 
     pub fn reader(&self) -> &RedisAuditReader {
@@ -222,6 +228,29 @@ impl AuditLog for RedisAudit {
 
     async fn query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, AuditError> {
         self.reader.query(filter).await
+    }
+
+    async fn lines(&self, start: u64, max: usize) -> Result<Vec<Vec<u8>>, AuditError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let entries = self.reader.range(start + 1, start + max as u64).await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (i, (seq, line)) in entries.into_iter().enumerate() {
+            if seq != start + 1 + i as u64 {
+                return Err(AuditError::Corrupt {
+                    path: self.reader.keys.shown.clone(),
+                    line: seq,
+                    why: format!("expected record {}, found {seq}", start + 1 + i as u64),
+                });
+            }
+            out.push(line);
+        }
+        Ok(out)
+    }
+
+    fn checkpoints(&self) -> std::sync::Arc<dyn super::checkpoints::CheckpointStore> {
+        self.checkpoints.clone()
     }
 
     async fn ping(&self) -> Result<(), AuditError> {

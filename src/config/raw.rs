@@ -87,6 +87,10 @@ pub(super) struct RawAudit {
     pub backend: Option<String>,
     pub path: Option<String>,
     pub require_persistence: Option<bool>,
+    /// The Ed25519 key (PKCS#8 PEM) that signs checkpoints and receipts.
+    pub signing_key: Option<RawSecret>,
+    pub log_name: Option<String>,
+    pub checkpoint_every: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

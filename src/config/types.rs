@@ -118,6 +118,15 @@ pub struct AuditConfig {
     pub backend: AuditBackend,
     /// For the Redis audit backend: refuse to start when Redis does not persist.
     pub require_persistence: bool,
+    /// The audit key (PKCS#8 PEM text): signs checkpoints and receipts.
+    /// Without it the trail is chained but neither checkpointed nor signed.
+    pub signing_key: Option<Secret>,
+    /// The log's origin line in checkpoints, and its note key name.
+    pub log_name: String,
+    /// How often a checkpoint is signed when there are new records.
+    pub checkpoint_every: Duration,
+    /// Not a file key: set by `serve --new-trail`.
+    pub new_trail: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -184,7 +184,7 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
         let server = self.server(raw.server);
         let state = self.state(raw.state);
-        let audit = self.audit(raw.audit, &state);
+        let audit = self.audit(raw.audit, &state, &server.public_url);
         let github = raw.github.map(|g| self.github(g, server.dry_run));
         let gitlab = raw.gitlab.map(|g| self.gitlab(g, server.dry_run));
         let slack = raw.slack.and_then(|s| self.slack(s));
@@ -438,7 +438,7 @@ impl Validator<'_> {
         }
     }
 
-    fn audit(&mut self, raw: raw::RawAudit, state: &StateConfig) -> AuditConfig {
+    fn audit(&mut self, raw: raw::RawAudit, state: &StateConfig, public_url: &url::Url) -> AuditConfig {
         let backend = match raw.backend.as_deref().unwrap_or("file") {
             "file" => AuditBackend::File {
                 path: PathBuf::from(raw.path.unwrap_or_else(|| "var/audit.jsonl".into())),
@@ -462,9 +462,39 @@ impl Validator<'_> {
                 }
             }
         };
+        let signing_key = raw
+            .signing_key
+            .as_ref()
+            .and_then(|k| self.secret("audit.signing_key", k));
+        if let Some(key) = &signing_key
+            && !key.expose().is_empty()
+            && let Err(e) = crate::signing::SigningKey::from_pem("check", key.expose())
+        {
+            self.err("audit.signing_key", e.to_string());
+        }
+        let log_name = match raw.log_name {
+            Some(name) if name.is_empty() || name.contains(['\n', ' ', '+']) => {
+                self.err("audit.log_name", "must be non-empty, without spaces, `+` or newlines");
+                name
+            }
+            Some(name) => name,
+            None => format!("{}/portcullis", public_url.host_str().unwrap_or("localhost")),
+        };
+        let checkpoint_every = self.duration(
+            "audit.checkpoint_every",
+            raw.checkpoint_every.as_deref(),
+            Duration::from_secs(10),
+        );
+        if checkpoint_every < Duration::from_millis(100) {
+            self.err("audit.checkpoint_every", "must be at least 100ms");
+        }
         AuditConfig {
             backend,
             require_persistence: raw.require_persistence.unwrap_or(true),
+            signing_key,
+            log_name,
+            checkpoint_every,
+            new_trail: false,
         }
     }
 

@@ -88,6 +88,13 @@ pub enum ErrorCode {
     RateLimited,
     /// Unavailable: a bounded queue is full; try again.
     Overloaded,
+    /// Not found: no signed checkpoint yet (or no audit signing key).
+    CheckpointNotFound,
+    /// Not found: the request has no final decision to give a receipt for.
+    ReceiptNotFound,
+    /// Bad request: a proof was asked for sizes or records the log cannot
+    /// prove (beyond the trail, or `from > to`).
+    ProofOutOfRange,
 }
 
 impl ErrorCode {
@@ -133,6 +140,9 @@ impl ErrorCode {
             ErrorCode::SlackUnavailable => "slack_unavailable",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::CheckpointNotFound => "checkpoint_not_found",
+            ErrorCode::ReceiptNotFound => "receipt_not_found",
+            ErrorCode::ProofOutOfRange => "proof_out_of_range",
         }
     }
 }
@@ -157,6 +167,9 @@ mod tests {
             ErrorCode::SlackUnavailable,
             ErrorCode::RateLimited,
             ErrorCode::Overloaded,
+            ErrorCode::CheckpointNotFound,
+            ErrorCode::ReceiptNotFound,
+            ErrorCode::ProofOutOfRange,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), serde_json::json!(code.as_str()));
         }

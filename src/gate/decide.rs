@@ -60,6 +60,18 @@ impl Gate {
                     }
                     return Ok(());
                 }
+                // Fail closed: a decision whose record could not reach
+                // write-once storage in time is not evidence. It waits.
+                if let Some(tlog) = self.tlog()
+                    && tlog.anchor_lagging()
+                {
+                    warn!(
+                        lag_s = tlog.anchor_lag().as_secs(),
+                        "anchoring is behind max_anchor_lag; the decision waits"
+                    );
+                    self.retry_later(id.to_string(), Duration::from_secs(2));
+                    return Ok(());
+                }
                 let Some(lease) = self
                     .store
                     .acquire_lease(id, &self.holder, self.config.state.lease_ttl)

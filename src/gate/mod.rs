@@ -118,6 +118,8 @@ pub struct Gate {
     /// Compiled Rego policies, for environments with `verdict.mode = "evaluated"`.
     policies: Option<Arc<crate::verdict::PolicyEngine>>,
     opa: crate::verdict::OpaClient,
+    /// The trail's Merkle tree, checkpoints and anchoring (set once at start).
+    tlog: std::sync::OnceLock<Arc<crate::audit::tlog::Tlog>>,
 }
 
 impl Gate {
@@ -167,7 +169,17 @@ impl Gate {
             notifier: std::sync::OnceLock::new(),
             policies,
             opa,
+            tlog: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the transparency log (once, at start).
+    pub fn set_tlog(&self, tlog: Arc<crate::audit::tlog::Tlog>) {
+        let _ = self.tlog.set(tlog);
+    }
+
+    pub fn tlog(&self) -> Option<&Arc<crate::audit::tlog::Tlog>> {
+        self.tlog.get()
     }
 
     /// Installs the notifier (once, at start).

@@ -112,7 +112,12 @@ impl From<GateError> for ApiError {
 pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
     use ErrorCode as E;
     match code {
-        E::NotFound | E::RequestNotFound | E::AuditRecordNotFound | E::PlatformNotConfigured => StatusCode::NOT_FOUND,
+        E::NotFound
+        | E::RequestNotFound
+        | E::AuditRecordNotFound
+        | E::PlatformNotConfigured
+        | E::CheckpointNotFound
+        | E::ReceiptNotFound => StatusCode::NOT_FOUND,
         E::EnvironmentNotConfigured
         | E::PayloadMalformed
         | E::PayloadUnreadable
@@ -125,7 +130,8 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         | E::EvidenceDigestMismatch
         | E::EvidenceRequired
         | E::EvidenceNotSupported
-        | E::InvalidQuery => StatusCode::BAD_REQUEST,
+        | E::InvalidQuery
+        | E::ProofOutOfRange => StatusCode::BAD_REQUEST,
         E::SignatureMissing
         | E::SignatureInvalid
         | E::SignatureStale
@@ -166,6 +172,8 @@ mod tests {
             (ErrorCode::RateLimited, 429, "rate_limited"),
             (ErrorCode::Overloaded, 503, "overloaded"),
             (ErrorCode::PayloadTooLarge, 413, "payload_too_large"),
+            (ErrorCode::CheckpointNotFound, 404, "checkpoint_not_found"),
+            (ErrorCode::ProofOutOfRange, 400, "proof_out_of_range"),
         ];
         for (code, status, wire) in cases {
             let answer = ApiError::new(code, "why").error_response();

@@ -109,6 +109,12 @@ mod tests {
         fn queue_full(&self) -> bool {
             true
         }
+        async fn lines(&self, _: u64, _: usize) -> Result<Vec<Vec<u8>>, AuditError> {
+            Ok(vec![])
+        }
+        fn checkpoints(&self) -> std::sync::Arc<dyn crate::audit::checkpoints::CheckpointStore> {
+            std::sync::Arc::new(crate::audit::checkpoints::MemoryCheckpoints::default())
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod rate_limit;
 mod routes;
 mod slack_routes;
 mod sso;
+mod tlog_routes;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -122,6 +123,7 @@ impl Application {
             policies,
             opa,
         );
+        gate.set_tlog(build_tlog(&config, &gate.audit).await?);
         if let Some(slack) = &config.slack {
             let notifier = crate::slack::SlackNotifier::from_config(slack).map_err(StartError::Platform)?;
             gate.set_notifier(notifier);
@@ -189,6 +191,13 @@ impl Application {
     /// finish, and returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let sweeper = tokio::spawn(self.gate.clone().run_sweeper(self.stop.clone()));
+        let tlog = self.gate.tlog().cloned();
+        let checkpointer = tlog.as_ref().filter(|t| t.signing_key().is_some()).map(|t| {
+            tokio::spawn(
+                t.clone()
+                    .run(self.gate.config.audit.checkpoint_every, self.stop.clone()),
+            )
+        });
         if let Some(gl) = &self.gate.config.gitlab {
             for poll in gl.poll.clone() {
                 tokio::spawn(self.gate.clone().run_gitlab_poller(poll, self.stop.clone()));
@@ -212,6 +221,15 @@ impl Application {
         // Records queued without waiting become durable before the exit.
         if let Err(e) = self.gate.audit.close().await {
             tracing::error!(error = %e, "the audit trail could not be closed cleanly");
+        }
+        // The last checkpoint covers every record, and is anchored.
+        if let Some(task) = checkpointer {
+            let _ = task.await;
+            if let Some(t) = &tlog
+                && let Err(e) = t.checkpoint().await
+            {
+                tracing::error!(error = %e, "the final checkpoint failed");
+            }
         }
         info!("stopped");
         result
@@ -255,6 +273,32 @@ async fn build_audit(config: &Config, _store: &SharedStore) -> Result<Arc<dyn Au
             Ok(Arc::new(log))
         }
     }
+}
+
+/// The Merkle tree over the trail, checked against the latest checkpoint:
+/// a trail cut short, rewritten or missing stops the start here.
+async fn build_tlog(config: &Config, audit: &Arc<dyn AuditLog>) -> Result<Arc<crate::audit::tlog::Tlog>, StartError> {
+    use crate::audit::tlog::Tlog;
+    let key = match &config.audit.signing_key {
+        Some(pem) => Some(
+            crate::signing::SigningKey::from_pem(&config.audit.log_name, pem.expose())
+                .map_err(|e| StartError::Audit(format!("audit.signing_key: {e}")))?,
+        ),
+        None => None,
+    };
+    if config.audit.new_trail {
+        let started = Tlog::start_new_trail(audit)
+            .await
+            .map_err(|e| StartError::Audit(e.to_string()))?;
+        tracing::warn!(
+            superseded = started.previous.as_ref().map(|c| c.size),
+            "a new trail was started on purpose (--new-trail); the earlier checkpoints are set aside"
+        );
+    }
+    let tlog = Tlog::open(audit.clone(), key, &config.audit.log_name)
+        .await
+        .map_err(|e| StartError::Audit(e.to_string()))?;
+    Ok(Arc::new(tlog))
 }
 
 fn build_platforms(config: &Config) -> Result<Platforms, StartError> {

@@ -16,6 +16,7 @@ use super::ingress::{header, once_per_delivery, read_body, refuse_when_overloade
 use super::rate_limit::limit_v1;
 use super::slack_routes::{SlackRoutes, slack_webhook};
 use super::sso::{self, Sso};
+use super::tlog_routes;
 use crate::audit::AuditFilter;
 use crate::domain::{ErrorCode, PlatformOutcome, VerdictBody};
 use crate::gate::Gate;
@@ -39,8 +40,14 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/attestations", web::post().to(post_attestation))
                 .route("/verdicts", web::post().to(post_verdict))
                 .route("/requests/{id}", web::get().to(get_request))
+                .route("/requests/{id}/receipt", web::get().to(tlog_routes::receipt))
                 .route("/audit", web::get().to(list_audit))
-                .route("/audit/{id}", web::get().to(get_audit)),
+                // Before `/audit/{id}`, which would match it.
+                .route("/audit/checkpoint", web::get().to(tlog_routes::checkpoint))
+                .route("/audit/proof/inclusion", web::get().to(tlog_routes::inclusion))
+                .route("/audit/proof/consistency", web::get().to(tlog_routes::consistency))
+                .route("/audit/{id}", web::get().to(get_audit))
+                .route("/keys", web::get().to(tlog_routes::keys)),
         )
         .route("/webhooks/slack", web::post().to(slack_webhook))
         .route("/reviews/callback", web::get().to(sso::callback))
@@ -60,11 +67,19 @@ async fn healthz() -> HttpResponse {
 async fn readyz(gate: web::Data<Gate>) -> HttpResponse {
     let state = gate.store.ping().await;
     let audit = gate.audit.ping().await;
-    let body = json!({
+    let lagging = gate.tlog().is_some_and(|t| t.anchor_lagging());
+    let mut body = json!({
         "state": if state.is_ok() { "ok" } else { "unavailable" },
         "audit": if audit.is_ok() { "ok" } else { "unavailable" },
     });
-    if state.is_ok() && audit.is_ok() {
+    if let Some(t) = gate.tlog().filter(|t| t.anchoring()) {
+        body["anchor"] = json!({
+            "status": if lagging { "lagging" } else { "ok" },
+            "lag_seconds": t.anchor_lag().as_secs_f64(),
+            "anchored_records": t.anchored_size(),
+        });
+    }
+    if state.is_ok() && audit.is_ok() && !lagging {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
@@ -137,6 +152,31 @@ async fn metrics(gate: web::Data<Gate>) -> HttpResponse {
     );
     if let Some(open) = open {
         out.push_str(&format!("# HELP portcullis_open_requests Requests not yet answered.\n# TYPE portcullis_open_requests gauge\nportcullis_open_requests {open}\n"));
+    }
+    if let Some(t) = gate.tlog() {
+        let mut gauge = |name: &str, help: &str, value: String| {
+            out.push_str(&format!(
+                "# HELP portcullis_{name} {help}\n# TYPE portcullis_{name} gauge\nportcullis_{name} {value}\n"
+            ));
+        };
+        let checkpoint = t.latest().map_or(0, |c| c.size);
+        gauge(
+            "audit_checkpoint_records",
+            "Records covered by the latest signed checkpoint.",
+            checkpoint.to_string(),
+        );
+        if t.anchoring() {
+            gauge(
+                "audit_anchor_lag_seconds",
+                "How long the oldest record not yet in write-once storage has waited.",
+                format!("{:.3}", t.anchor_lag().as_secs_f64()),
+            );
+            gauge(
+                "audit_anchored_records",
+                "Records covered by the latest anchored checkpoint.",
+                t.anchored_size().to_string(),
+            );
+        }
     }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out)
 }

@@ -73,6 +73,7 @@ pub(super) struct Keys {
     pub(super) log: String,
     pub(super) ids: String,
     pub(super) shown: String,
+    pub(super) prefix: String,
 }
 
 impl Keys {
@@ -82,6 +83,7 @@ impl Keys {
             log: format!("{prefix}audit:log"),
             ids: format!("{prefix}audit:ids"),
             shown: format!("redis {prefix}audit"),
+            prefix: prefix.to_string(),
         }
     }
 }
@@ -190,6 +192,11 @@ impl RedisAuditReader {
     }
 
     /// Where the records are, for messages: `redis <prefix>audit`.
+    /// The checkpoints kept beside this trail.
+    pub fn checkpoints(&self) -> crate::audit::checkpoints::RedisCheckpoints {
+        crate::audit::checkpoints::RedisCheckpoints::new(self.conn.clone(), &self.keys.prefix)
+    }
+
     pub fn shown(&self) -> &str {
         &self.keys.shown
     }
@@ -212,7 +219,7 @@ impl RedisAuditReader {
     }
 
     /// Entries `from..=to` (seqs), at most `CHUNK`.
-    async fn range(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+    pub(super) async fn range(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
         let mut c = self.conn.clone();
         let v: Value = redis::cmd("XRANGE")
             .arg(&self.keys.log)

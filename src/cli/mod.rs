@@ -1,5 +1,5 @@
 //! The command line: `serve`, `check-config`, `decide`, `audit verify`,
-//! `audit query`. Every failure prints one clear line on stderr and exits
+//! `audit query`, `keygen`, `receipt verify`. Every failure prints one clear line on stderr and exits
 //! non-zero; nothing here panics on bad input.
 
 use std::path::{Path, PathBuf};
@@ -12,6 +12,8 @@ use crate::config::{AuditBackend, Config, LogFormat};
 use crate::decision::{self, Inputs, Outcome};
 use crate::domain::{Producer, Verdict, VerdictSource};
 use crate::server::Application;
+
+mod audit_cmds;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,7 +36,15 @@ struct ConfigArg {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the service.
-    Serve(ConfigArg),
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Start a new, empty trail although checkpoints of an earlier one
+        /// exist (the trail was lost): the checkpoints are set aside and the
+        /// new trail's first record names the last of them.
+        #[arg(long)]
+        new_trail: bool,
+    },
     /// Validates the configuration and prints a summary of it.
     CheckConfig(ConfigArg),
     /// Offline dry run: decides one webhook with an optional token and
@@ -65,12 +75,49 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Writes a new Ed25519 audit signing key (PKCS#8 PEM, mode 0600) and
+    /// prints its public half (SPKI PEM).
+    Keygen {
+        /// Where to write the private key; refuses to overwrite.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Decision receipts (DSSE envelopes from `/v1/requests/{id}/receipt`).
+    Receipt {
+        #[command(subcommand)]
+        command: ReceiptCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReceiptCommand {
+    /// Checks a receipt's signature offline and prints its statement.
+    Verify {
+        /// The receipt (a DSSE envelope, JSON).
+        file: PathBuf,
+        /// The public keys: a JWKS file, a `/v1/keys` URL, or an SPKI PEM.
+        #[arg(long)]
+        keys: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Walks the hash chain; exits 1 naming the first broken record.
-    Verify(ConfigArg),
+    /// Walks the hash chain and checks the trail against its latest signed
+    /// checkpoint (cut short, rewound, edited or missing records fail);
+    /// exits 1 naming the problem.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Trust only this public key (SPKI PEM, from `portcullis keygen`)
+        /// for checkpoints, instead of the keys stored beside the trail.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Also check the trail against the checkpoints and segments anchored
+        /// in write-once storage (`[audit.anchor]`).
+        #[arg(long)]
+        anchor: bool,
+    },
     /// Prints matching records as JSON lines.
     Query {
         #[command(flatten)]
@@ -134,8 +181,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
-        Command::Serve(a) => {
-            let config = load(&a.config)?;
+        Command::Serve { config, new_trail } => {
+            let mut config = load(&config.config)?;
+            config.audit.new_trail = new_trail;
             init_tracing(config.server.log_format);
             let rt = runtime()?;
             rt.block_on(async {
@@ -169,41 +217,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             ))
         }
         Command::Audit {
-            command: AuditCommand::Verify(a),
-        } => {
-            let mut config = load_for_audit(&a.config)?;
-            // A Redis URL given as a secret (it holds a password) is needed here.
-            if let crate::config::StateBackend::Redis { url, .. } = &config.state.backend
-                && url.expose().is_empty()
-                && matches!(config.audit.backend, AuditBackend::Redis)
-            {
-                config = load(&a.config)?;
-            }
-            let (shown, result) = match audit_path(&config)? {
-                Some(path) => (path.display().to_string(), crate::audit::verify_file(&path)),
-                // Redis: exported to a temporary file, verified by the same code.
-                None => runtime()?.block_on(async {
-                    match crate::audit::RedisAuditReader::from_config(&config) {
-                        Ok(reader) => (reader.shown().to_string(), reader.verify().await),
-                        Err(e) => ("redis".to_string(), Err(e)),
-                    }
-                }),
-            };
-            match result {
-                Ok(report) => {
-                    println!(
-                        "audit chain OK: {} record(s), last seq {}, head {}",
-                        report.records, report.last_seq, report.head_hash
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e @ crate::audit::AuditError::Chain { .. }) => Err(format!("audit chain broken in {shown}: {e}")),
-                Err(e) if matches!(config.audit.backend, AuditBackend::Redis) => {
-                    Err(format!("cannot verify {shown}: {e}"))
-                }
-                Err(e) => Err(format!("audit chain broken in {shown}: {e}")),
-            }
-        }
+            command: AuditCommand::Verify { config, key, anchor },
+        } => audit_cmds::verify(&config.config, key.as_deref(), anchor),
         Command::Audit {
             command:
                 AuditCommand::Query {
@@ -214,46 +229,22 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     request,
                     since,
                 },
-        } => {
-            let config_path = config.config;
-            let mut config = load_for_audit(&config_path)?;
-            // A Redis URL given as a secret (it holds a password) is needed here.
-            if let crate::config::StateBackend::Redis { url, .. } = &config.state.backend
-                && url.expose().is_empty()
-                && matches!(config.audit.backend, AuditBackend::Redis)
-            {
-                config = load(&config_path)?;
-            }
-            let since = match since.as_deref() {
-                Some(s) => Some(
-                    crate::time_fmt::parse_rfc3339(s)
-                        .ok_or_else(|| format!("--since `{s}` is not an RFC 3339 time"))?,
-                ),
-                None => None,
-            };
-            let filter = crate::audit::AuditFilter {
+        } => audit_cmds::query(
+            &config.config,
+            crate::audit::AuditFilter {
                 environment,
                 sha,
                 actor,
                 request,
-                since,
+                since: None,
                 limit: None,
-            };
-            let records = match audit_path(&config)? {
-                Some(path) => crate::audit::query_file(&path, &filter),
-                // Redis: a walk of the stream with the same filter.
-                None => runtime()?.block_on(async {
-                    crate::audit::RedisAuditReader::from_config(&config)?
-                        .query(&filter)
-                        .await
-                }),
-            }
-            .map_err(|e| e.to_string())?;
-            for r in records {
-                println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+            },
+            since.as_deref(),
+        ),
+        Command::Keygen { out } => audit_cmds::keygen(&out),
+        Command::Receipt {
+            command: ReceiptCommand::Verify { file, keys },
+        } => audit_cmds::receipt_verify(&file, &keys),
     }
 }
 
