@@ -14,10 +14,10 @@ const REPO: &str = "octo-org/payments";
 const GATE_WORKFLOW: &str = "octo-org/compliance/.github/workflows/gate.yml@refs/heads/main";
 const WAIT: Duration = Duration::from_secs(15);
 
-struct World {
-    oidc: OidcProvider,
-    gh: GithubMock,
-    app: App,
+pub(crate) struct World {
+    pub(crate) oidc: OidcProvider,
+    pub(crate) gh: GithubMock,
+    pub(crate) app: App,
 }
 
 async fn world() -> World {
@@ -35,9 +35,24 @@ async fn world_with(run: Run, extra: &str) -> World {
 
 /// The world, with `server_extra` added to `[server]` and `extra` at the end.
 async fn world_with_server(run: Run, server_extra: &str, extra: &str) -> World {
+    world_full(run, server_extra, "", extra).await
+}
+
+/// The world, with `server_extra` added to `[server]`, `audit_extra` to
+/// `[audit]` and `extra` at the end; files written to `dir` first.
+pub(crate) async fn world_full(run: Run, server_extra: &str, audit_extra: &str, extra: &str) -> World {
+    world_in(tempfile::tempdir().unwrap(), run, server_extra, audit_extra, extra).await
+}
+
+pub(crate) async fn world_in(
+    dir: tempfile::TempDir,
+    run: Run,
+    server_extra: &str,
+    audit_extra: &str,
+    extra: &str,
+) -> World {
     let oidc = OidcProvider::start().await;
     let gh = GithubMock::start().await;
-    let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("app.pem"), test_app_private_key()).unwrap();
     let config = format!(
         r#"
@@ -50,6 +65,7 @@ max_body_bytes = 65536
 
 [audit]
 path = "{{dir}}/audit.jsonl"
+{audit_extra}
 
 [github]
 app_id = {TEST_APP_ID}
@@ -92,7 +108,7 @@ required = false
     World { oidc, gh, app }
 }
 
-fn sha(n: u64) -> String {
+pub(crate) fn sha(n: u64) -> String {
     format!("{n:040x}")
 }
 
@@ -110,7 +126,7 @@ fn payload(gh: &GithubMock, run: u64, environment: &str, sha: &str) -> Vec<u8> {
     serde_json::to_vec(&p).unwrap()
 }
 
-fn ci_claims(run: u64, sha: &str) -> Value {
+pub(crate) fn ci_claims(run: u64, sha: &str) -> Value {
     let mut c = github_claims(sha);
     c["repository"] = json!(REPO);
     c["run_id"] = json!(run.to_string());
@@ -119,12 +135,12 @@ fn ci_claims(run: u64, sha: &str) -> Value {
 }
 
 impl World {
-    async fn attest(&self, claims: Value) -> (u16, Value) {
+    pub(crate) async fn attest(&self, claims: Value) -> (u16, Value) {
         let token = self.oidc.mint("portcullis", claims).await;
         self.app.post_bearer("/v1/attestations", &token, None).await
     }
 
-    async fn verdict(&self, sha: &str, environment: &str, allow: bool, reasons: &[&str]) -> (u16, Value) {
+    pub(crate) async fn verdict(&self, sha: &str, environment: &str, allow: bool, reasons: &[&str]) -> (u16, Value) {
         let mut claims = github_claims(sha);
         claims["repository"] = json!(REPO);
         claims["job_workflow_ref"] = json!(GATE_WORKFLOW);
@@ -137,7 +153,7 @@ impl World {
         self.app.post_bearer("/v1/verdicts", &token, Some(&body)).await
     }
 
-    async fn webhook(&self, delivery: &str, run: u64, environment: &str, sha: &str) -> String {
+    pub(crate) async fn webhook(&self, delivery: &str, run: u64, environment: &str, sha: &str) -> String {
         let (code, body) = self
             .app
             .post_webhook(

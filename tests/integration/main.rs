@@ -24,4 +24,5 @@ mod replicas;
 mod server_limits;
 mod slack;
 mod state;
+mod tlog;
 mod webhook_fixtures;
