@@ -87,6 +87,7 @@ pub(super) struct RawAudit {
     pub backend: Option<String>,
     pub path: Option<String>,
     pub require_persistence: Option<bool>,
+    pub anchor: Option<super::anchor::RawAnchor>,
 }
 
 #[derive(Debug, Deserialize)]

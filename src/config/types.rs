@@ -118,6 +118,8 @@ pub struct AuditConfig {
     pub backend: AuditBackend,
     /// For the Redis audit backend: refuse to start when Redis does not persist.
     pub require_persistence: bool,
+    /// `[audit.anchor]`: write-once copies of checkpoints and records.
+    pub anchor: Option<super::anchor::AnchorConfig>,
 }
 
 #[derive(Debug, Clone)]

@@ -465,6 +465,7 @@ impl Validator<'_> {
         AuditConfig {
             backend,
             require_persistence: raw.require_persistence.unwrap_or(true),
+            anchor: raw.anchor.and_then(|a| self.anchor(a)),
         }
     }
 
