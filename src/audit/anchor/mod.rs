@@ -37,7 +37,7 @@ pub enum AnchorError {
     Transient { reason: String },
     /// S3 refused the request (a 3xx or 4xx such as `AccessDenied`,
     /// `InvalidRequest`, `NoSuchBucket`): `code` is the S3 error `<Code>`,
-    /// or the HTTP reason phrase when the answer had none (a HEAD's).
+    /// or the HTTP reason phrase when the answer had none.
     #[error("S3 refused the request: HTTP {status} {code}")]
     Refused { status: u16, code: String },
     /// A different object already holds `key` (the object's full key in the

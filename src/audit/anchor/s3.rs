@@ -153,17 +153,18 @@ impl S3Anchor {
     /// [`AnchorError::Conflict`].
     ///
     /// The PUT carries `If-None-Match: *`, which S3 answers with 412 when
-    /// the key exists, atomically. A HEAD first also catches an
+    /// the key exists, atomically. A GET first also catches an
     /// S3-compatible server that ignores the condition (only a concurrent
-    /// writer could then slip between the two).
+    /// writer could then slip between the two), and answers a retry of a
+    /// landed write without a PUT.
     pub async fn put_once(&self, key: &str, body: &[u8], content_type: &str) -> Result<PutOutcome, AnchorError> {
         let object = self.object_key(key)?;
         let path = self.object_path(&object);
         if reqwest::header::HeaderValue::from_str(content_type).is_err() {
             return Err(invalid(format!("`{content_type}` is not a header value")));
         }
-        if self.exists(&object, &path).await? {
-            return self.compare(&object, &path, body).await;
+        if let Some(existing) = self.get_object(&object, &path).await? {
+            return same_or_conflict(&object, &existing, body);
         }
         let until = retain_until(OffsetDateTime::now_utc(), self.settings.retain)?;
         let checksum = base64::engine::general_purpose::STANDARD.encode(sha256(body));
@@ -245,16 +246,6 @@ impl S3Anchor {
         format!("{}/{}", self.bucket_path, sigv4::uri_encode(object, false))
     }
 
-    async fn exists(&self, object: &str, path: &str) -> Result<bool, AnchorError> {
-        let what = format!("HEAD {object}");
-        let answer = self.send(Method::HEAD, path, &[], &[], Vec::new(), &what).await?;
-        match answer.status {
-            200..=299 => Ok(true),
-            404 => Ok(false),
-            _ => Err(failure(&what, &answer)),
-        }
-    }
-
     async fn get_object(&self, object: &str, path: &str) -> Result<Option<Vec<u8>>, AnchorError> {
         let what = format!("GET {object}");
         let answer = self.send(Method::GET, path, &[], &[], Vec::new(), &what).await?;
@@ -269,14 +260,10 @@ impl S3Anchor {
         }
     }
 
-    /// The key is taken: equal bytes are an earlier attempt's, other bytes
-    /// a fork.
+    /// The key was taken at the PUT: its bytes decide.
     async fn compare(&self, object: &str, path: &str, body: &[u8]) -> Result<PutOutcome, AnchorError> {
         match self.get_object(object, path).await? {
-            Some(existing) if existing == body => Ok(PutOutcome::AlreadyIdentical),
-            Some(_) => Err(AnchorError::Conflict {
-                key: object.to_string(),
-            }),
+            Some(existing) => same_or_conflict(object, &existing, body),
             None => Err(AnchorError::Transient {
                 reason: format!("PUT {object}: the key was reported taken, then missing"),
             }),
@@ -344,6 +331,17 @@ impl S3Anchor {
         Ok(Answer {
             status,
             body: body.to_vec(),
+        })
+    }
+}
+
+/// Equal bytes are an earlier attempt's; other bytes are a fork.
+fn same_or_conflict(object: &str, existing: &[u8], body: &[u8]) -> Result<PutOutcome, AnchorError> {
+    if existing == body {
+        Ok(PutOutcome::AlreadyIdentical)
+    } else {
+        Err(AnchorError::Conflict {
+            key: object.to_string(),
         })
     }
 }

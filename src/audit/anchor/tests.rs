@@ -65,7 +65,6 @@ fn scripted(answers: Vec<(u16, &'static str)>) -> (u16, Arc<Mutex<Vec<Seen>>>) {
                 .map_or(0, |(_, v)| v.parse().unwrap());
             let mut body_in = vec![0; len];
             reader.read_exact(&mut body_in).unwrap();
-            let head = method == "HEAD";
             log.lock().unwrap().push(Seen {
                 method,
                 target,
@@ -76,7 +75,7 @@ fn scripted(answers: Vec<(u16, &'static str)>) -> (u16, Arc<Mutex<Vec<Seen>>>) {
             let response = format!(
                 "HTTP/1.1 {status} X\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
                 body.len(),
-                if head { "" } else { body }
+                body
             );
             out.write_all(response.as_bytes()).unwrap();
         }
@@ -141,7 +140,7 @@ fn signature_covers_what_was_sent(seen: &Seen) {
 
 #[tokio::test]
 async fn a_new_key_is_written_once_with_compliance_retention_and_a_checksum() {
-    let (port, seen) = scripted(vec![(404, ""), (200, "")]);
+    let (port, seen) = scripted(vec![(404, "<Error><Code>NoSuchKey</Code></Error>"), (200, "")]);
     let body = br#"{"checkpoint":1}"#;
     let before = OffsetDateTime::now_utc();
     let outcome = anchor(port)
@@ -152,7 +151,7 @@ async fn a_new_key_is_written_once_with_compliance_retention_and_a_checksum() {
     assert_eq!(seen.len(), 2);
     assert_eq!(
         (seen[0].method.as_str(), seen[0].target.as_str()),
-        ("HEAD", "/trail/prod/checkpoints/1.json")
+        ("GET", "/trail/prod/checkpoints/1.json")
     );
     let put = &seen[1];
     assert_eq!(
@@ -195,7 +194,7 @@ async fn a_key_taken_at_the_put_is_compared_byte_for_byte() {
         Ok(PutOutcome::AlreadyIdentical)
     );
     let methods: Vec<String> = seen.lock().unwrap().iter().map(|s| s.method.clone()).collect();
-    assert_eq!(methods, ["HEAD", "PUT", "GET"]);
+    assert_eq!(methods, ["GET", "PUT", "GET"]);
 
     let (port, _) = scripted(vec![
         (404, ""),
@@ -222,13 +221,18 @@ async fn a_key_taken_at_the_put_is_compared_byte_for_byte() {
 
 #[tokio::test]
 async fn a_taken_key_is_never_put_even_on_a_server_that_ignores_if_none_match() {
-    let (port, seen) = scripted(vec![(200, ""), (200, "forked")]);
+    let (port, seen) = scripted(vec![(200, "forked"), (200, "ours")]);
+    let a = anchor(port);
     assert_eq!(
-        anchor(port).put_once("a", b"ours", "text/plain").await,
+        a.put_once("a", b"ours", "text/plain").await,
         Err(AnchorError::Conflict { key: "prod/a".into() })
     );
+    assert_eq!(
+        a.put_once("a", b"ours", "text/plain").await,
+        Ok(PutOutcome::AlreadyIdentical)
+    );
     let methods: Vec<String> = seen.lock().unwrap().iter().map(|s| s.method.clone()).collect();
-    assert_eq!(methods, ["HEAD", "GET"]);
+    assert_eq!(methods, ["GET", "GET"]);
 }
 
 #[tokio::test]
