@@ -44,6 +44,12 @@ pub enum AnchorError {
     /// bucket, prefix included): the trail was forked.
     #[error("a different object already holds `{key}`: the audit trail was forked")]
     Conflict { key: String },
+    /// The key's current version is a delete marker: someone deleted the
+    /// object without naming a version, which Object Lock allows. Its
+    /// locked versions remain (listed by ListObjectVersions); the anchor
+    /// writes nothing beside them.
+    #[error("a delete marker hides `{key}` (its locked versions remain): the audit trail was tampered with")]
+    Hidden { key: String },
     /// S3 answered something this client cannot read (a listing without
     /// its continuation token, malformed XML).
     #[error("S3 answered what this client cannot read: {reason}")]

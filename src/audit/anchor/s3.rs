@@ -80,6 +80,9 @@ pub struct S3Anchor {
 pub(super) struct Answer {
     pub status: u16,
     pub body: Vec<u8>,
+    /// `x-amz-delete-marker: true`: the key's current version is a delete
+    /// marker.
+    pub delete_marker: bool,
 }
 
 fn invalid(reason: impl Into<String>) -> AnchorError {
@@ -150,7 +153,8 @@ impl S3Anchor {
     /// Writes `body` at `key` under COMPLIANCE retention until now +
     /// `retain`, never over an existing object: if `key` is taken, its bytes
     /// decide between [`PutOutcome::AlreadyIdentical`] and
-    /// [`AnchorError::Conflict`].
+    /// [`AnchorError::Conflict`]; a key hidden by a delete marker is
+    /// [`AnchorError::Hidden`], and nothing is written beside it.
     ///
     /// The PUT carries `If-None-Match: *`, which S3 answers with 412 when
     /// the key exists, atomically. A GET first also catches an
@@ -187,7 +191,8 @@ impl S3Anchor {
         }
     }
 
-    /// The bytes at `key`, or `None` when there is no such key.
+    /// The bytes at `key`, or `None` when there is no such key;
+    /// [`AnchorError::Hidden`] when a delete marker hides it.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, AnchorError> {
         let object = self.object_key(key)?;
         let path = self.object_path(&object);
@@ -251,6 +256,9 @@ impl S3Anchor {
         let answer = self.send(Method::GET, path, &[], &[], Vec::new(), &what).await?;
         match answer.status {
             200..=299 => Ok(Some(answer.body)),
+            404 if answer.delete_marker => Err(AnchorError::Hidden {
+                key: object.to_string(),
+            }),
             404 => match error_code(&answer.body) {
                 None => Ok(None),
                 Some(code) if code == "NoSuchKey" => Ok(None),
@@ -327,10 +335,15 @@ impl S3Anchor {
         }
         let response = request.send().await.map_err(|e| transport(what, &e))?;
         let status = response.status().as_u16();
+        let delete_marker = response
+            .headers()
+            .get("x-amz-delete-marker")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         let body = response.bytes().await.map_err(|e| transport(what, &e))?;
         Ok(Answer {
             status,
             body: body.to_vec(),
+            delete_marker,
         })
     }
 }

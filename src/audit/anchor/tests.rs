@@ -72,8 +72,13 @@ fn scripted(answers: Vec<(u16, &'static str)>) -> (u16, Arc<Mutex<Vec<Seen>>>) {
                 body: body_in,
             });
             let mut out = stream;
+            // 4040: a 404 for a key whose current version is a delete marker.
+            let (status, extra) = match status {
+                4040 => (404, "x-amz-delete-marker: true\r\n"),
+                s => (s, ""),
+            };
             let response = format!(
-                "HTTP/1.1 {status} X\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+                "HTTP/1.1 {status} X\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n{}",
                 body.len(),
                 body
             );
@@ -254,6 +259,18 @@ async fn get_reads_an_object_or_nothing_but_not_a_missing_bucket() {
     );
 }
 
+#[tokio::test]
+async fn a_key_hidden_by_a_delete_marker_is_reported_and_never_written_beside() {
+    let nsk = "<Error><Code>NoSuchKey</Code></Error>";
+    let (port, seen) = scripted(vec![(4040, nsk), (4040, nsk)]);
+    let a = anchor(port);
+    let hidden = AnchorError::Hidden { key: "prod/a".into() };
+    assert_eq!(a.get("a").await, Err(hidden.clone()));
+    assert_eq!(a.put_once("a", b"x", "text/plain").await, Err(hidden));
+    let methods: Vec<String> = seen.lock().unwrap().iter().map(|s| s.method.clone()).collect();
+    assert_eq!(methods, ["GET", "GET"]);
+}
+
 const PAGE_1: &str = "<ListBucketResult><IsTruncated>true</IsTruncated>\
     <Contents><Key>prod/records/1</Key></Contents><Contents><Key>prod/records/2&amp;3</Key></Contents>\
     <NextContinuationToken>a+b/c=</NextContinuationToken></ListBucketResult>";
@@ -331,6 +348,7 @@ fn answer(status: u16, body: &str) -> Answer {
     Answer {
         status,
         body: body.as_bytes().to_vec(),
+        delete_marker: false,
     }
 }
 
