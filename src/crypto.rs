@@ -5,7 +5,14 @@ use aws_lc_rs::{constant_time, digest, hmac};
 
 /// Hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(digest::digest(&digest::SHA256, data).as_ref())
+    hex::encode(sha256(data))
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, data).as_ref());
+    out
 }
 
 /// HMAC-SHA256 of `data` under `key`.

@@ -36,6 +36,8 @@ pub trait CheckpointStore: Send + Sync + 'static {
     async fn latest(&self) -> Result<Option<StoredCheckpoint>, AuditError>;
     /// Every public key that signed a stored checkpoint, oldest first.
     async fn keys(&self) -> Result<Vec<String>, AuditError>;
+    /// The sizes of the stored checkpoints, ascending.
+    async fn sizes(&self) -> Result<Vec<u64>, AuditError>;
     /// Stores `cp` if it is larger than the latest; `Ok(false)` if not.
     async fn put(&self, cp: &StoredCheckpoint) -> Result<bool, AuditError>;
     /// Sets every entry aside (kept, renamed) and returns the latest.
@@ -98,6 +100,10 @@ impl FileCheckpoints {
 impl CheckpointStore for FileCheckpoints {
     async fn latest(&self) -> Result<Option<StoredCheckpoint>, AuditError> {
         Ok(self.read_all()?.into_iter().max_by_key(|c| c.size))
+    }
+
+    async fn sizes(&self) -> Result<Vec<u64>, AuditError> {
+        Ok(self.read_all()?.iter().map(|c| c.size).collect())
     }
 
     async fn keys(&self) -> Result<Vec<String>, AuditError> {
@@ -221,6 +227,10 @@ impl CheckpointStore for RedisCheckpoints {
         .transpose()
     }
 
+    async fn sizes(&self) -> Result<Vec<u64>, AuditError> {
+        Ok(self.all().await?.iter().map(|c| c.size).collect())
+    }
+
     async fn keys(&self) -> Result<Vec<String>, AuditError> {
         let mut keys: Vec<String> = Vec::new();
         for cp in self.all().await? {
@@ -273,6 +283,16 @@ pub struct MemoryCheckpoints(Mutex<Vec<StoredCheckpoint>>);
 impl CheckpointStore for MemoryCheckpoints {
     async fn latest(&self) -> Result<Option<StoredCheckpoint>, AuditError> {
         Ok(self.0.lock().unwrap_or_else(|e| e.into_inner()).last().cloned())
+    }
+
+    async fn sizes(&self) -> Result<Vec<u64>, AuditError> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|c| c.size)
+            .collect())
     }
 
     async fn keys(&self) -> Result<Vec<String>, AuditError> {

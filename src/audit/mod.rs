@@ -17,11 +17,14 @@
 //! their own: the file sink writes and fsyncs, the Redis sink
 //! compare-and-appends by script.
 //!
+//! [`anchor`] copies checkpoints and records to write-once S3 storage.
+//!
 //! Secrets never enter a record: callers pass a token's SHA-256
 //! (`token_sha256`), never the token, and only non-secret claims. The log
 //! does not scrub what it is given; an audit trail that must be kept for
 //! years is the wrong place to discover a leaked credential.
 
+pub mod anchor;
 mod chain;
 pub mod checkpoints;
 mod file;

@@ -80,8 +80,9 @@ pub trait Anchor: Send + Sync + 'static {
     /// each ending in `\n`), never overwriting. Writing what is already
     /// there, byte for byte, succeeds.
     async fn anchor(&self, cp: &StoredCheckpoint, from: u64, segment: &[u8]) -> Result<(), String>;
-    /// The size of the largest checkpoint already anchored.
-    async fn anchored_size(&self) -> Result<u64, String>;
+    /// The largest of `candidates` (stored checkpoint sizes, ascending)
+    /// whose checkpoint is already anchored; 0 if none.
+    async fn anchored_size(&self, candidates: &[u64]) -> Result<u64, String>;
 }
 
 /// What a fresh trail's first record says about the trail it replaces.
@@ -132,7 +133,8 @@ impl Tlog {
 
     /// Anchors checkpoints to `anchor`; past `max_lag` unanchored, decisions wait.
     pub async fn with_anchor(mut self, anchor: Arc<dyn Anchor>, max_lag: Duration) -> Result<Tlog, TlogError> {
-        let size = anchor.anchored_size().await.map_err(TlogError::Anchor)?;
+        let candidates = self.store.sizes().await?;
+        let size = anchor.anchored_size(&candidates).await.map_err(TlogError::Anchor)?;
         self.anchored.store(size, Ordering::Relaxed);
         self.anchor = Some(anchor);
         self.max_anchor_lag = max_lag;

@@ -126,7 +126,17 @@ pub(super) fn verify(config_path: &Path, key: Option<&Path>, anchor: bool) -> Re
             );
         }
     }
-    let _ = anchor;
+    if anchor {
+        // The anchor's credentials are secrets: load them now.
+        let full = load(config_path)?;
+        let settings = full
+            .audit
+            .anchor
+            .as_ref()
+            .ok_or("--anchor needs [audit.anchor] in the configuration")?;
+        let anchored = rt.block_on(crate::audit::anchor::verify_anchored(settings, name, &keys, &tree))?;
+        println!("anchor OK: {anchored}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,17 +5,20 @@
 //!
 //! - `raw`: the file as written (strict serde shapes).
 //! - `validate`: raw shapes into validated types, collecting every error.
+//! - `anchor`: validation of `[audit.anchor]` (write-once S3 copies).
 //! - `integrations`: validation of `[github]`, `[gitlab]`, `[slack]`, `[sso]`
 //!   and `[[issuers]]`.
 //! - `secrets`: `{ env = … }` / `{ file = … }` resolution into [`Secret`].
 //! - `types`: the validated types the service reads, and claim matching.
 
+mod anchor;
 mod integrations;
 mod raw;
 mod secrets;
 mod types;
 mod validate;
 
+pub use anchor::{AnchorConfig, AnchorKind};
 pub use secrets::Secret;
 pub(crate) use types::rule_matches;
 pub use types::{

@@ -91,6 +91,7 @@ pub(super) struct RawAudit {
     pub signing_key: Option<RawSecret>,
     pub log_name: Option<String>,
     pub checkpoint_every: Option<String>,
+    pub anchor: Option<super::anchor::RawAnchor>,
 }
 
 #[derive(Debug, Deserialize)]

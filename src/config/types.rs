@@ -127,6 +127,8 @@ pub struct AuditConfig {
     pub checkpoint_every: Duration,
     /// Not a file key: set by `serve --new-trail`.
     pub new_trail: bool,
+    /// `[audit.anchor]`: write-once copies of checkpoints and records.
+    pub anchor: Option<super::anchor::AnchorConfig>,
 }
 
 #[derive(Debug, Clone)]

@@ -488,6 +488,7 @@ impl Validator<'_> {
         if checkpoint_every < Duration::from_millis(100) {
             self.err("audit.checkpoint_every", "must be at least 100ms");
         }
+        let has_key = signing_key.is_some();
         AuditConfig {
             backend,
             require_persistence: raw.require_persistence.unwrap_or(true),
@@ -495,6 +496,16 @@ impl Validator<'_> {
             log_name,
             checkpoint_every,
             new_trail: false,
+            anchor: match raw.anchor {
+                Some(_) if !has_key => {
+                    self.err(
+                        "audit.anchor",
+                        "anchoring writes signed checkpoints: set audit.signing_key too",
+                    );
+                    None
+                }
+                a => a.and_then(|a| self.anchor(a)),
+            },
         }
     }
 

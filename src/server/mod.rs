@@ -295,9 +295,17 @@ async fn build_tlog(config: &Config, audit: &Arc<dyn AuditLog>) -> Result<Arc<cr
             "a new trail was started on purpose (--new-trail); the earlier checkpoints are set aside"
         );
     }
-    let tlog = Tlog::open(audit.clone(), key, &config.audit.log_name)
+    let mut tlog = Tlog::open(audit.clone(), key, &config.audit.log_name)
         .await
         .map_err(|e| StartError::Audit(e.to_string()))?;
+    if let Some(anchor) = &config.audit.anchor {
+        let s3 = crate::audit::anchor::S3TrailAnchor::new(anchor)
+            .map_err(|e| StartError::Audit(format!("audit.anchor: {e}")))?;
+        tlog = tlog
+            .with_anchor(Arc::new(s3), anchor.max_anchor_lag)
+            .await
+            .map_err(|e| StartError::Audit(e.to_string()))?;
+    }
     Ok(Arc::new(tlog))
 }
 

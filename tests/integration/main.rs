@@ -8,6 +8,7 @@ mod support;
 #[path = "../opa/common.rs"]
 mod common;
 
+mod anchor_s3;
 mod architecture;
 mod audit;
 mod decision_props;

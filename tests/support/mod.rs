@@ -1,6 +1,6 @@
 //! Shared test support: the real parts the integration tests run (an OpenID
-//! Provider, GitHub API mocks, Redis servers, the application in process or
-//! as the binary, and the capture of its logs).
+//! Provider, GitHub API mocks, Redis servers, moto as S3, the application in
+//! process or as the binary, and the capture of its logs).
 //! Each test binary includes this with `mod support;` and uses what it needs.
 #![allow(dead_code)]
 
@@ -8,6 +8,7 @@ pub mod app;
 pub mod github_mock;
 pub mod gitlab_mock;
 pub mod logs;
+pub mod moto;
 pub mod oidc;
 pub mod prism;
 pub mod redis;
