@@ -128,7 +128,14 @@ pub(super) fn verify(config_path: &Path, key: Option<&Path>, anchor: bool) -> Re
     }
     if anchor {
         // The anchor's credentials are secrets: load them now.
-        let full = load(config_path)?;
+        let full = Config::load_with_secrets_under(config_path, "audit.anchor.").map_err(|e| {
+            let lines: Vec<String> = e.0.iter().map(|x| x.to_string()).collect();
+            format!(
+                "invalid configuration {}:\n  {}",
+                config_path.display(),
+                lines.join("\n  ")
+            )
+        })?;
         let settings = full
             .audit
             .anchor

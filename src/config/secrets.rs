@@ -25,6 +25,11 @@ impl std::fmt::Debug for Secret {
 }
 
 impl Validator<'_> {
+    /// Whether the secret of `key` is left unresolved.
+    pub(super) fn skips(&self, key: &str) -> bool {
+        self.skip_secrets && (self.secrets_under.is_empty() || !key.starts_with(self.secrets_under))
+    }
+
     pub(super) fn secret(&mut self, key: &str, raw: &RawSecret) -> Option<Secret> {
         match raw {
             RawSecret::Inline(_) => {
@@ -34,7 +39,7 @@ impl Validator<'_> {
                 );
                 None
             }
-            RawSecret::Env(_) | RawSecret::File(_) if self.skip_secrets => Some(Secret::new(String::new())),
+            RawSecret::Env(_) | RawSecret::File(_) if self.skips(key) => Some(Secret::new(String::new())),
             RawSecret::Env(r) => match (self.env)(&r.env) {
                 Some(v) if !v.is_empty() => Some(Secret::new(v)),
                 _ => {

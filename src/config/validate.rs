@@ -39,16 +39,36 @@ impl Config {
                 message: format!("cannot read the configuration file: {e}"),
             }])
         })?;
-        Self::parse(&text, &|_| None, true)
+        Self::parse(&text, &|_| None, Some(""))
+    }
+
+    /// Reads and validates `path` resolving only the secrets of keys under
+    /// `prefix` (e.g. `audit.anchor.`), from the process environment; the
+    /// rest become empty placeholders. For `audit verify --anchor`, which
+    /// needs the bucket's credentials and nothing else.
+    pub fn load_with_secrets_under(path: &Path, prefix: &'static str) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                key: path.display().to_string(),
+                message: format!("cannot read the configuration file: {e}"),
+            }])
+        })?;
+        Self::parse(&text, &|name| std::env::var(name).ok(), Some(prefix))
     }
 
     /// Parses and validates TOML text; `env` looks up environment variables
     /// (a parameter so tests need not touch the process environment).
     pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
-        Self::parse(text, env, false)
+        Self::parse(text, env, None)
     }
 
-    fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>, skip_secrets: bool) -> Result<Config, ConfigErrors> {
+    /// `only_secrets_under`: `None` resolves every secret; `Some(prefix)`
+    /// only those of keys under `prefix` (`""`: none).
+    fn parse(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        only_secrets_under: Option<&'static str>,
+    ) -> Result<Config, ConfigErrors> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 key: toml_error_key(&e),
@@ -58,7 +78,8 @@ impl Config {
         let mut v = Validator {
             errors: Vec::new(),
             env,
-            skip_secrets,
+            skip_secrets: only_secrets_under.is_some(),
+            secrets_under: only_secrets_under.unwrap_or(""),
         };
         let config = v.config(raw);
         if v.errors.is_empty() {
@@ -81,6 +102,8 @@ pub(super) struct Validator<'a> {
     pub(super) errors: Vec<ConfigError>,
     pub(super) env: &'a dyn Fn(&str) -> Option<String>,
     pub(super) skip_secrets: bool,
+    /// With `skip_secrets`, the keys whose secrets are resolved all the same.
+    pub(super) secrets_under: &'static str,
 }
 
 /// The longest value a duration setting takes: a timeout of an outside
@@ -488,7 +511,6 @@ impl Validator<'_> {
         if checkpoint_every < Duration::from_millis(100) {
             self.err("audit.checkpoint_every", "must be at least 100ms");
         }
-        let has_key = signing_key.is_some();
         AuditConfig {
             backend,
             require_persistence: raw.require_persistence.unwrap_or(true),
@@ -496,16 +518,7 @@ impl Validator<'_> {
             log_name,
             checkpoint_every,
             new_trail: false,
-            anchor: match raw.anchor {
-                Some(_) if !has_key => {
-                    self.err(
-                        "audit.anchor",
-                        "anchoring writes signed checkpoints: set audit.signing_key too",
-                    );
-                    None
-                }
-                a => a.and_then(|a| self.anchor(a)),
-            },
+            anchor: raw.anchor.and_then(|a| self.anchor(a)),
         }
     }
 

@@ -299,6 +299,11 @@ async fn build_tlog(config: &Config, audit: &Arc<dyn AuditLog>) -> Result<Arc<cr
         .await
         .map_err(|e| StartError::Audit(e.to_string()))?;
     if let Some(anchor) = &config.audit.anchor {
+        if tlog.signing_key().is_none() {
+            return Err(StartError::Audit(
+                "audit.anchor: anchoring writes signed checkpoints; set audit.signing_key too".into(),
+            ));
+        }
         let s3 = crate::audit::anchor::S3TrailAnchor::new(anchor)
             .map_err(|e| StartError::Audit(format!("audit.anchor: {e}")))?;
         tlog = tlog

@@ -26,4 +26,5 @@ mod server_limits;
 mod slack;
 mod state;
 mod tlog;
+mod tlog_anchor;
 mod webhook_fixtures;

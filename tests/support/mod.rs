@@ -13,3 +13,4 @@ pub mod oidc;
 pub mod prism;
 pub mod redis;
 pub mod slack_mock;
+pub mod switch;

@@ -81,10 +81,9 @@ pub async fn verify_anchored(
     tree: &Tree,
 ) -> Result<String, String> {
     let s3 = S3Anchor::new(S3Settings::from_config(config)).map_err(shown)?;
-    let sizes: Vec<u64> = s3
-        .list("checkpoints/")
-        .await
-        .map_err(shown)?
+    // One listing of the trail's prefix, split here.
+    let all = s3.list("").await.map_err(shown)?;
+    let sizes: Vec<u64> = all
         .iter()
         .filter_map(|k| k.strip_prefix("checkpoints/")?.strip_suffix(".note")?.parse().ok())
         .collect();
@@ -103,10 +102,7 @@ pub async fn verify_anchored(
     }
     check_tree(tree, cp.size, &cp.root).map_err(|e| format!("against the anchored checkpoint: {e}"))?;
     // The segments, end to end, give the same tree.
-    let mut segments: Vec<(u64, u64, String)> = s3
-        .list("segments/")
-        .await
-        .map_err(shown)?
+    let mut segments: Vec<(u64, u64, String)> = all
         .into_iter()
         .filter_map(|k| {
             let (from, to) = k.strip_prefix("segments/")?.strip_suffix(".jsonl")?.split_once('-')?;
