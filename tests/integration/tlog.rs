@@ -493,3 +493,61 @@ async fn receipts_say_passed_and_failed_and_verify_independently_and_offline() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_replicas_share_checkpoints_and_a_trimmed_stream_is_refused() {
+    use portcullis::audit::RedisAudit;
+    use portcullis::audit::redis::RedisAuditOptions;
+    let redis = crate::support::redis::RedisServer::start();
+    let key_pem = SigningKey::generate_pem().unwrap();
+    let key = || Some(SigningKey::from_pem(ORIGIN, &key_pem).unwrap());
+    let open = || async {
+        let log: Arc<dyn AuditLog> = Arc::new(
+            RedisAudit::open(&redis.url(), "tl:", RedisAuditOptions::default())
+                .await
+                .unwrap(),
+        );
+        log
+    };
+    let (a, b) = (open().await, open().await);
+    for i in 0..30 {
+        let log = if i % 2 == 0 { &a } else { &b };
+        log.append(event(i)).await.unwrap();
+    }
+    let (ta, tb) = (
+        Tlog::open(a.clone(), key(), ORIGIN).await.unwrap(),
+        Tlog::open(b.clone(), key(), ORIGIN).await.unwrap(),
+    );
+    let made = ta.checkpoint().await.unwrap().expect("a checkpoint");
+    assert_eq!(made.size, 30);
+    // The other replica signs the same note for the same size; the store
+    // keeps one.
+    assert_eq!(tb.checkpoint().await.unwrap(), None);
+    assert_eq!(tb.latest().map(|c| c.note), Some(made.note.clone()));
+    let (index, size, proof) = tb
+        .inclusion(&a.query(&Default::default()).await.unwrap()[12].id, None)
+        .await
+        .unwrap();
+    assert_eq!((index, size, proof.len()), (12, 30, 5));
+
+    // A stream trimmed below the checkpoint stops a new replica's start.
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("XDEL")
+        .arg("tl:audit:log")
+        .arg("30-0")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    match Tlog::open(open().await, key(), ORIGIN).await {
+        Err(e) => assert!(
+            e.to_string()
+                .contains("checkpoint covers 30 records; the trail holds 29"),
+            "{e}"
+        ),
+        Ok(_) => panic!("a trail shorter than its checkpoint was accepted"),
+    }
+}
