@@ -71,6 +71,63 @@ fn appends(c: &mut Criterion) {
     );
 }
 
+/// The same 128-append bursts with the transparency log on: a Merkle tree
+/// kept up with the trail and a signed checkpoint every 10 ms (the default is
+/// every 10 s; this is a thousand times the work), and the tree read for a
+/// root at the last record after each burst.
+fn appends_with_checkpoints(c: &mut Criterion) {
+    use portcullis::audit::tlog::Tlog;
+    use portcullis::signing::SigningKey;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let log: Arc<dyn AuditLog> = Arc::new(
+        rt.block_on(FileAudit::open(&dir.path().join("audit.jsonl")))
+            .expect("open"),
+    );
+    let key = SigningKey::from_pem("bench/audit", &SigningKey::generate_pem().expect("key")).expect("key");
+    let tlog = Arc::new(
+        rt.block_on(Tlog::open(log.clone(), Some(key), "bench/audit"))
+            .expect("tlog"),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    rt.spawn(tlog.clone().run(Duration::from_millis(10), stop.clone()));
+
+    let mut group = c.benchmark_group("audit_append_tlog");
+    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    let burst = 128usize;
+    group.throughput(Throughput::Elements(burst as u64));
+    group.bench_function("concurrent_128_checkpoint_10ms", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..burst)
+                    .map(|i| {
+                        let log = Arc::clone(&log);
+                        tokio::spawn(async move { log.append(event(i)).await })
+                    })
+                    .collect();
+                let mut last = None;
+                for t in tasks {
+                    last = Some(t.await.expect("task").expect("append"));
+                }
+                let last = last.expect("a record");
+                black_box(tlog.root(last.seq).await.expect("root"));
+            })
+        })
+    });
+    group.finish();
+    stop.cancel();
+    let checkpoints = rt.block_on(log.checkpoints().sizes()).expect("sizes");
+    eprintln!(
+        "audit bench with checkpoints: {} checkpoints signed, the last of {} records",
+        checkpoints.len(),
+        checkpoints.last().copied().unwrap_or(0)
+    );
+}
+
 fn verify(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let log = MemoryAudit::new();
@@ -88,5 +145,5 @@ fn verify(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, appends, verify);
+criterion_group!(benches, appends, appends_with_checkpoints, verify);
 criterion_main!(benches);

@@ -460,6 +460,9 @@ fn open_for_reading(path: &Path) -> Result<BufReader<File>, AuditError> {
         .map_err(|e| io_error(path, "opening for reading", e))
 }
 
+/// Where a read stopped: (next line index, its byte offset).
+pub(crate) type ReadCursor = (u64, u64);
+
 /// Lines `start..start + max` (0-based) of the file at `path`, without their
 /// newlines, and where reading stopped (next index, byte offset). `offset`,
 /// when known, is the byte offset of line `start`. An unterminated last line
@@ -469,7 +472,7 @@ pub(crate) fn read_lines_from(
     start: u64,
     max: usize,
     offset: Option<u64>,
-) -> Result<(Vec<Vec<u8>>, (u64, u64)), AuditError> {
+) -> Result<(Vec<Vec<u8>>, ReadCursor), AuditError> {
     use std::io::{BufRead, Seek, SeekFrom};
     let mut reader = open_for_reading(path)?;
     let (mut index, mut pos) = (0u64, 0u64);

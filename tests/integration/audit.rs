@@ -211,7 +211,8 @@ async fn deleting_a_line_names_the_gap() {
 
 #[tokio::test]
 async fn deleting_the_last_lines_keeps_a_valid_prefix() {
-    // A chain cannot tell a cut tail from a short log; the head hash can.
+    // A chain alone cannot tell a cut tail from a short log; the head hash
+    // can, and so does the signed checkpoint (tests/integration/tlog.rs).
     let dir = TempDir::new().unwrap();
     let (log, records) = log_with(&dir, 5).await;
     log.close().await.unwrap();
