@@ -7,6 +7,9 @@
 //! - [`crypto`], [`time_fmt`], [`outbound`]: SHA-256, HMAC, constant-time
 //!   comparison, Standard Webhooks keys; RFC 3339 times; the HTTP client for
 //!   discovery, JWKS and OPA (no redirects).
+//! - `redis_conn` (crate-internal): the one Redis connection builder (direct,
+//!   or through Redis Sentinel), used by the Redis store and the Redis audit
+//!   trail; `[state] url` is checked with it.
 //! - [`domain`]: the values that flow through the gate (requests,
 //!   attestations, verdicts, reviews, run attempts), the decision's reason
 //!   codes and the HTTP API's error codes.
@@ -15,8 +18,6 @@
 //! - [`decision`]: the pure engine. Each contract rule is one function
 //!   (`decision::rules`, and `decision::reviews` for reviews and reviewer
 //!   eligibility); the gate, the Slack buttons and the SSO pages ask them.
-//! - `redis_conn` (crate-internal): the one Redis connection builder, used by
-//!   the Redis store and the Redis audit trail.
 //! - [`state`]: memory and Redis stores behind one async interface
 //!   (insert-if-absent, compare-and-set, fenced leases).
 //! - [`audit`]: the hash-chained, append-only audit trail: one group-commit

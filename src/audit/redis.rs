@@ -59,7 +59,6 @@ mod reader;
 use std::io::Write;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 use std::sync::atomic::Ordering;
 
@@ -68,6 +67,7 @@ use reader::{as_string, connect, redis_err};
 
 use super::writer::{self, Appended, Batch, ChainHead, Grouping, Handle, Sink, SinkError};
 use super::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditRecord, QueueFull};
+use crate::redis_conn::RedisConn;
 use crate::time_fmt::parse_rfc3339;
 
 /// The most records one script call carries.
@@ -161,7 +161,7 @@ impl RedisAudit {
     }
 
     /// Uses an existing connection (shared with the state backend).
-    pub(crate) fn with_connection(conn: ConnectionManager, prefix: &str, options: RedisAuditOptions) -> RedisAudit {
+    pub(crate) fn with_connection(conn: RedisConn, prefix: &str, options: RedisAuditOptions) -> RedisAudit {
         let reader = RedisAuditReader::new(conn, prefix);
         let sink = RedisSink {
             reader: reader.clone(),

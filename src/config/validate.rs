@@ -383,7 +383,7 @@ impl Validator<'_> {
                 let url = match &raw.url {
                     None => "redis://127.0.0.1:6379/0".to_string(),
                     Some(RawSecret::Inline(u)) => {
-                        if Url::parse(u).is_ok_and(|p| p.password().is_some()) {
+                        if crate::redis_conn::url_has_password(u) {
                             self.err(
                                 "state.url",
                                 "a URL with a password is a secret: use { env = \"VAR\" } or { file = \"path\" }",
@@ -396,11 +396,10 @@ impl Validator<'_> {
                         .map(|s| s.expose().to_string())
                         .unwrap_or_default(),
                 };
-                let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
-                    .iter()
-                    .any(|p| url.starts_with(p));
-                if !self.skip_secrets && !scheme_ok {
-                    self.err("state.url", "must be a redis://, rediss:// or unix:// URL");
+                if let Err(e) = crate::redis_conn::check_url(&url)
+                    && !self.skip_secrets
+                {
+                    self.err("state.url", e.to_string());
                 }
                 StateBackend::Redis {
                     url: Secret::new(url),

@@ -3,10 +3,10 @@
 //! Every multi-key change is one Lua script, so it is atomic on the server:
 //! request creation with its indexes, compare-and-set on a request's version,
 //! and lease grant/release with a fencing counter. Connections go through a
-//! [`ConnectionManager`] (opened by `crate::redis_conn`), which reconnects;
-//! each command has a response timeout, so an unreachable Redis turns into
-//! a [`StateError`] quickly (webhooks then answer 503) instead of a hung
-//! request.
+//! [`RedisConn`] (opened by `crate::redis_conn`: direct, or to the master
+//! Redis Sentinel names), which reconnects; each command has a response
+//! timeout, so an unreachable Redis turns into a [`StateError`] quickly
+//! (webhooks then answer 503) instead of a hung request.
 //!
 //! Keys, under the configured prefix `P`:
 //! - `P d:{delivery}`: delivery dedup, `SET NX EX`.
@@ -20,12 +20,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use time::OffsetDateTime;
 
 use super::{Cas, Lease, StateError, StateResult, Store};
 use crate::domain::{Attestation, DeploymentRequest, RequestStatus, Verdict};
+pub use crate::redis_conn::RedisConn;
 
 /// Requests that are done are kept this long for `GET /v1/requests/{id}`.
 const DONE_TTL_SECS: i64 = 30 * 24 * 3600;
@@ -80,7 +80,7 @@ return 0
 "#;
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     insert_request: Script,
     update_request: Script,
@@ -131,7 +131,7 @@ impl RedisStore {
     }
 
     /// A connection for other Redis-backed parts (the audit chain).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
