@@ -21,6 +21,12 @@
 //! Either way the result is a [`RedisConn`]. Errors never hold the URL or its
 //! password: the client's errors do not echo it, and a URL that does not
 //! parse is named by what is wrong with it.
+//!
+//! # Acknowledgement by replicas
+//! [`eval_and_wait`] sends a script and `WAIT n` in one pipeline: on one
+//! connection, so the `WAIT` covers the script's write (Redis counts a
+//! client's last write) and, the replication stream being one sequence,
+//! every write the master took before it, from any connection.
 
 mod sentinel;
 mod sentinel_url;
@@ -29,13 +35,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 pub(crate) use sentinel_url::UrlError;
 use sentinel_url::{SentinelUrl, is_sentinel};
 
 /// Connection and response timeout of every connection.
 const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one `WAIT` waits for replicas: under [`TIMEOUT`], so that too
+/// few acknowledgements are an answer, not a timeout.
+pub(crate) const REPLICA_WAIT: Duration = Duration::from_millis(1000);
 
 /// Why a connection could not be set up. The text never holds the URL (its
 /// password): the client's errors do not echo it, and an invalid URL is
@@ -135,6 +145,20 @@ pub(crate) fn url_has_password(url: &str) -> bool {
         return sentinel_url::has_password(url);
     }
     url::Url::parse(url).is_ok_and(|p| p.password().is_some())
+}
+
+/// Sends `eval` (a script call) and `WAIT min_replicas` in one pipeline.
+/// Returns the script's answer and how many replicas acknowledged the
+/// script's write (and every write before it) within [`REPLICA_WAIT`].
+/// A script that writes nothing leaves nothing for `WAIT` to count: it must
+/// write (even a value over itself) for its answer to be covered.
+pub(crate) async fn eval_and_wait(conn: &mut RedisConn, eval: Cmd, min_replicas: u32) -> RedisResult<(Value, u32)> {
+    let mut pipe = redis::pipe();
+    pipe.add_command(eval)
+        .cmd("WAIT")
+        .arg(min_replicas)
+        .arg(REPLICA_WAIT.as_millis() as u64);
+    pipe.query_async(conn).await
 }
 
 #[cfg(test)]

@@ -417,6 +417,17 @@ impl Validator<'_> {
         if matches!(backend, StateBackend::Memory) && (raw.url.is_some() || raw.key_prefix.is_some()) {
             self.err("state.url", "only applies to the \"redis\" backend");
         }
+        let min_replicas = match raw.min_replicas.map(u32::try_from) {
+            None => 0,
+            Some(Ok(n)) if n <= 100 => n,
+            Some(_) => {
+                self.err("state.min_replicas", "must be a whole number from 0 to 100");
+                0
+            }
+        };
+        if matches!(backend, StateBackend::Memory) && raw.min_replicas.is_some() {
+            self.err("state.min_replicas", "only applies to the \"redis\" backend");
+        }
         let lease_ttl = self.duration("state.lease_ttl", raw.lease_ttl.as_deref(), Duration::from_secs(60));
         if lease_ttl < Duration::from_secs(1) {
             self.err("state.lease_ttl", "must be at least 1s");
@@ -434,6 +445,7 @@ impl Validator<'_> {
                 Duration::from_secs(7 * 24 * 3600),
             ),
             lease_ttl,
+            min_replicas,
         }
     }
 
