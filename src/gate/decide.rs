@@ -73,7 +73,19 @@ impl Gate {
                 next.status = RequestStatus::Deciding;
                 next.decision = Some(decision);
                 next.decided_on = Some(Box::new(decided_on));
-                match self.store.update_request(&next).await? {
+                let written = match self.store.update_request(&next).await {
+                    Ok(written) => written,
+                    Err(e) => {
+                        // Redis failed (a failover, say): the request stays
+                        // pending. The lease, if it cannot be released
+                        // either, keeps the quick retries away until it
+                        // lapses: look again then.
+                        let _ = self.store.release_lease(&lease).await;
+                        self.retry_later(id.to_string(), self.config.state.lease_ttl);
+                        return Err(e.into());
+                    }
+                };
+                match written {
                     Cas::Written(v) => {
                         next.version = v;
                         let result = self.act(next, &lease).await;
@@ -148,7 +160,7 @@ impl Gate {
 
     /// Evaluates the request again after `delay` (tracked, so shutdown
     /// waits for it or cancels it with the rest).
-    fn retry_later(self: &Arc<Self>, id: String, delay: Duration) {
+    pub(super) fn retry_later(self: &Arc<Self>, id: String, delay: Duration) {
         let gate = Arc::clone(self);
         self.tasks.spawn_on(
             async move {
