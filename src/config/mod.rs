@@ -5,6 +5,7 @@
 //!
 //! - `raw`: the file as written (strict serde shapes).
 //! - `validate`: raw shapes into validated types, collecting every error.
+//! - `audit`: validation of `[audit]`.
 //! - `anchor`: validation of `[audit.anchor]` (write-once S3 copies).
 //! - `integrations`: validation of `[github]`, `[gitlab]`, `[slack]`, `[sso]`
 //!   and `[[issuers]]`.
@@ -12,6 +13,7 @@
 //! - `types`: the validated types the service reads, and claim matching.
 
 mod anchor;
+mod audit;
 mod integrations;
 mod raw;
 mod secrets;

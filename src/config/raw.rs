@@ -79,6 +79,8 @@ pub(super) struct RawState {
     pub verdict_ttl: Option<String>,
     /// Hidden: how long a request's lease lasts (tests shorten it).
     pub lease_ttl: Option<String>,
+    /// Redis replicas that must acknowledge audit records and decisions.
+    pub min_replicas: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -105,6 +105,9 @@ pub struct StateConfig {
     /// may take over: longer than a platform call with its retries. Not in
     /// the documented contract (default 60 s); tests shorten it.
     pub lease_ttl: Duration,
+    /// Redis replicas that must acknowledge each audit batch and the gate's
+    /// writes around a platform call (`WAIT`); 0 asks for none.
+    pub min_replicas: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -44,6 +44,8 @@ pub use metrics::Metrics;
 
 /// How often the sweeper looks for timed-out and abandoned requests.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How soon an evaluation that failed on the store or the audit trail runs again.
+const EVALUATE_RETRY: Duration = Duration::from_secs(2);
 /// How long delivery ids are remembered for dedup.
 pub const DELIVERY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -230,6 +232,13 @@ impl Gate {
                 if let Err(e) = gate.evaluate(&id, OffsetDateTime::now_utc()).await {
                     gate.metrics.internal_errors.fetch_add(1, Ordering::Relaxed);
                     warn!(request = %id, error = %e, "could not decide; the request stays open and is retried");
+                    // The store or the audit trail failed (a Redis failover,
+                    // say): a pending request may see no other input before
+                    // its deadline, so it is evaluated again shortly. (A
+                    // `Deciding` one is also re-driven by the sweeper.)
+                    if matches!(e, GateError::State(_) | GateError::Audit(_)) {
+                        gate.retry_later(id, EVALUATE_RETRY);
+                    }
                 }
             },
             &self.runtime,

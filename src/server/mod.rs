@@ -243,7 +243,8 @@ async fn build_store(config: &Config) -> Result<SharedStore, StartError> {
             // Connects lazily: the service starts while Redis is down, and
             // `/readyz` (503) and webhooks (503) say so until it is back.
             let store = crate::state::redis::RedisStore::connect(url.expose(), key_prefix)
-                .map_err(|e| StartError::State(e.to_string()))?;
+                .map_err(|e| StartError::State(e.to_string()))?
+                .with_min_replicas(config.state.min_replicas);
             Ok(Arc::new(store))
         }
     }
@@ -265,6 +266,7 @@ async fn build_audit(config: &Config, _store: &SharedStore) -> Result<Arc<dyn Au
             };
             let options = crate::audit::redis::RedisAuditOptions {
                 require_persistence: config.audit.require_persistence,
+                min_replicas: config.state.min_replicas,
                 ..Default::default()
             };
             let log = crate::audit::RedisAudit::open(url.expose(), key_prefix, options)

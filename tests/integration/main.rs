@@ -15,6 +15,7 @@ mod decision_props;
 mod e2e_github;
 mod e2e_gitlab;
 mod e2e_policy;
+mod failover;
 mod github_api;
 mod gitlab_api;
 mod harness;

@@ -123,7 +123,7 @@ nothing) by the Deployment, so every install and template runs it.
 {{- fail (printf "config.toml: audit.path is %q; with the file backend it must be an absolute path under persistence.mountPath (%s/), the only writable, persistent place in the pod" $f.auditPath $mount) -}}
 {{- end -}}
 {{- end -}}
-{{- if regexMatch "(?i)rediss?(\\+unix)?://[^/@\\s\"]*:[^/@\\s\"]+@" (toString .Values.config.toml) -}}
+{{- if regexMatch "(?i)rediss?(\\+unix|\\+sentinel)?://[^/@\\s\"]*:[^/@\\s\"]+@" (toString .Values.config.toml) -}}
 {{- fail "config.toml: the Redis URL carries a password, which would land in a ConfigMap; use a Redis reachable without one on a restricted network (networkPolicy), until state.url accepts a secret reference" -}}
 {{- end -}}
 {{- $timeout := include "portcullis.seconds" $f.shutdownTimeout | int -}}
