@@ -12,7 +12,9 @@
 //! - `types`: the validated types the service reads, and claim matching.
 
 mod anchor;
+mod environment;
 mod integrations;
+mod pointing;
 mod raw;
 mod secrets;
 mod types;
@@ -22,11 +24,13 @@ pub use anchor::{AnchorConfig, AnchorKind};
 pub use secrets::Secret;
 pub(crate) use types::rule_matches;
 pub use types::{
-    AuditBackend, AuditConfig, ClaimMatcher, ClaimRule, Config, ConfigError, ConfigErrors, EnvironmentPolicy,
-    GithubConfig, GitlabConfig, GitlabPoll, IssuerConfig, LogFormat, PoliciesConfig, RateLimit, RedeliverConfig,
-    ReviewPolicy, ReviewVia, ServerConfig, SlackConfig, SsoConfig, StateBackend, StateConfig, VerdictMode,
-    VerdictPolicy,
+    AuditBackend, AuditConfig, BundleSource, ClaimMatcher, ClaimRule, Config, ConfigError, ConfigErrors,
+    EnvironmentPolicy, GithubConfig, GitlabConfig, GitlabPoll, IssuerConfig, LogFormat, PoliciesConfig, RateLimit,
+    RedeliverConfig, ReviewPolicy, ReviewVia, ServerConfig, SlackConfig, SsoConfig, StateBackend, StateConfig,
+    VerdictMode, VerdictPolicy,
 };
 
+#[cfg(test)]
+mod pointing_tests;
 #[cfg(test)]
 mod tests;
