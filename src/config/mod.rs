@@ -21,6 +21,8 @@ mod types;
 mod validate;
 
 pub use anchor::{AnchorConfig, AnchorKind};
+pub(crate) use pointing::levenshtein;
+pub use pointing::locate;
 pub use secrets::Secret;
 pub(crate) use types::rule_matches;
 pub use types::{

@@ -58,6 +58,41 @@ pub(super) fn parse<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     })
 }
 
+/// Line and column of the key `path` (`environments.production.verdict.policy`,
+/// `issuers[1].name`) in `text`, when it is written there: its value's
+/// place, or the nearest table of it that is written.
+pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut table: &DeTable<'_> = root.get_ref();
+    let mut found: Option<usize> = None;
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (name, index) = match part.split_once('[') {
+            Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some((key, value)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name) else {
+            break;
+        };
+        found = Some(key.span().start);
+        let mut value = value;
+        if let (Some(i), DeValue::Array(items)) = (index, value.get_ref()) {
+            value = items.get(i)?;
+            found = Some(value.span().start);
+        }
+        match value.get_ref() {
+            DeValue::Table(t) if parts.peek().is_some() => table = t,
+            _ if parts.peek().is_some() => break,
+            _ => {
+                // The value's place, as type errors point at it.
+                found = Some(value.span().start).filter(|_| index.is_none()).or(found);
+            }
+        }
+    }
+    found.map(|offset| line_column(text, offset))
+}
+
 fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
     let location = e.span().map(|s| line_column(text, s.start));
     ConfigError::at(
@@ -127,7 +162,7 @@ fn nearest(key: &str, candidates: &[String]) -> Option<String> {
 }
 
 /// Edit distance (insertions, deletions, substitutions), over characters.
-pub(super) fn levenshtein(a: &str, b: &str) -> usize {
+pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -191,6 +226,16 @@ fn first_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_located_by_their_path() {
+        let text = "[server]\nlisten = 1\n[[issuers]]\nname = \"a\"\n[[issuers]]\nname = \"b\"\n[environments.production.verdict]\npolicy = \"x\"\n";
+        assert_eq!(locate(text, "server.listen"), Some((2, 10)));
+        assert_eq!(locate(text, "issuers[1].name"), Some((6, 8)));
+        assert_eq!(locate(text, "environments.production.verdict.policy"), Some((8, 10)));
+        assert_eq!(locate(text, "environments.production.verdict.missing"), Some((7, 26)));
+        assert_eq!(locate(text, "nothing"), None);
+    }
 
     #[test]
     fn levenshtein_counts_edits() {

@@ -30,7 +30,7 @@ policy = "data.deploy.hipaa.allow""#,
 }
 
 /// The world with `verdict` as the production environment's verdict mode
-/// and policy lines.
+/// and policy lines, and the shipped policy's evidence schema.
 async fn world_with_verdict(verdict: &str) -> World {
     let oidc = OidcProvider::start().await;
     let gh = GithubMock::start().await;
@@ -57,6 +57,7 @@ audience = "portcullis"
 approvers = ["octocat"]
 [environments.production.verdict]
 {verdict}
+evidence_schema = "{schema}"
 producers = [{{ job_workflow_ref = "{GATE}" }}]
 [policies]
 paths = ["{policies}"]
@@ -64,6 +65,7 @@ paths = ["{policies}"]
         api = gh.url(),
         issuer = oidc.issuer(),
         policies = concat!(env!("CARGO_MANIFEST_DIR"), "/config/policies"),
+        schema = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/evidence.schema.json"),
     );
     let app = App::start_in(
         dir,
