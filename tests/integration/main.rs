@@ -20,6 +20,7 @@ mod gitlab_api;
 mod harness;
 mod identity;
 mod policy_bundles;
+mod policy_cli;
 mod policy_differential;
 mod policy_opa_mode;
 mod replicas;
