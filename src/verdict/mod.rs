@@ -44,7 +44,9 @@ pub use engine::{PolicyEngine, RegoTestResult};
 pub use evaluate::{EvaluateError, EvaluatedEvidence, Poster, evaluate_evidence};
 pub use evidence::{build_input, evidence_digest};
 pub use opa::OpaClient;
-pub use policy_set::{LoadError, PolicySet, PolicyStatus, approvers_of, compile_paths, load_with_tests, missing_rules};
+pub use policy_set::{
+    LoadError, PolicySet, PolicyStatus, approvers_of, compile_bundles, compile_paths, load_with_tests, missing_rules,
+};
 pub use query::validate_query;
 pub use schema::{EvidenceError, EvidenceSchema, SchemaError, check_evidence, validate_evidence};
 pub use signature::{SignatureError, VerificationKey, file_hash};

@@ -389,6 +389,19 @@ pub fn compile_paths(
     set.compose(&loose, &bundles, with_tests)
 }
 
+/// Compiles `bundles` (already read and verified, see
+/// [`super::read_bundle`]) as the service would, `approvers` as
+/// `data.approvers`: the revision is their manifests'.
+pub fn compile_bundles(
+    bundles: Vec<Bundle>,
+    approvers: &BTreeMap<String, Vec<String>>,
+) -> Result<PolicyEngine, LoadError> {
+    let mut set = PolicySet::empty(OpaClient::new(reqwest::Client::new()));
+    set.approvers = approvers.clone();
+    let bundles: Vec<Option<Bundle>> = bundles.into_iter().map(Some).collect();
+    set.compose(&[], &bundles, false)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

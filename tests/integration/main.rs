@@ -19,6 +19,7 @@ mod github_api;
 mod gitlab_api;
 mod harness;
 mod identity;
+mod policy_bundle_differential;
 mod policy_bundles;
 mod policy_cli;
 mod policy_differential;
