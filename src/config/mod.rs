@@ -14,21 +14,27 @@
 
 mod anchor;
 mod audit;
+mod environment;
 mod integrations;
+mod pointing;
 mod raw;
 mod secrets;
 mod types;
 mod validate;
 
 pub use anchor::{AnchorConfig, AnchorKind};
+pub(crate) use pointing::levenshtein;
+pub use pointing::locate;
 pub use secrets::Secret;
 pub(crate) use types::rule_matches;
 pub use types::{
-    AuditBackend, AuditConfig, ClaimMatcher, ClaimRule, Config, ConfigError, ConfigErrors, EnvironmentPolicy,
-    GithubConfig, GitlabConfig, GitlabPoll, IssuerConfig, LogFormat, PoliciesConfig, RateLimit, RedeliverConfig,
-    ReviewPolicy, ReviewVia, ServerConfig, SlackConfig, SsoConfig, StateBackend, StateConfig, VerdictMode,
-    VerdictPolicy,
+    AuditBackend, AuditConfig, BundleSource, ClaimMatcher, ClaimRule, Config, ConfigError, ConfigErrors,
+    EnvironmentPolicy, GithubConfig, GitlabConfig, GitlabPoll, IssuerConfig, LogFormat, PoliciesConfig, RateLimit,
+    RedeliverConfig, ReviewPolicy, ReviewVia, ServerConfig, SlackConfig, SsoConfig, StateBackend, StateConfig,
+    VerdictMode, VerdictPolicy,
 };
 
+#[cfg(test)]
+mod pointing_tests;
 #[cfg(test)]
 mod tests;

@@ -20,12 +20,7 @@ impl Config {
     /// (audit path, secret files, policies) are taken relative to the
     /// working directory, as the example commands run from the repository root.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                key: path.display().to_string(),
-                message: format!("cannot read the configuration file: {e}"),
-            }])
-        })?;
+        let text = read_config(path)?;
         Self::from_toml(&text, &|name| std::env::var(name).ok())
     }
 
@@ -33,12 +28,7 @@ impl Config {
     /// empty placeholder). For commands that read only the audit trail, so
     /// an auditor needs the file but not the service's secrets.
     pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                key: path.display().to_string(),
-                message: format!("cannot read the configuration file: {e}"),
-            }])
-        })?;
+        let text = read_config(path)?;
         Self::parse(&text, &|_| None, Some(""))
     }
 
@@ -47,12 +37,7 @@ impl Config {
     /// rest become empty placeholders. For `audit verify --anchor`, which
     /// needs the bucket's credentials and nothing else.
     pub fn load_with_secrets_under(path: &Path, prefix: &'static str) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                key: path.display().to_string(),
-                message: format!("cannot read the configuration file: {e}"),
-            }])
-        })?;
+        let text = read_config(path)?;
         Self::parse(&text, &|name| std::env::var(name).ok(), Some(prefix))
     }
 
@@ -69,12 +54,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         only_secrets_under: Option<&'static str>,
     ) -> Result<Config, ConfigErrors> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                key: toml_error_key(&e),
-                message: e.message().to_string(),
-            }])
-        })?;
+        let raw: RawConfig = super::pointing::parse(text).map_err(|e| ConfigErrors(vec![e]))?;
         let mut v = Validator {
             errors: Vec::new(),
             env,
@@ -90,11 +70,13 @@ impl Config {
     }
 }
 
-fn toml_error_key(e: &toml::de::Error) -> String {
-    match e.span() {
-        Some(span) => format!("configuration (at byte {}..{})", span.start, span.end),
-        None => "configuration".to_string(),
-    }
+fn read_config(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError::new(
+            path.display().to_string(),
+            format!("cannot read the configuration file: {e}"),
+        )])
+    })
 }
 
 /// Collects every problem while turning raw shapes into validated ones.
@@ -125,10 +107,7 @@ fn max_duration(key: &str) -> Duration {
 
 impl Validator<'_> {
     pub(super) fn err(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ConfigError {
-            key: key.into(),
-            message: message.into(),
-        });
+        self.errors.push(ConfigError::new(key, message));
     }
 
     pub(super) fn duration(&mut self, key: &str, raw: Option<&str>, default: Duration) -> Duration {
@@ -227,9 +206,7 @@ impl Validator<'_> {
                 environments.insert(name, e);
             }
         }
-        let policies = PoliciesConfig {
-            paths: raw.policies.paths.into_iter().map(PathBuf::from).collect(),
-        };
+        let policies = self.policies(raw.policies);
         if environments
             .values()
             .any(|e| e.reviews.required > 0 && e.reviews.via == ReviewVia::Slack)
@@ -250,10 +227,13 @@ impl Validator<'_> {
                 "an environment requires reviews via SSO, but [sso] is not configured",
             );
         }
-        if environments.values().any(|e| e.verdict.mode == VerdictMode::Evaluated) && policies.paths.is_empty() {
+        if environments.values().any(|e| e.verdict.mode == VerdictMode::Evaluated)
+            && policies.paths.is_empty()
+            && policies.bundles.is_empty()
+        {
             self.err(
                 "policies.paths",
-                "an environment evaluates Rego verdicts, but no policy paths are configured",
+                "an environment evaluates Rego verdicts, but no policy paths or bundles are configured",
             );
         }
         Config {
@@ -497,7 +477,7 @@ impl Validator<'_> {
         }
     }
 
-    fn claim_rule(&mut self, key: &str, raw: &BTreeMap<String, RawMatcher>) -> ClaimRule {
+    pub(super) fn claim_rule(&mut self, key: &str, raw: &BTreeMap<String, RawMatcher>) -> ClaimRule {
         let mut rule = ClaimRule::new();
         for (claim, m) in raw {
             if let Some(m) = self.matcher(&format!("{key}.{claim}"), m) {
@@ -506,157 +486,10 @@ impl Validator<'_> {
         }
         rule
     }
-
-    fn environment(&mut self, name: &str, raw: raw::RawEnvironment) -> Option<EnvironmentPolicy> {
-        let key = format!("environments.{name}");
-        if name.is_empty() || name.len() > 255 {
-            self.err(&key, "environment names are 1 to 255 characters");
-        }
-        let approvers = raw.approvers.unwrap_or_default();
-        if approvers.is_empty() {
-            self.err(
-                format!("{key}.approvers"),
-                "at least one approver is required (nobody could deploy)",
-            );
-        }
-        let require_claims = self.claim_rule(&format!("{key}.require_claims"), &raw.require_claims);
-        let pending_timeout = self.duration(
-            &format!("{key}.pending_timeout"),
-            raw.pending_timeout.as_deref(),
-            Duration::from_secs(30 * 60),
-        );
-        let verdict = match raw.verdict {
-            None => {
-                self.err(
-                    format!("{key}.verdict"),
-                    "is required: say `required = false` explicitly to deploy without a policy verdict",
-                );
-                VerdictPolicy {
-                    required: true,
-                    max_age: Duration::from_secs(86400),
-                    mode: VerdictMode::Asserted,
-                    policy: None,
-                    opa_url: None,
-                    producers: Vec::new(),
-                }
-            }
-            Some(v) => {
-                let vkey = format!("{key}.verdict");
-                let required = v.required.unwrap_or(true);
-                let mode = match v.mode.as_deref().unwrap_or("asserted") {
-                    "asserted" => VerdictMode::Asserted,
-                    "evaluated" => VerdictMode::Evaluated,
-                    "opa" => VerdictMode::Opa,
-                    other => {
-                        self.err(
-                            format!("{vkey}.mode"),
-                            format!("`{other}` is not one of \"asserted\", \"evaluated\", \"opa\""),
-                        );
-                        VerdictMode::Asserted
-                    }
-                };
-                if matches!(mode, VerdictMode::Evaluated | VerdictMode::Opa) {
-                    match &v.policy {
-                        Some(p) if p.starts_with("data.") => {}
-                        Some(p) => self.err(
-                            format!("{vkey}.policy"),
-                            format!("`{p}` is not a query such as data.deploy.hipaa.allow"),
-                        ),
-                        None => self.err(
-                            format!("{vkey}.policy"),
-                            "is required for modes \"evaluated\" and \"opa\"",
-                        ),
-                    }
-                }
-                let opa_url = v
-                    .opa_url
-                    .as_deref()
-                    .and_then(|u| self.url(&format!("{vkey}.opa_url"), u));
-                if mode == VerdictMode::Opa && v.opa_url.is_none() {
-                    self.err(format!("{vkey}.opa_url"), "is required for mode \"opa\"");
-                }
-                let mut producers = Vec::new();
-                for (i, p) in v.producers.iter().enumerate() {
-                    let pkey = format!("{vkey}.producers[{i}]");
-                    if p.is_empty() {
-                        self.err(&pkey, "an empty producer rule would trust every token");
-                        continue;
-                    }
-                    producers.push(self.claim_rule(&pkey, p));
-                }
-                if required && v.producers.is_empty() {
-                    self.err(
-                        format!("{vkey}.producers"),
-                        "a required verdict needs at least one trusted producer",
-                    );
-                }
-                VerdictPolicy {
-                    required,
-                    max_age: self.duration(
-                        &format!("{vkey}.max_age"),
-                        v.max_age.as_deref(),
-                        Duration::from_secs(86400),
-                    ),
-                    mode,
-                    policy: v.policy,
-                    opa_url,
-                    producers,
-                }
-            }
-        };
-        let reviews = match raw.reviews {
-            None => ReviewPolicy {
-                required: 0,
-                via: ReviewVia::Slack,
-                reviewers: Vec::new(),
-                allow_self_review: false,
-            },
-            Some(r) => {
-                let rkey = format!("{key}.reviews");
-                let via = match r.via.as_deref().unwrap_or("slack") {
-                    "slack" => ReviewVia::Slack,
-                    "sso" => ReviewVia::Sso,
-                    other => {
-                        self.err(
-                            format!("{rkey}.via"),
-                            format!("`{other}` is not one of \"slack\", \"sso\""),
-                        );
-                        ReviewVia::Slack
-                    }
-                };
-                let required = r.required.unwrap_or(0);
-                if required as usize > r.reviewers.len() {
-                    self.err(
-                        format!("{rkey}.required"),
-                        format!(
-                            "requires {required} reviews but lists {} reviewer(s)",
-                            r.reviewers.len()
-                        ),
-                    );
-                }
-                ReviewPolicy {
-                    required,
-                    via,
-                    reviewers: r.reviewers.into_iter().map(|s| s.to_ascii_lowercase()).collect(),
-                    allow_self_review: r.allow_self_review.unwrap_or(false),
-                }
-            }
-        };
-        let slack_channel = raw.slack.and_then(|s| s.channel);
-        Some(EnvironmentPolicy {
-            name: name.to_string(),
-            approvers,
-            require_claims,
-            pending_timeout,
-            verdict,
-            reviews,
-            slack_channel,
-        })
-    }
 }
 
 /// Is the URL's host a loopback address (127.0.0.0/8, ::1) or `localhost`?
-fn is_loopback(url: &Url) -> bool {
+pub(super) fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),

@@ -117,9 +117,8 @@ pub struct Gate {
     runtime: tokio::runtime::Handle,
     pub metrics: Metrics,
     notifier: std::sync::OnceLock<Arc<dyn Notifier>>,
-    /// Compiled Rego policies, for environments with `verdict.mode = "evaluated"`.
-    policies: Option<Arc<crate::verdict::PolicyEngine>>,
-    opa: crate::verdict::OpaClient,
+    /// Rego policies, evidence schemas and the OPA client, for posted evidence.
+    policies: Arc<crate::verdict::PolicySet>,
     /// The trail's Merkle tree, checkpoints and anchoring (set once at start).
     tlog: std::sync::OnceLock<Arc<crate::audit::tlog::Tlog>>,
 }
@@ -140,14 +139,14 @@ impl Gate {
             verifier,
             platforms,
             runtime,
-            None,
-            crate::verdict::OpaClient::new(reqwest::Client::new()),
+            Arc::new(crate::verdict::PolicySet::empty(crate::verdict::OpaClient::new(
+                reqwest::Client::new(),
+            ))),
         )
     }
 
-    /// A gate that evaluates evidence with `policies` (in process) and `opa`
-    /// (OPA servers).
-    #[allow(clippy::too_many_arguments)]
+    /// A gate that evaluates evidence with `policies` (in process, or on
+    /// OPA servers).
     pub fn with_policies(
         config: Arc<Config>,
         store: SharedStore,
@@ -155,8 +154,7 @@ impl Gate {
         verifier: Arc<Verifier>,
         platforms: Platforms,
         runtime: tokio::runtime::Handle,
-        policies: Option<Arc<crate::verdict::PolicyEngine>>,
-        opa: crate::verdict::OpaClient,
+        policies: Arc<crate::verdict::PolicySet>,
     ) -> Arc<Gate> {
         Arc::new(Gate {
             config,
@@ -170,9 +168,13 @@ impl Gate {
             metrics: Metrics::default(),
             notifier: std::sync::OnceLock::new(),
             policies,
-            opa,
             tlog: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The live policies (their status for `/readyz` and `/metrics`).
+    pub fn policies(&self) -> &Arc<crate::verdict::PolicySet> {
+        &self.policies
     }
 
     /// Installs the transparency log (once, at start).

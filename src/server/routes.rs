@@ -79,7 +79,19 @@ async fn readyz(gate: web::Data<Gate>) -> HttpResponse {
             "anchored_records": t.anchored_size(),
         });
     }
-    if state.is_ok() && audit.is_ok() && !lagging {
+    let policies = gate.policies().status();
+    if gate.policies().reloadable() {
+        body["policies"] = json!({
+            "status": match (policies.loaded, &policies.last_error) {
+                (false, _) => "not_loaded",
+                (true, Some(_)) => "reload_failed",
+                (true, None) => "ok",
+            },
+            "revision": policies.revision,
+            "error": policies.last_error,
+        });
+    }
+    if state.is_ok() && audit.is_ok() && !lagging && policies.loaded {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
@@ -143,6 +155,15 @@ async fn metrics(gate: web::Data<Gate>) -> HttpResponse {
         &[
             ("result=\"ok\"", g(&m.platform_calls_ok)),
             ("result=\"failed\"", g(&m.platform_calls_failed)),
+        ],
+    );
+    let policies = gate.policies().status();
+    counter(
+        "policy_reloads_total",
+        "Policy reloads (a new bundle revision, or SIGHUP) by result; a failed one keeps the running revision.",
+        &[
+            ("result=\"ok\"", policies.reloads_ok),
+            ("result=\"failed\"", policies.reloads_failed),
         ],
     );
     counter(
