@@ -378,6 +378,7 @@ async fn decide(
         attestation: attestation.as_ref(),
         verdict: verdict.as_ref(),
         reviews: &[],
+        break_glass: &[],
         now,
     });
     let out = serde_json::json!({

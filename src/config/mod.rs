@@ -6,19 +6,24 @@
 //! - `raw`: the file as written (strict serde shapes).
 //! - `validate`: raw shapes into validated types, collecting every error.
 //! - `anchor`: validation of `[audit.anchor]` (write-once S3 copies).
+//! - `break_glass`: `[environments.E.break_glass]`, its shape and validation.
+//! - `reviews`: validation of `[environments.E.reviews]`.
 //! - `integrations`: validation of `[github]`, `[gitlab]`, `[slack]`, `[sso]`
 //!   and `[[issuers]]`.
 //! - `secrets`: `{ env = … }` / `{ file = … }` resolution into [`Secret`].
 //! - `types`: the validated types the service reads, and claim matching.
 
 mod anchor;
+mod break_glass;
 mod integrations;
 mod raw;
+mod reviews;
 mod secrets;
 mod types;
 mod validate;
 
 pub use anchor::{AnchorConfig, AnchorKind};
+pub use break_glass::BreakGlassPolicy;
 pub use secrets::Secret;
 pub(crate) use types::rule_matches;
 pub use types::{
