@@ -21,8 +21,20 @@ pub struct Metrics {
     pub tokens_refused_unverified: AtomicU64,
     /// Verdict posts refused because their sha is not the posting token's.
     pub verdicts_sha_mismatch: AtomicU64,
+    /// Break-glass grants by the step they took.
+    pub break_glass: BreakGlassCounters,
     /// Lets one "token refused" log line through per second.
     pub(crate) token_log: LogBudget,
+}
+
+/// Break-glass grants counted by step (each confirmation counts).
+#[derive(Default)]
+pub struct BreakGlassCounters {
+    pub requested: AtomicU64,
+    pub confirmed: AtomicU64,
+    pub used: AtomicU64,
+    pub expired: AtomicU64,
+    pub reviewed: AtomicU64,
 }
 
 /// One log line per second for a noisy event, and how many were held back

@@ -14,6 +14,8 @@
 //! - [`decide`]: evaluation under the lease, the audit-then-answer sequence;
 //! - [`events`]: the one place that builds the gate's audit records;
 //! - [`gitlab`]: GitLab status hooks and the blocked-deployment poller;
+//! - [`break_glass`]: emergency grants: asked, confirmed, used, expired,
+//!   reviewed afterwards, overdue reviews reminded;
 //! - [`metrics`]: the counters behind `/metrics`.
 
 use std::sync::Arc;
@@ -32,6 +34,7 @@ use crate::identity::{TokenError, Verifier};
 use crate::platform::PlatformClient;
 use crate::state::{Cas, SharedStore, StateError};
 
+mod break_glass;
 mod decide;
 mod events;
 mod gitlab;
@@ -39,6 +42,7 @@ mod inputs;
 mod metrics;
 
 pub use crate::domain::VerdictBody;
+pub use break_glass::{GrantAsk, GrantStep};
 pub use inputs::ReviewOutcome;
 pub use metrics::Metrics;
 
@@ -69,6 +73,9 @@ pub struct Platforms {
 #[async_trait::async_trait]
 pub trait Notifier: Send + Sync + 'static {
     async fn request_changed(&self, gate: Arc<Gate>, request_id: String);
+    /// A break-glass grant took `step` (the alert channel is told). Called
+    /// in the background, like [`Notifier::request_changed`].
+    async fn grant_changed(&self, _gate: Arc<Gate>, _grant_id: String, _step: GrantStep) {}
 }
 
 /// Why the gate could not take an input. Each maps to an HTTP answer by its
@@ -274,7 +281,8 @@ impl Gate {
     }
 
     /// One sweep: evaluates every request past its deadline and every
-    /// abandoned `Deciding` request. Public so tests drive it step by step.
+    /// abandoned `Deciding` request; expires break-glass grants past their
+    /// window and reminds overdue reviews. Public so tests drive it step by step.
     pub async fn sweep(self: &Arc<Self>, now: OffsetDateTime) -> Result<usize, GateError> {
         let due = self.store.due_requests(now, 256).await?;
         let n = due.len();
@@ -282,6 +290,9 @@ impl Gate {
             if let Err(e) = self.evaluate(&id, now).await {
                 warn!(request = %id, error = %e, "sweep: could not decide");
             }
+        }
+        if let Err(e) = self.sweep_grants(now).await {
+            warn!(error = %e, "sweep: break-glass grants could not be swept");
         }
         Ok(n)
     }

@@ -47,7 +47,8 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/audit/proof/inclusion", web::get().to(tlog_routes::inclusion))
                 .route("/audit/proof/consistency", web::get().to(tlog_routes::consistency))
                 .route("/audit/{id}", web::get().to(get_audit))
-                .route("/keys", web::get().to(tlog_routes::keys)),
+                .route("/keys", web::get().to(tlog_routes::keys))
+                .route("/break-glass", web::get().to(super::break_glass_routes::list)),
         )
         .route("/webhooks/slack", web::post().to(slack_webhook))
         .route("/reviews/callback", web::get().to(sso::callback))
@@ -199,6 +200,7 @@ async fn metrics(gate: web::Data<Gate>) -> HttpResponse {
             );
         }
     }
+    super::break_glass_routes::render_metrics(&gate, &mut out).await;
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out)
 }
 

@@ -14,4 +14,5 @@ pub mod oidc;
 pub mod prism;
 pub mod redis;
 pub mod slack_mock;
+pub mod slack_views;
 pub mod switch;
