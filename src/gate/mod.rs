@@ -17,7 +17,6 @@
 //! - [`metrics`]: the counters behind `/metrics`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -40,7 +39,7 @@ mod metrics;
 
 pub use crate::domain::VerdictBody;
 pub use inputs::ReviewOutcome;
-pub use metrics::Metrics;
+pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, Scraped};
 
 /// How often the sweeper looks for timed-out and abandoned requests.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -228,7 +227,7 @@ impl Gate {
         self.tasks.spawn_on(
             async move {
                 if let Err(e) = gate.evaluate(&id, OffsetDateTime::now_utc()).await {
-                    gate.metrics.internal_errors.fetch_add(1, Ordering::Relaxed);
+                    gate.metrics.internal_errors.inc();
                     warn!(request = %id, error = %e, "could not decide; the request stays open and is retried");
                 }
             },

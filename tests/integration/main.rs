@@ -19,6 +19,7 @@ mod github_api;
 mod gitlab_api;
 mod harness;
 mod identity;
+mod metrics;
 mod policy_differential;
 mod policy_opa_mode;
 mod replicas;
