@@ -20,6 +20,7 @@ mod gitlab_api;
 mod harness;
 mod identity;
 mod metrics;
+mod pipeline_cli;
 mod policy_differential;
 mod policy_opa_mode;
 mod replicas;
