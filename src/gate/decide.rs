@@ -56,6 +56,7 @@ impl Gate {
                             continue;
                         }
                         self.notify(id);
+                        self.report_status(req.decision.as_ref(), &next);
                     }
                     return Ok(());
                 }

@@ -14,7 +14,8 @@
 //! - [`decide`]: evaluation under the lease, the audit-then-answer sequence;
 //! - [`events`]: the one place that builds the gate's audit records;
 //! - [`gitlab`]: GitLab status hooks and the blocked-deployment poller;
-//! - [`metrics`]: the counters behind `/metrics`.
+//! - [`metrics`]: the counters behind `/metrics`;
+//! - `status`: GitHub status reports while a request waits.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,10 +37,12 @@ mod events;
 mod gitlab;
 mod inputs;
 mod metrics;
+mod status;
 
 pub use crate::domain::VerdictBody;
 pub use inputs::ReviewOutcome;
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, Scraped};
+pub use status::claim_status_slot;
 
 /// How often the sweeper looks for timed-out and abandoned requests.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);

@@ -27,6 +27,7 @@ mod replicas;
 mod server_limits;
 mod slack;
 mod state;
+mod status_reports;
 mod tlog;
 mod tlog_anchor;
 mod webhook_fixtures;
