@@ -11,6 +11,7 @@ mod common;
 mod anchor_s3;
 mod architecture;
 mod audit;
+mod config_files;
 mod decision_props;
 mod e2e_github;
 mod e2e_gitlab;
