@@ -21,6 +21,7 @@ mod gitlab_api;
 mod harness;
 mod identity;
 mod metrics;
+mod openapi_conformance;
 mod pipeline_cli;
 mod policy_differential;
 mod policy_opa_mode;
