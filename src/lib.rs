@@ -42,7 +42,9 @@
 //! - [`server`]: the actix-web application: one route table, error codes to
 //!   HTTP statuses, the read API's access rules, rate limits, SSO review pages.
 //! - [`cli`]: the binary's commands (`serve`, `check-config`, `decide`,
-//!   `audit verify`/`query`).
+//!   `audit verify`/`query`, `keygen`, `receipt verify`), and those CI jobs
+//!   run: `attest`, `evidence` (scanner reports read into the evidence
+//!   bundle), `verdict`.
 
 pub mod audit;
 pub mod cli;

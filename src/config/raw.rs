@@ -66,6 +66,7 @@ pub(super) struct RawServer {
     pub client_request_timeout: Option<String>,
     pub client_disconnect_timeout: Option<String>,
     pub keep_alive: Option<String>,
+    pub metrics_read_token: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -113,6 +113,9 @@ pub struct ServerConfig {
     pub client_disconnect_timeout: Duration,
     /// How long an idle keep-alive connection stays open.
     pub keep_alive: Duration,
+    /// `/metrics` follows the read API's rules (the read token, or a
+    /// loopback caller without one); off: anyone who reaches it.
+    pub metrics_read_token: bool,
 }
 
 /// A token bucket per source: `burst` requests at once, refilled at

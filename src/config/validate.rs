@@ -334,6 +334,7 @@ impl Validator<'_> {
             client_request_timeout,
             client_disconnect_timeout,
             keep_alive,
+            metrics_read_token: raw.metrics_read_token.unwrap_or(false),
         }
     }
 

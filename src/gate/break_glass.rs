@@ -11,7 +11,6 @@
 //! pending requests of its (repository, sha, environment).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -143,7 +142,7 @@ impl Gate {
             ))
             .await
             .map_err(|e| GateError::Audit(e.to_string()))?;
-        self.metrics.break_glass.requested.fetch_add(1, Ordering::Relaxed);
+        self.metrics.break_glass.requested.inc();
         warn!(grant = %grant.id, environment = %grant.environment, repository = %grant.repository, sha = %grant.sha,
               requester = %grant.requester.email, "break glass asked for");
         self.after_grant_change(&grant, GrantStep::Requested).await;
@@ -192,7 +191,7 @@ impl Gate {
                 continue;
             }
             grant.version += 1;
-            self.metrics.break_glass.confirmed.fetch_add(1, Ordering::Relaxed);
+            self.metrics.break_glass.confirmed.inc();
             warn!(grant = %grant.id, confirmer = %confirmer.email, state = grant.state.as_str(),
                   "break glass confirmed by {} of {} confirmer(s)", grant.confirmations.len(), grant.required);
             self.after_grant_change(&grant, GrantStep::Confirmed).await;
@@ -239,7 +238,7 @@ impl Gate {
                 .append(events::break_glass_reviewed(&grant, &review))
                 .await
                 .map_err(|e| GateError::Audit(e.to_string()))?;
-            self.metrics.break_glass.reviewed.fetch_add(1, Ordering::Relaxed);
+            self.metrics.break_glass.reviewed.inc();
             info!(grant = %grant.id, reviewer = %reviewer.email, "break glass reviewed");
             self.after_grant_change(&grant, GrantStep::Reviewed).await;
             return Ok(grant);
@@ -318,7 +317,7 @@ impl Gate {
                 continue;
             }
             grant.version += 1;
-            self.metrics.break_glass.used.fetch_add(1, Ordering::Relaxed);
+            self.metrics.break_glass.used.inc();
             warn!(grant = %grant.id, request = %req.id, "break glass used: a deployment was approved under the grant");
             self.notify_grant(&grant, GrantStep::Used);
             return Ok(());
@@ -338,7 +337,7 @@ impl Gate {
                         .append(events::break_glass(EventKind::BreakGlassExpired, &grant, None))
                         .await
                         .map_err(|e| GateError::Audit(e.to_string()))?;
-                    self.metrics.break_glass.expired.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.break_glass.expired.inc();
                     info!(grant = %grant.id, used = grant.used(), "break glass expired");
                     self.after_grant_change(&grant, GrantStep::Expired).await;
                 }

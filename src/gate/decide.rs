@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -58,6 +57,7 @@ impl Gate {
                             continue;
                         }
                         self.notify(id);
+                        self.report_status(req.decision.as_ref(), &next);
                     }
                     return Ok(());
                 }
@@ -287,6 +287,8 @@ impl Gate {
             )));
         };
         let approve = decision.outcome == Outcome::Approved;
+        // Set when this call made the decision (not when it re-drives one).
+        let mut decided_at = None;
 
         let decided_now = req.decision_record.is_none();
         if decided_now {
@@ -303,10 +305,11 @@ impl Gate {
             Cas::Conflict(_) => return Ok(()),
         }
         if decided_now {
-            match decision.outcome {
-                Outcome::Approved => self.metrics.decisions_approved.fetch_add(1, Ordering::Relaxed),
-                _ => self.metrics.decisions_rejected.fetch_add(1, Ordering::Relaxed),
-            };
+            let codes: Vec<&str> = decision.reasons.iter().map(|r| r.code.as_str()).collect();
+            let waited = (OffsetDateTime::now_utc() - req.received_at).unsigned_abs();
+            self.metrics
+                .decided(req.platform.as_str(), decision.outcome.as_str(), &codes, waited);
+            decided_at = Some(Instant::now());
             info!(request = %req.id, environment = %req.environment, outcome = decision.outcome.as_str(),
                   reasons = %decision.reasons.iter().map(|r| r.code.as_str()).collect::<Vec<_>>().join(","), "decided");
         }
@@ -322,6 +325,7 @@ impl Gate {
             .intake_problems
             .iter()
             .any(|p| p.code == decision::ReasonCode::CallbackHostMismatch);
+        let called_at = std::time::Instant::now();
         let call = if dry_run {
             CallResult::done(None, "dry run: the platform was not called")
         } else if !callback_trusted {
@@ -338,10 +342,17 @@ impl Gate {
         };
         req.platform_attempts += 1;
         let transient = call.retryable();
-        if call.ok() {
-            self.metrics.platform_calls_ok.fetch_add(1, Ordering::Relaxed);
+        if dry_run {
+            // Nothing was called: counted, not timed.
+            self.metrics.platform_calls_ok.inc();
         } else {
-            self.metrics.platform_calls_failed.fetch_add(1, Ordering::Relaxed);
+            self.metrics.platform_called(
+                req.platform.as_str(),
+                decision.outcome.as_str(),
+                decided_at.map(|d| called_at.duration_since(d)),
+                called_at.elapsed(),
+                call.ok(),
+            );
         }
 
         if !self.while_leased(started, || self.store.lease_valid(lease)).await? {

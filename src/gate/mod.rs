@@ -16,10 +16,10 @@
 //! - [`gitlab`]: GitLab status hooks and the blocked-deployment poller;
 //! - [`break_glass`]: emergency grants: asked, confirmed, used, expired,
 //!   reviewed afterwards, overdue reviews reminded;
-//! - [`metrics`]: the counters behind `/metrics`.
+//! - [`metrics`]: the counters behind `/metrics`;
+//! - `status`: GitHub status reports while a request waits.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -40,11 +40,13 @@ mod events;
 mod gitlab;
 mod inputs;
 mod metrics;
+mod status;
 
 pub use crate::domain::VerdictBody;
 pub use break_glass::{GrantAsk, GrantStep};
 pub use inputs::ReviewOutcome;
-pub use metrics::Metrics;
+pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, Scraped};
+pub use status::claim_status_slot;
 
 /// How often the sweeper looks for timed-out and abandoned requests.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -239,7 +241,7 @@ impl Gate {
         self.tasks.spawn_on(
             async move {
                 if let Err(e) = gate.evaluate(&id, OffsetDateTime::now_utc()).await {
-                    gate.metrics.internal_errors.fetch_add(1, Ordering::Relaxed);
+                    gate.metrics.internal_errors.inc();
                     warn!(request = %id, error = %e, "could not decide; the request stays open and is retried");
                     // The store or the audit trail failed (a Redis failover,
                     // say): a pending request may see no other input before

@@ -3,8 +3,6 @@
 //! whose review is still to come, each marked `overdue` past its review
 //! date. Behind the read API's access rules. And the break-glass metrics.
 
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
@@ -52,36 +50,12 @@ pub(super) async fn list(req: HttpRequest, gate: web::Data<Gate>) -> Result<Http
 /// Appends the break-glass metrics: grants by step (counters of this
 /// process) and the used grants whose review is overdue (a gauge read
 /// from the shared state, the same on every replica).
-pub(super) async fn render_metrics(gate: &Gate, out: &mut String) {
-    let c = &gate.metrics.break_glass;
-    let _ = writeln!(
-        out,
-        "# HELP portcullis_break_glass_grants_total Break-glass grant steps by state (each confirmation counts).\n# TYPE portcullis_break_glass_grants_total counter"
-    );
-    for (state, n) in [
-        ("requested", &c.requested),
-        ("confirmed", &c.confirmed),
-        ("used", &c.used),
-        ("expired", &c.expired),
-        ("reviewed", &c.reviewed),
-    ] {
-        let _ = writeln!(
-            out,
-            "portcullis_break_glass_grants_total{{state=\"{state}\"}} {}",
-            n.load(Ordering::Relaxed)
-        );
-    }
-    if let Ok(open) = gate.store.open_grants().await {
-        let now = OffsetDateTime::now_utc();
-        let overdue = open.iter().filter(|g| g.overdue(now)).count();
-        let unreviewed = open.iter().filter(|g| g.awaiting_review()).count();
-        let _ = writeln!(
-            out,
-            "# HELP portcullis_break_glass_reviews_overdue Used break-glass grants not reviewed within review_within.\n# TYPE portcullis_break_glass_reviews_overdue gauge\nportcullis_break_glass_reviews_overdue {overdue}"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP portcullis_break_glass_unreviewed Used break-glass grants not yet reviewed.\n# TYPE portcullis_break_glass_unreviewed gauge\nportcullis_break_glass_unreviewed {unreviewed}"
-        );
-    }
+/// Used grants not yet reviewed, and those of them overdue, for `/metrics`
+/// (`None` when the store does not answer).
+pub(super) async fn unreviewed_counts(gate: &Gate) -> Option<(u64, u64)> {
+    let open = gate.store.open_grants().await.ok()?;
+    let now = OffsetDateTime::now_utc();
+    let overdue = open.iter().filter(|g| g.overdue(now)).count() as u64;
+    let unreviewed = open.iter().filter(|g| g.awaiting_review()).count() as u64;
+    Some((unreviewed, overdue))
 }

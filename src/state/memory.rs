@@ -231,6 +231,15 @@ impl Store for MemoryStore {
             .count() as u64)
     }
 
+    async fn pending_by_environment(&self) -> StateResult<std::collections::BTreeMap<String, u64>> {
+        let g = self.lock()?;
+        let mut out = std::collections::BTreeMap::new();
+        for r in g.requests.values().filter(|r| r.status == RequestStatus::Pending) {
+            *out.entry(r.environment.clone()).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
     async fn acquire_lease(&self, request: &str, holder: &str, ttl: Duration) -> StateResult<Option<Lease>> {
         let mut g = self.lock()?;
         let now = Instant::now();

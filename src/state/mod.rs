@@ -108,6 +108,9 @@ pub trait Store: Send + Sync + 'static {
     async fn due_requests(&self, now: OffsetDateTime, limit: usize) -> StateResult<Vec<String>>;
     /// Number of requests not yet done.
     async fn open_requests(&self) -> StateResult<u64>;
+    /// Pending requests by environment (for `/metrics`; at most the first
+    /// 10000 pending requests are read).
+    async fn pending_by_environment(&self) -> StateResult<std::collections::BTreeMap<String, u64>>;
 
     /// Takes the lease on a request if nobody holds a live one.
     async fn acquire_lease(&self, request: &str, holder: &str, ttl: Duration) -> StateResult<Option<Lease>>;

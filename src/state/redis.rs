@@ -403,6 +403,30 @@ impl Store for RedisStore {
         Ok(pending + deciding)
     }
 
+    async fn pending_by_environment(&self) -> StateResult<std::collections::BTreeMap<String, u64>> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = c
+            .zrange(format!("{}deadlines", self.prefix), 0, 9999)
+            .await
+            .map_err(err)?;
+        let mut out = std::collections::BTreeMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hget(self.key("r", id), "j");
+        }
+        let bodies: Vec<Option<String>> = pipe.query_async(&mut c).await.map_err(err)?;
+        for body in bodies.into_iter().flatten() {
+            let req: DeploymentRequest = decode(&body)?;
+            if req.status == RequestStatus::Pending {
+                *out.entry(req.environment).or_insert(0) += 1;
+            }
+        }
+        Ok(out)
+    }
+
     async fn acquire_lease(&self, request: &str, holder: &str, ttl: Duration) -> StateResult<Option<Lease>> {
         let mut c = self.conn.clone();
         let fence: i64 = self

@@ -866,8 +866,8 @@ fn malformed_evidence_names_the_field() {
             "/artifact/target_environment: must not be empty",
         ),
         (
-            |e| set(e, "/scans/container/tool", json!("clair")),
-            "/scans/container/tool: expected one of [\"trivy\",\"grype\"]",
+            |e| set(e, "/scans/container/tool", json!("Clair Scanner")),
+            "/scans/container/tool: does not match ^[a-z0-9][a-z0-9._-]{0,63}$",
         ),
         (
             |e| set(e, "/scans/iac/tools", json!([])),

@@ -68,6 +68,10 @@ async fn contract(store: Arc<dyn Store>) {
     assert_eq!(by_verdict, vec!["req_a".to_string(), "req_b".to_string()]);
     assert_eq!(store.due_requests(now, 10).await.unwrap(), vec!["req_b".to_string()]);
     assert_eq!(store.open_requests().await.unwrap(), 2);
+    assert_eq!(
+        store.pending_by_environment().await.unwrap(),
+        [("production".to_string(), 2)].into()
+    );
 
     // Compare-and-set on the version.
     let mut next = r1.clone();
@@ -149,6 +153,10 @@ async fn contract(store: Arc<dyn Store>) {
     done.status = RequestStatus::Done;
     assert_eq!(store.update_request(&done).await.unwrap(), Cas::Written(3));
     assert_eq!(store.open_requests().await.unwrap(), 1);
+    assert_eq!(
+        store.pending_by_environment().await.unwrap(),
+        [("production".to_string(), 1)].into()
+    );
 
     // Attestations and verdicts: latest wins.
     assert_eq!(

@@ -11,6 +11,7 @@ pub mod gitlab_mock;
 pub mod logs;
 pub mod moto;
 pub mod oidc;
+pub mod openapi;
 pub mod prism;
 pub mod redis;
 pub mod slack_mock;

@@ -124,7 +124,7 @@ nothing) by the Deployment, so every install and template runs it.
 {{- end -}}
 {{- end -}}
 {{- if regexMatch "(?i)rediss?(\\+unix|\\+sentinel)?://[^/@\\s\"]*:[^/@\\s\"]+@" (toString .Values.config.toml) -}}
-{{- fail "config.toml: the Redis URL carries a password, which would land in a ConfigMap; use a Redis reachable without one on a restricted network (networkPolicy), until state.url accepts a secret reference" -}}
+{{- fail "config.toml: the Redis URL carries a password, which would land in a ConfigMap; write state.url = { env = \"PORTCULLIS_REDIS_URL\" } and map that variable to a key of your Secret in secrets.env" -}}
 {{- end -}}
 {{- $timeout := include "portcullis.seconds" $f.shutdownTimeout | int -}}
 {{- if gt $timeout 0 -}}
