@@ -25,6 +25,7 @@ mod policy_opa_mode;
 mod replicas;
 mod server_limits;
 mod slack;
+mod sso_browser;
 mod state;
 mod tlog;
 mod tlog_anchor;
