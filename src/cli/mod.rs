@@ -13,9 +13,9 @@ use crate::server::Application;
 
 mod audit_cmds;
 mod decide;
-mod policy;
 mod evidence;
 mod pipeline;
+mod policy;
 mod scanners;
 
 #[derive(Debug, Parser)]

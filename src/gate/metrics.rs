@@ -333,7 +333,11 @@ impl Metrics {
         let mut scrape = Registry::with_prefix("portcullis");
         if let Some((unreviewed, overdue)) = scraped.break_glass_unreviewed {
             for (name, help, n) in [
-                ("break_glass_unreviewed", "Used break-glass grants not yet reviewed", unreviewed),
+                (
+                    "break_glass_unreviewed",
+                    "Used break-glass grants not yet reviewed",
+                    unreviewed,
+                ),
                 (
                     "break_glass_reviews_overdue",
                     "Used break-glass grants not reviewed within review_within",

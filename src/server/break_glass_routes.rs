@@ -3,7 +3,6 @@
 //! whose review is still to come, each marked `overdue` past its review
 //! date. Behind the read API's access rules. And the break-glass metrics.
 
-
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;

@@ -50,6 +50,17 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/webhooks/slack", web::post().to(slack_webhook))
         .route("/reviews/callback", web::get().to(sso::callback))
+        // Before `/reviews/{request}`, which would match `/reviews/break-glass`.
+        .route("/reviews/break-glass", web::get().to(sso::break_glass::ask_page))
+        .route("/reviews/break-glass", web::post().to(sso::break_glass::ask_submit))
+        .route(
+            "/reviews/break-glass/grants/{grant}",
+            web::get().to(sso::break_glass::grant_page),
+        )
+        .route(
+            "/reviews/break-glass/grants/{grant}",
+            web::post().to(sso::break_glass::grant_submit),
+        )
         .route("/reviews/{request}", web::get().to(sso::start))
         .route("/reviews/{request}", web::post().to(sso::submit))
         .default_service(web::to(not_found));
