@@ -839,7 +839,7 @@ fn malformed_evidence_names_the_field() {
         ),
         (
             |e| set(e, "/scans/secrets/tool", json!("detect-secrets")),
-            "/scans/secrets/tool: expected one of [\"gitleaks\",\"trufflehog\"]",
+            "/scans/secrets/tool: expected one of [\"gitleaks\",\"trufflehog\",\"trivy\"]",
         ),
         (
             |e| set(e, "/scans/sast/timestamp", json!("yesterday")),
@@ -867,7 +867,7 @@ fn malformed_evidence_names_the_field() {
         ),
         (
             |e| set(e, "/scans/container/tool", json!("Clair Scanner")),
-            "/scans/container/tool: does not match ^[a-z0-9][a-z0-9._-]{0,63}$",
+            "/scans/container/tool: expected one of [\"trivy\",\"grype\"]",
         ),
         (
             |e| set(e, "/scans/iac/tools", json!([])),

@@ -22,6 +22,7 @@ fn workdir() -> tempfile::TempDir {
     )
     .unwrap();
     std::os::unix::fs::symlink(repo("config/policies"), dir.path().join("config/policies")).unwrap();
+    std::os::unix::fs::symlink(repo("schemas"), dir.path().join("schemas")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["keygen", "--out"])
         .arg(dir.path().join("secrets/audit-key.pem"))
