@@ -1,22 +1,22 @@
 //! The command line: `serve`, `check-config`, `decide`, `audit verify`,
-//! `audit query`, `keygen`, `receipt verify`; and for CI jobs `attest`,
-//! `evidence`, `verdict` (`pipeline.rs`, `evidence.rs`). Every failure prints one clear line on stderr and exits
-//! non-zero; nothing here panics on bad input.
+//! `audit query`, `keygen`, `receipt verify`, `policy test`/`eval`; and for
+//! CI jobs `attest`, `evidence`, `verdict` (`pipeline.rs`, `evidence.rs`).
+//! Every failure prints one clear line on stderr and exits non-zero; nothing
+//! here panics on bad input.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use time::OffsetDateTime;
 
 use crate::config::{AuditBackend, Config, LogFormat};
-use crate::decision::{self, Inputs, Outcome};
-use crate::domain::{Producer, Verdict, VerdictSource};
 use crate::server::Application;
 
 mod audit_cmds;
+mod decide;
 mod evidence;
 mod pipeline;
+mod policy;
 mod scanners;
 
 #[derive(Debug, Parser)]
@@ -57,7 +57,8 @@ enum Command {
     Decide {
         #[command(flatten)]
         config: ConfigArg,
-        /// A webhook payload (GitHub `deployment_protection_rule`).
+        /// A webhook payload: GitHub `deployment_protection_rule`, or a
+        /// GitLab Deployment Hook (`object_kind` `deployment`, status `blocked`).
         #[arg(long)]
         webhook: PathBuf,
         /// A file holding the CI job's OIDC ID token (verified against the
@@ -73,11 +74,24 @@ enum Command {
         /// would for a policy-gate job that posts evidence.
         #[arg(long, conflicts_with = "verdict")]
         evidence: Option<PathBuf>,
+        /// GitLab: the deployment's full commit sha (the hook carries only
+        /// the short one); by default the token's, when the short sha agrees.
+        #[arg(long)]
+        sha: Option<String>,
+        /// GitLab: the deployment's pipeline id (the hook carries none); by
+        /// default the token's.
+        #[arg(long)]
+        pipeline: Option<u64>,
     },
     /// The audit trail.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Rego policies: run their tests, evaluate one input.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Writes a new Ed25519 audit signing key (PKCS#8 PEM, mode 0600) and
     /// prints its public half (SPKI PEM).
@@ -99,6 +113,41 @@ enum Command {
     /// In the policy-gate job: posts a verdict (an evidence bundle, or
     /// --allow / --deny) with the job's OIDC ID token.
     Verdict(pipeline::VerdictArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Runs the `test_` rules of `*_test.rego` files, as `opa test` does:
+    /// one line per failing test, then the counts; exit 2 when one fails.
+    Test {
+        /// Policy directories, `.rego` files or bundles (`.tar.gz`); by
+        /// default the configuration's `[policies]`.
+        paths: Vec<PathBuf>,
+        /// The configuration (its approvers become `data.approvers`).
+        #[arg(long, env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+        /// Also list the tests that pass.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Evaluates a query over an input file and prints the decision and
+    /// its reasons; exit 0 when it allows, 2 when it denies.
+    Eval {
+        /// Policy directories, `.rego` files or bundles (`.tar.gz`); by
+        /// default the configuration's `[policies]`.
+        paths: Vec<PathBuf>,
+        /// The policy input, `{"evidence": …, "context": …}`.
+        #[arg(long)]
+        input: PathBuf,
+        /// The rule to evaluate, e.g. `data.deploy.hipaa.allow`.
+        #[arg(long)]
+        query: Option<String>,
+        /// Evaluate this environment's `verdict.policy`.
+        #[arg(long)]
+        environment: Option<String>,
+        #[arg(long, env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,26 +255,46 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig(a) => {
-            let config = load(&a.config)?;
-            print!("{}", config.summary());
-            println!("configuration OK");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::CheckConfig(a) => policy::check_config(&a.config),
+        Command::Policy {
+            command: PolicyCommand::Test { paths, config, verbose },
+        } => policy::test(config.as_deref(), &paths, verbose),
+        Command::Policy {
+            command:
+                PolicyCommand::Eval {
+                    paths,
+                    input,
+                    query,
+                    environment,
+                    config,
+                },
+        } => policy::eval(
+            config.as_deref(),
+            &paths,
+            &input,
+            query.as_deref(),
+            environment.as_deref(),
+        ),
         Command::Decide {
             config,
             webhook,
             token,
             verdict,
             evidence,
+            sha,
+            pipeline,
         } => {
             let config = load(&config.config)?;
-            runtime()?.block_on(decide(
+            runtime()?.block_on(decide::decide(
                 config,
-                &webhook,
-                token.as_deref(),
-                verdict.as_deref(),
-                evidence.as_deref(),
+                decide::DecideFiles {
+                    webhook: &webhook,
+                    token: token.as_deref(),
+                    verdict: verdict.as_deref(),
+                    evidence: evidence.as_deref(),
+                    sha: sha.as_deref(),
+                    pipeline,
+                },
             ))
         }
         Command::Audit {
@@ -277,204 +346,6 @@ fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, String> {
         return Err(format!("{what} {} is larger than 16 MiB", path.display()));
     }
     std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
-}
-
-async fn decide(
-    config: Config,
-    webhook: &Path,
-    token: Option<&Path>,
-    verdict: Option<&Path>,
-    evidence: Option<&Path>,
-) -> Result<ExitCode, String> {
-    let now = OffsetDateTime::now_utc();
-    let body = read_file(webhook, "webhook")?;
-    let api_url = config
-        .github
-        .as_ref()
-        .map(|g| g.api_url.clone())
-        .unwrap_or_else(|| url::Url::parse("https://api.github.com").expect("static URL"));
-    let parsed = match crate::webhook::github::parse("deployment_protection_rule", &body, &api_url) {
-        Ok(crate::webhook::github::GithubEvent::ProtectionRule(p)) => p,
-        Ok(_) => return Err("the webhook is not a requested deployment_protection_rule".into()),
-        Err(e) => return Err(format!("webhook {}: {e}", webhook.display())),
-    };
-    let timeout = config
-        .environment(&parsed.environment)
-        .map(|e| e.pending_timeout)
-        .unwrap_or_default();
-    let request = crate::webhook::github::deployment_request(
-        config.github.as_ref().map_or("", |g| g.issuer.as_str()),
-        timeout,
-        "offline",
-        &parsed,
-        now,
-    );
-
-    let attestation = match token {
-        None => None,
-        Some(path) => {
-            let text =
-                String::from_utf8(read_file(path, "token")?).map_err(|_| "the token file is not text".to_string())?;
-            let http = crate::outbound::client().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-            let verifier = crate::identity::Verifier::new(config.issuers.clone(), http);
-            let v = verifier
-                .verify(text.trim(), now)
-                .await
-                .map_err(|e| format!("token refused ({}): {e}", e.code()))?;
-            Some(v.into_attestation(now))
-        }
-    };
-
-    let mut policy = config.environment(&request.environment).cloned();
-    // A verdict file (`allow` or `evidence`) or a bare evidence bundle.
-    let posted: Option<(crate::domain::VerdictBody, String)> = match (verdict, evidence) {
-        (Some(path), _) => {
-            let body: crate::domain::VerdictBody = serde_json::from_slice(&read_file(path, "verdict")?)
-                .map_err(|e| format!("verdict {}: {e}", path.display()))?;
-            Some((body, path.display().to_string()))
-        }
-        (None, Some(path)) => {
-            let bundle: serde_json::Value = serde_json::from_slice(&read_file(path, "evidence")?)
-                .map_err(|e| format!("evidence {}: {e}", path.display()))?;
-            let body = crate::domain::VerdictBody {
-                environment: request.environment.clone(),
-                sha: request.sha.clone(),
-                policy: None,
-                allow: None,
-                evidence: Some(bundle),
-                evidence_digest: None,
-                reasons: Vec::new(),
-            };
-            Some((body, path.display().to_string()))
-        }
-        (None, None) => None,
-    };
-    let verdict = match posted {
-        None => None,
-        Some((body, source)) => {
-            // The file stands for a trusted producer's post: accept any producer.
-            if let Some(p) = policy.as_mut() {
-                p.verdict.producers = vec![Default::default()];
-            }
-            let mut v = Verdict {
-                platform: request.platform,
-                repository: request.repository.clone(),
-                sha: body.sha.to_ascii_lowercase(),
-                environment: body.environment.clone(),
-                allow: body.allow.unwrap_or(false),
-                source: VerdictSource::Asserted,
-                policy: body.policy.clone(),
-                evidence_digest: body.evidence_digest.clone(),
-                policy_revision: None,
-                reasons: body.reasons.clone(),
-                producer: Producer {
-                    issuer_name: request.issuer.clone(),
-                    issuer: "file".into(),
-                    subject: source,
-                    actor: String::new(),
-                    claims: Default::default(),
-                    token_sha256: String::new(),
-                },
-                recorded_at: now,
-            };
-            match (&body.evidence, body.allow) {
-                (Some(bundle), None) => {
-                    evaluate_offline(&config, policy.as_ref(), &mut v, bundle, attestation.as_ref(), now).await?
-                }
-                (None, Some(_)) => {}
-                _ => return Err("the verdict file needs exactly one of `allow` or `evidence`".into()),
-            }
-            Some(v)
-        }
-    };
-    let decision = decision::evaluate(&Inputs {
-        policy: policy.as_ref(),
-        request: &request,
-        attestation: attestation.as_ref(),
-        verdict: verdict.as_ref(),
-        reviews: &[],
-        now,
-    });
-    let out = serde_json::json!({
-        "request": request.id,
-        "repository": request.repository,
-        "run": request.run,
-        "environment": request.environment,
-        "sha": request.sha,
-        "decision": decision.outcome,
-        "reasons": decision.reasons,
-    });
-    println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
-    Ok(match decision.outcome {
-        Outcome::Approved => ExitCode::SUCCESS,
-        Outcome::Rejected => ExitCode::from(2),
-        Outcome::Pending => ExitCode::from(3),
-    })
-}
-
-/// Evaluates an evidence bundle as the service does for `POST /v1/verdicts`
-/// with `evidence`, in every verdict mode (the configured Rego policies in
-/// process, or the environment's OPA server); the attested actor (if a token
-/// was given) stands for the poster.
-async fn evaluate_offline(
-    config: &Config,
-    policy: Option<&crate::config::EnvironmentPolicy>,
-    verdict: &mut Verdict,
-    bundle: &serde_json::Value,
-    attestation: Option<&crate::domain::Attestation>,
-    now: OffsetDateTime,
-) -> Result<(), String> {
-    let policy = policy.ok_or_else(|| format!("environment `{}` is not configured", verdict.environment))?;
-    let mut policy = policy.clone();
-    if policy.verdict.policy.is_none() {
-        policy.verdict.policy = verdict.policy.clone();
-    }
-    if policy.verdict.policy.is_none() {
-        return Err(format!(
-            "environments.{}.verdict.policy names no query to evaluate",
-            policy.name
-        ));
-    }
-    let engine = match policy.verdict.mode {
-        crate::config::VerdictMode::Opa => None,
-        _ => Some(
-            crate::server::load_policies(config)
-                .map_err(|e| e.to_string())?
-                .ok_or("no [policies] paths are configured")?,
-        ),
-    };
-    let http = crate::outbound::client().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    let opa = crate::verdict::OpaClient::new(http);
-    let (actor, claims) = attestation
-        .map(|a| (a.actor.clone(), a.claims.clone()))
-        .unwrap_or_default();
-    let poster = crate::verdict::Poster {
-        repository: &verdict.repository,
-        actor: &actor,
-        claims: &claims,
-    };
-    let evaluated = crate::verdict::evaluate_evidence(
-        engine.as_deref(),
-        &opa,
-        &policy,
-        bundle,
-        &verdict.sha,
-        poster,
-        verdict.evidence_digest.as_deref(),
-        now,
-    )
-    .await
-    .map_err(|e| match e {
-        crate::verdict::EvaluateError::Invalid { message, .. } => format!("invalid evidence: {message}"),
-        crate::verdict::EvaluateError::Unavailable(message) => message,
-    })?;
-    verdict.allow = evaluated.allow;
-    verdict.reasons = evaluated.reasons;
-    verdict.source = evaluated.source;
-    verdict.policy = Some(evaluated.policy);
-    verdict.evidence_digest = Some(evaluated.evidence_digest);
-    verdict.policy_revision = Some(evaluated.policy_revision);
-    Ok(())
 }
 
 fn init_tracing(format: LogFormat) {

@@ -5,6 +5,7 @@
 //!
 //! - `raw`: the file as written (strict serde shapes).
 //! - `validate`: raw shapes into validated types, collecting every error.
+//! - `audit`: validation of `[audit]`.
 //! - `anchor`: validation of `[audit.anchor]` (write-once S3 copies).
 //! - `integrations`: validation of `[github]`, `[gitlab]`, `[slack]`, `[sso]`
 //!   and `[[issuers]]`.
@@ -12,21 +13,28 @@
 //! - `types`: the validated types the service reads, and claim matching.
 
 mod anchor;
+mod audit;
+mod environment;
 mod integrations;
+mod pointing;
 mod raw;
 mod secrets;
 mod types;
 mod validate;
 
 pub use anchor::{AnchorConfig, AnchorKind};
+pub(crate) use pointing::levenshtein;
+pub use pointing::locate;
 pub use secrets::Secret;
 pub(crate) use types::rule_matches;
 pub use types::{
-    AuditBackend, AuditConfig, ClaimMatcher, ClaimRule, Config, ConfigError, ConfigErrors, EnvironmentPolicy,
-    GithubConfig, GitlabConfig, GitlabPoll, IssuerConfig, LogFormat, PoliciesConfig, RateLimit, RedeliverConfig,
-    ReviewPolicy, ReviewVia, ServerConfig, SlackConfig, SsoConfig, StateBackend, StateConfig, VerdictMode,
-    VerdictPolicy,
+    AuditBackend, AuditConfig, BundleSource, ClaimMatcher, ClaimRule, Config, ConfigError, ConfigErrors,
+    EnvironmentPolicy, GithubConfig, GitlabConfig, GitlabPoll, IssuerConfig, LogFormat, PoliciesConfig, RateLimit,
+    RedeliverConfig, ReviewPolicy, ReviewVia, ServerConfig, SlackConfig, SsoConfig, StateBackend, StateConfig,
+    VerdictMode, VerdictPolicy,
 };
 
+#[cfg(test)]
+mod pointing_tests;
 #[cfg(test)]
 mod tests;

@@ -80,6 +80,8 @@ pub(super) struct RawState {
     pub verdict_ttl: Option<String>,
     /// Hidden: how long a request's lease lasts (tests shorten it).
     pub lease_ttl: Option<String>,
+    /// Redis replicas that must acknowledge audit records and decisions.
+    pub min_replicas: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -206,6 +208,8 @@ pub(super) struct RawVerdict {
     pub mode: Option<String>,
     pub policy: Option<String>,
     pub opa_url: Option<String>,
+    /// A JSON Schema (2020-12) file the posted evidence must match.
+    pub evidence_schema: Option<String>,
     #[serde(default)]
     pub producers: Vec<BTreeMap<String, RawMatcher>>,
 }
@@ -231,4 +235,11 @@ pub(super) struct RawEnvSlack {
 pub(super) struct RawPolicies {
     #[serde(default)]
     pub paths: Vec<String>,
+    /// OPA bundles: `.tar.gz` files, or http(s) URLs polled for new revisions.
+    #[serde(default)]
+    pub bundles: Vec<String>,
+    /// The PEM public key bundle signatures are verified with (not a secret,
+    /// but given as `{ file = … }` or `{ env = … }` like one).
+    pub verification_key: Option<RawSecret>,
+    pub polling_interval: Option<String>,
 }

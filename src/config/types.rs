@@ -13,16 +13,58 @@ use url::Url;
 use super::Secret;
 use crate::domain::Platform;
 
-/// One configuration problem, naming the key it is about.
+/// One configuration problem, naming the key it is about and, when known,
+/// its line and column in the file (1-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub(crate) key: String,
+    pub(crate) location: Option<(usize, usize)>,
     pub(crate) message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.into(),
+            location: None,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn at(
+        key: impl Into<String>,
+        location: Option<(usize, usize)>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            key: key.into(),
+            location,
+            message: message.into(),
+        }
+    }
+
+    /// The key, e.g. `environments.production.approvers`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Line and column (1-based) in the configuration file, when known.
+    pub fn location(&self) -> Option<(usize, usize)> {
+        self.location
+    }
+
+    /// What is wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
+        match self.location {
+            Some((line, column)) => write!(f, "{} (line {line}, column {column}): {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
     }
 }
 
@@ -108,6 +150,9 @@ pub struct StateConfig {
     /// may take over: longer than a platform call with its retries. Not in
     /// the documented contract (default 60 s); tests shorten it.
     pub lease_ttl: Duration,
+    /// Redis replicas that must acknowledge each audit batch and the gate's
+    /// writes around a platform call (`WAIT`); 0 asks for none.
+    pub min_replicas: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -271,6 +316,9 @@ pub struct VerdictPolicy {
     pub mode: VerdictMode,
     pub policy: Option<String>,
     pub opa_url: Option<Url>,
+    /// A JSON Schema (2020-12) the posted evidence must match; without it,
+    /// any JSON object is accepted and goes to the policy as it is.
+    pub evidence_schema: Option<PathBuf>,
     pub producers: Vec<ClaimRule>,
 }
 
@@ -301,7 +349,44 @@ pub struct EnvironmentPolicy {
 
 #[derive(Debug, Clone)]
 pub struct PoliciesConfig {
+    /// Loose `*.rego` modules and `*.json` data files (directories walked).
     pub paths: Vec<PathBuf>,
+    /// OPA bundles, in the order configured.
+    pub bundles: Vec<BundleSource>,
+    /// PEM public key (RSA or EC P-256) that bundle signatures must verify
+    /// against; when set, every bundle must be signed.
+    pub verification_key: Option<Secret>,
+    /// How often a remote bundle is asked for a new revision.
+    pub polling_interval: Duration,
+}
+
+impl Default for PoliciesConfig {
+    fn default() -> Self {
+        PoliciesConfig {
+            paths: Vec::new(),
+            bundles: Vec::new(),
+            verification_key: None,
+            polling_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where an OPA bundle comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleSource {
+    /// A `.tar.gz` file, read at start and on SIGHUP.
+    File(PathBuf),
+    /// A bundle server's URL, polled with `If-None-Match`.
+    Url(Url),
+}
+
+impl std::fmt::Display for BundleSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BundleSource::File(p) => write!(f, "{}", p.display()),
+            BundleSource::Url(u) => write!(f, "{u}"),
+        }
+    }
 }
 
 impl Config {

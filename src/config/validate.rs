@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use regex::Regex;
@@ -20,12 +20,7 @@ impl Config {
     /// (audit path, secret files, policies) are taken relative to the
     /// working directory, as the example commands run from the repository root.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                key: path.display().to_string(),
-                message: format!("cannot read the configuration file: {e}"),
-            }])
-        })?;
+        let text = read_config(path)?;
         Self::from_toml(&text, &|name| std::env::var(name).ok())
     }
 
@@ -33,12 +28,7 @@ impl Config {
     /// empty placeholder). For commands that read only the audit trail, so
     /// an auditor needs the file but not the service's secrets.
     pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                key: path.display().to_string(),
-                message: format!("cannot read the configuration file: {e}"),
-            }])
-        })?;
+        let text = read_config(path)?;
         Self::parse(&text, &|_| None, Some(""))
     }
 
@@ -47,12 +37,7 @@ impl Config {
     /// rest become empty placeholders. For `audit verify --anchor`, which
     /// needs the bucket's credentials and nothing else.
     pub fn load_with_secrets_under(path: &Path, prefix: &'static str) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                key: path.display().to_string(),
-                message: format!("cannot read the configuration file: {e}"),
-            }])
-        })?;
+        let text = read_config(path)?;
         Self::parse(&text, &|name| std::env::var(name).ok(), Some(prefix))
     }
 
@@ -69,12 +54,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         only_secrets_under: Option<&'static str>,
     ) -> Result<Config, ConfigErrors> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                key: toml_error_key(&e),
-                message: e.message().to_string(),
-            }])
-        })?;
+        let raw: RawConfig = super::pointing::parse(text).map_err(|e| ConfigErrors(vec![e]))?;
         let mut v = Validator {
             errors: Vec::new(),
             env,
@@ -90,11 +70,13 @@ impl Config {
     }
 }
 
-fn toml_error_key(e: &toml::de::Error) -> String {
-    match e.span() {
-        Some(span) => format!("configuration (at byte {}..{})", span.start, span.end),
-        None => "configuration".to_string(),
-    }
+fn read_config(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError::new(
+            path.display().to_string(),
+            format!("cannot read the configuration file: {e}"),
+        )])
+    })
 }
 
 /// Collects every problem while turning raw shapes into validated ones.
@@ -125,10 +107,7 @@ fn max_duration(key: &str) -> Duration {
 
 impl Validator<'_> {
     pub(super) fn err(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ConfigError {
-            key: key.into(),
-            message: message.into(),
-        });
+        self.errors.push(ConfigError::new(key, message));
     }
 
     pub(super) fn duration(&mut self, key: &str, raw: Option<&str>, default: Duration) -> Duration {
@@ -227,9 +206,7 @@ impl Validator<'_> {
                 environments.insert(name, e);
             }
         }
-        let policies = PoliciesConfig {
-            paths: raw.policies.paths.into_iter().map(PathBuf::from).collect(),
-        };
+        let policies = self.policies(raw.policies);
         if environments
             .values()
             .any(|e| e.reviews.required > 0 && e.reviews.via == ReviewVia::Slack)
@@ -250,10 +227,13 @@ impl Validator<'_> {
                 "an environment requires reviews via SSO, but [sso] is not configured",
             );
         }
-        if environments.values().any(|e| e.verdict.mode == VerdictMode::Evaluated) && policies.paths.is_empty() {
+        if environments.values().any(|e| e.verdict.mode == VerdictMode::Evaluated)
+            && policies.paths.is_empty()
+            && policies.bundles.is_empty()
+        {
             self.err(
                 "policies.paths",
-                "an environment evaluates Rego verdicts, but no policy paths are configured",
+                "an environment evaluates Rego verdicts, but no policy paths or bundles are configured",
             );
         }
         Config {
@@ -407,7 +387,7 @@ impl Validator<'_> {
                 let url = match &raw.url {
                     None => "redis://127.0.0.1:6379/0".to_string(),
                     Some(RawSecret::Inline(u)) => {
-                        if Url::parse(u).is_ok_and(|p| p.password().is_some()) {
+                        if crate::redis_conn::url_has_password(u) {
                             self.err(
                                 "state.url",
                                 "a URL with a password is a secret: use { env = \"VAR\" } or { file = \"path\" }",
@@ -420,11 +400,10 @@ impl Validator<'_> {
                         .map(|s| s.expose().to_string())
                         .unwrap_or_default(),
                 };
-                let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
-                    .iter()
-                    .any(|p| url.starts_with(p));
-                if !self.skip_secrets && !scheme_ok {
-                    self.err("state.url", "must be a redis://, rediss:// or unix:// URL");
+                if let Err(e) = crate::redis_conn::check_url(&url)
+                    && !self.skip_secrets
+                {
+                    self.err("state.url", e.to_string());
                 }
                 StateBackend::Redis {
                     url: Secret::new(url),
@@ -441,6 +420,17 @@ impl Validator<'_> {
         };
         if matches!(backend, StateBackend::Memory) && (raw.url.is_some() || raw.key_prefix.is_some()) {
             self.err("state.url", "only applies to the \"redis\" backend");
+        }
+        let min_replicas = match raw.min_replicas.map(u32::try_from) {
+            None => 0,
+            Some(Ok(n)) if n <= 100 => n,
+            Some(_) => {
+                self.err("state.min_replicas", "must be a whole number from 0 to 100");
+                0
+            }
+        };
+        if matches!(backend, StateBackend::Memory) && raw.min_replicas.is_some() {
+            self.err("state.min_replicas", "only applies to the \"redis\" backend");
         }
         let lease_ttl = self.duration("state.lease_ttl", raw.lease_ttl.as_deref(), Duration::from_secs(60));
         if lease_ttl < Duration::from_secs(1) {
@@ -459,67 +449,7 @@ impl Validator<'_> {
                 Duration::from_secs(7 * 24 * 3600),
             ),
             lease_ttl,
-        }
-    }
-
-    fn audit(&mut self, raw: raw::RawAudit, state: &StateConfig, public_url: &url::Url) -> AuditConfig {
-        let backend = match raw.backend.as_deref().unwrap_or("file") {
-            "file" => AuditBackend::File {
-                path: PathBuf::from(raw.path.unwrap_or_else(|| "var/audit.jsonl".into())),
-            },
-            "redis" => {
-                if !matches!(state.backend, StateBackend::Redis { .. }) {
-                    self.err(
-                        "audit.backend",
-                        "\"redis\" uses [state] url, so it needs state.backend = \"redis\"",
-                    );
-                }
-                if raw.path.is_some() {
-                    self.err("audit.path", "only applies to the \"file\" backend");
-                }
-                AuditBackend::Redis
-            }
-            other => {
-                self.err("audit.backend", format!("`{other}` is not one of \"file\", \"redis\""));
-                AuditBackend::File {
-                    path: PathBuf::from("var/audit.jsonl"),
-                }
-            }
-        };
-        let signing_key = raw
-            .signing_key
-            .as_ref()
-            .and_then(|k| self.secret("audit.signing_key", k));
-        if let Some(key) = &signing_key
-            && !key.expose().is_empty()
-            && let Err(e) = crate::signing::SigningKey::from_pem("check", key.expose())
-        {
-            self.err("audit.signing_key", e.to_string());
-        }
-        let log_name = match raw.log_name {
-            Some(name) if name.is_empty() || name.contains(['\n', ' ', '+']) => {
-                self.err("audit.log_name", "must be non-empty, without spaces, `+` or newlines");
-                name
-            }
-            Some(name) => name,
-            None => format!("{}/portcullis", public_url.host_str().unwrap_or("localhost")),
-        };
-        let checkpoint_every = self.duration(
-            "audit.checkpoint_every",
-            raw.checkpoint_every.as_deref(),
-            Duration::from_secs(10),
-        );
-        if checkpoint_every < Duration::from_millis(100) {
-            self.err("audit.checkpoint_every", "must be at least 100ms");
-        }
-        AuditConfig {
-            backend,
-            require_persistence: raw.require_persistence.unwrap_or(true),
-            signing_key,
-            log_name,
-            checkpoint_every,
-            new_trail: false,
-            anchor: raw.anchor.and_then(|a| self.anchor(a)),
+            min_replicas,
         }
     }
 
@@ -548,7 +478,7 @@ impl Validator<'_> {
         }
     }
 
-    fn claim_rule(&mut self, key: &str, raw: &BTreeMap<String, RawMatcher>) -> ClaimRule {
+    pub(super) fn claim_rule(&mut self, key: &str, raw: &BTreeMap<String, RawMatcher>) -> ClaimRule {
         let mut rule = ClaimRule::new();
         for (claim, m) in raw {
             if let Some(m) = self.matcher(&format!("{key}.{claim}"), m) {
@@ -557,157 +487,10 @@ impl Validator<'_> {
         }
         rule
     }
-
-    fn environment(&mut self, name: &str, raw: raw::RawEnvironment) -> Option<EnvironmentPolicy> {
-        let key = format!("environments.{name}");
-        if name.is_empty() || name.len() > 255 {
-            self.err(&key, "environment names are 1 to 255 characters");
-        }
-        let approvers = raw.approvers.unwrap_or_default();
-        if approvers.is_empty() {
-            self.err(
-                format!("{key}.approvers"),
-                "at least one approver is required (nobody could deploy)",
-            );
-        }
-        let require_claims = self.claim_rule(&format!("{key}.require_claims"), &raw.require_claims);
-        let pending_timeout = self.duration(
-            &format!("{key}.pending_timeout"),
-            raw.pending_timeout.as_deref(),
-            Duration::from_secs(30 * 60),
-        );
-        let verdict = match raw.verdict {
-            None => {
-                self.err(
-                    format!("{key}.verdict"),
-                    "is required: say `required = false` explicitly to deploy without a policy verdict",
-                );
-                VerdictPolicy {
-                    required: true,
-                    max_age: Duration::from_secs(86400),
-                    mode: VerdictMode::Asserted,
-                    policy: None,
-                    opa_url: None,
-                    producers: Vec::new(),
-                }
-            }
-            Some(v) => {
-                let vkey = format!("{key}.verdict");
-                let required = v.required.unwrap_or(true);
-                let mode = match v.mode.as_deref().unwrap_or("asserted") {
-                    "asserted" => VerdictMode::Asserted,
-                    "evaluated" => VerdictMode::Evaluated,
-                    "opa" => VerdictMode::Opa,
-                    other => {
-                        self.err(
-                            format!("{vkey}.mode"),
-                            format!("`{other}` is not one of \"asserted\", \"evaluated\", \"opa\""),
-                        );
-                        VerdictMode::Asserted
-                    }
-                };
-                if matches!(mode, VerdictMode::Evaluated | VerdictMode::Opa) {
-                    match &v.policy {
-                        Some(p) if p.starts_with("data.") => {}
-                        Some(p) => self.err(
-                            format!("{vkey}.policy"),
-                            format!("`{p}` is not a query such as data.deploy.hipaa.allow"),
-                        ),
-                        None => self.err(
-                            format!("{vkey}.policy"),
-                            "is required for modes \"evaluated\" and \"opa\"",
-                        ),
-                    }
-                }
-                let opa_url = v
-                    .opa_url
-                    .as_deref()
-                    .and_then(|u| self.url(&format!("{vkey}.opa_url"), u));
-                if mode == VerdictMode::Opa && v.opa_url.is_none() {
-                    self.err(format!("{vkey}.opa_url"), "is required for mode \"opa\"");
-                }
-                let mut producers = Vec::new();
-                for (i, p) in v.producers.iter().enumerate() {
-                    let pkey = format!("{vkey}.producers[{i}]");
-                    if p.is_empty() {
-                        self.err(&pkey, "an empty producer rule would trust every token");
-                        continue;
-                    }
-                    producers.push(self.claim_rule(&pkey, p));
-                }
-                if required && v.producers.is_empty() {
-                    self.err(
-                        format!("{vkey}.producers"),
-                        "a required verdict needs at least one trusted producer",
-                    );
-                }
-                VerdictPolicy {
-                    required,
-                    max_age: self.duration(
-                        &format!("{vkey}.max_age"),
-                        v.max_age.as_deref(),
-                        Duration::from_secs(86400),
-                    ),
-                    mode,
-                    policy: v.policy,
-                    opa_url,
-                    producers,
-                }
-            }
-        };
-        let reviews = match raw.reviews {
-            None => ReviewPolicy {
-                required: 0,
-                via: ReviewVia::Slack,
-                reviewers: Vec::new(),
-                allow_self_review: false,
-            },
-            Some(r) => {
-                let rkey = format!("{key}.reviews");
-                let via = match r.via.as_deref().unwrap_or("slack") {
-                    "slack" => ReviewVia::Slack,
-                    "sso" => ReviewVia::Sso,
-                    other => {
-                        self.err(
-                            format!("{rkey}.via"),
-                            format!("`{other}` is not one of \"slack\", \"sso\""),
-                        );
-                        ReviewVia::Slack
-                    }
-                };
-                let required = r.required.unwrap_or(0);
-                if required as usize > r.reviewers.len() {
-                    self.err(
-                        format!("{rkey}.required"),
-                        format!(
-                            "requires {required} reviews but lists {} reviewer(s)",
-                            r.reviewers.len()
-                        ),
-                    );
-                }
-                ReviewPolicy {
-                    required,
-                    via,
-                    reviewers: r.reviewers.into_iter().map(|s| s.to_ascii_lowercase()).collect(),
-                    allow_self_review: r.allow_self_review.unwrap_or(false),
-                }
-            }
-        };
-        let slack_channel = raw.slack.and_then(|s| s.channel);
-        Some(EnvironmentPolicy {
-            name: name.to_string(),
-            approvers,
-            require_claims,
-            pending_timeout,
-            verdict,
-            reviews,
-            slack_channel,
-        })
-    }
 }
 
 /// Is the URL's host a loopback address (127.0.0.0/8, ::1) or `localhost`?
-fn is_loopback(url: &Url) -> bool {
+pub(super) fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),

@@ -176,8 +176,7 @@ impl Gate {
                 claims: &verified.claims,
             };
             let evaluated = evaluate_evidence(
-                self.policies.as_deref(),
-                &self.opa,
+                &self.policies,
                 policy,
                 evidence,
                 &verdict.sha,

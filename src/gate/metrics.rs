@@ -80,6 +80,8 @@ pub struct Scraped {
     /// Anchoring: the oldest unanchored record's wait, and the records the
     /// latest anchored checkpoint covers (with `[audit.anchor]`).
     pub anchor: Option<(Duration, u64)>,
+    /// Policy reloads (a new bundle revision, or SIGHUP): succeeded, failed.
+    pub policy_reloads: (u64, u64),
 }
 
 /// The gate's metrics. Counter fields are handles into labelled families:
@@ -268,6 +270,19 @@ impl Metrics {
                     .set(i64::try_from(*n).unwrap_or(i64::MAX));
             }
         }
+        let mut scrape = Registry::with_prefix("portcullis");
+        let reloads: Family<ResultLabel, Counter> = Family::default();
+        reloads
+            .get_or_create(&ResultLabel { result: "ok" })
+            .inc_by(scraped.policy_reloads.0);
+        reloads
+            .get_or_create(&ResultLabel { result: "failed" })
+            .inc_by(scraped.policy_reloads.1);
+        scrape.register(
+            "policy_reloads",
+            "Policy reloads (a new bundle revision, or SIGHUP) by result; a failed one keeps the running revision",
+            reloads,
+        );
         let mut audit = Registry::with_prefix("portcullis_audit");
         if let Some(size) = scraped.checkpoint_records {
             let g: Gauge = Gauge::default();
@@ -298,6 +313,7 @@ impl Metrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &scrape))
             .and_then(|()| encode_registry(&mut out, &audit))
             .and_then(|()| encode_eof(&mut out));
         out
@@ -370,6 +386,7 @@ mod tests {
             pending_by_environment: Some([("production".to_string(), 2)].into()),
             checkpoint_records: Some(7),
             anchor: Some((Duration::from_millis(1500), 5)),
+            policy_reloads: (3, 1),
         });
         for line in [
             "portcullis_webhooks_total{result=\"accepted\"} 1",
@@ -386,6 +403,8 @@ mod tests {
             "portcullis_audit_checkpoint_records 7",
             "portcullis_audit_anchor_lag_seconds 1.5",
             "portcullis_audit_anchored_records 5",
+            "portcullis_policy_reloads_total{result=\"ok\"} 3",
+            "portcullis_policy_reloads_total{result=\"failed\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
         }

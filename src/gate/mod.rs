@@ -46,6 +46,8 @@ pub use status::claim_status_slot;
 
 /// How often the sweeper looks for timed-out and abandoned requests.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How soon an evaluation that failed on the store or the audit trail runs again.
+const EVALUATE_RETRY: Duration = Duration::from_secs(2);
 /// How long delivery ids are remembered for dedup.
 pub const DELIVERY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -117,9 +119,8 @@ pub struct Gate {
     runtime: tokio::runtime::Handle,
     pub metrics: Metrics,
     notifier: std::sync::OnceLock<Arc<dyn Notifier>>,
-    /// Compiled Rego policies, for environments with `verdict.mode = "evaluated"`.
-    policies: Option<Arc<crate::verdict::PolicyEngine>>,
-    opa: crate::verdict::OpaClient,
+    /// Rego policies, evidence schemas and the OPA client, for posted evidence.
+    policies: Arc<crate::verdict::PolicySet>,
     /// The trail's Merkle tree, checkpoints and anchoring (set once at start).
     tlog: std::sync::OnceLock<Arc<crate::audit::tlog::Tlog>>,
 }
@@ -140,14 +141,14 @@ impl Gate {
             verifier,
             platforms,
             runtime,
-            None,
-            crate::verdict::OpaClient::new(reqwest::Client::new()),
+            Arc::new(crate::verdict::PolicySet::empty(crate::verdict::OpaClient::new(
+                reqwest::Client::new(),
+            ))),
         )
     }
 
-    /// A gate that evaluates evidence with `policies` (in process) and `opa`
-    /// (OPA servers).
-    #[allow(clippy::too_many_arguments)]
+    /// A gate that evaluates evidence with `policies` (in process, or on
+    /// OPA servers).
     pub fn with_policies(
         config: Arc<Config>,
         store: SharedStore,
@@ -155,8 +156,7 @@ impl Gate {
         verifier: Arc<Verifier>,
         platforms: Platforms,
         runtime: tokio::runtime::Handle,
-        policies: Option<Arc<crate::verdict::PolicyEngine>>,
-        opa: crate::verdict::OpaClient,
+        policies: Arc<crate::verdict::PolicySet>,
     ) -> Arc<Gate> {
         Arc::new(Gate {
             config,
@@ -170,9 +170,13 @@ impl Gate {
             metrics: Metrics::default(),
             notifier: std::sync::OnceLock::new(),
             policies,
-            opa,
             tlog: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The live policies (their status for `/readyz` and `/metrics`).
+    pub fn policies(&self) -> &Arc<crate::verdict::PolicySet> {
+        &self.policies
     }
 
     /// Installs the transparency log (once, at start).
@@ -232,6 +236,13 @@ impl Gate {
                 if let Err(e) = gate.evaluate(&id, OffsetDateTime::now_utc()).await {
                     gate.metrics.internal_errors.inc();
                     warn!(request = %id, error = %e, "could not decide; the request stays open and is retried");
+                    // The store or the audit trail failed (a Redis failover,
+                    // say): a pending request may see no other input before
+                    // its deadline, so it is evaluated again shortly. (A
+                    // `Deciding` one is also re-driven by the sweeper.)
+                    if matches!(e, GateError::State(_) | GateError::Audit(_)) {
+                        gate.retry_later(id, EVALUATE_RETRY);
+                    }
                 }
             },
             &self.runtime,

@@ -52,29 +52,24 @@ pub enum StartError {
     Policy(String),
 }
 
-/// Loads and compiles the Rego policies at start; a module that does not
-/// compile stops the start, naming its file and line.
-pub fn load_policies(config: &Config) -> Result<Option<Arc<crate::verdict::PolicyEngine>>, StartError> {
-    if config.policies.paths.is_empty() {
-        return Ok(None);
-    }
-    let approvers = config
-        .environments
-        .iter()
-        .map(|(name, e)| (name.clone(), e.approvers.clone()))
-        .collect();
-    let engine = crate::verdict::PolicyEngine::load(&config.policies.paths, &approvers)
+/// Loads the policies at start: evidence schemas, loose Rego files and OPA
+/// bundles (verified when a key is set). A module that does not compile,
+/// a data file that does not parse or a bundle that fails verification
+/// stops the start, naming its file and line; so does an evaluated
+/// environment whose query names no rule.
+pub async fn load_policies(config: &Config, http: reqwest::Client) -> Result<crate::verdict::PolicySet, StartError> {
+    let opa = crate::verdict::OpaClient::new(http.clone());
+    let set = crate::verdict::PolicySet::load(config, http, opa)
+        .await
         .map_err(|e| StartError::Policy(e.to_string()))?;
-    for (name, env) in &config.environments {
-        if env.verdict.mode == crate::config::VerdictMode::Evaluated
-            && let Some(q) = &env.verdict.policy
-        {
-            crate::verdict::validate_query(q)
-                .map_err(|e| StartError::Policy(format!("environments.{name}.verdict.policy: {e}")))?;
+    if let Some(engine) = set.engine() {
+        if let Some((env, query, _)) = crate::verdict::missing_rules(config, &engine).into_iter().next() {
+            return Err(StartError::Policy(format!(
+                "environments.{env}.verdict.policy: {query} names no rule of the loaded policies"
+            )));
         }
     }
-    tracing::info!(revision = engine.revision(), "policies loaded");
-    Ok(Some(Arc::new(engine)))
+    Ok(set)
 }
 
 /// A built, bound application: `port()` is known before `run`.
@@ -89,6 +84,9 @@ pub struct Application {
     server: Server,
     gate: Arc<Gate>,
     stop: CancellationToken,
+    /// Re-read local policy sources on SIGHUP (the binary; not in tests
+    /// that run the application inside their own process).
+    reload_on_hup: bool,
 }
 
 impl Application {
@@ -111,8 +109,7 @@ impl Application {
             .map_err(|e| StartError::Platform(format!("cannot build the HTTP client: {e}")))?;
         let verifier = Arc::new(Verifier::new(config.issuers.clone(), http.clone()));
         let platforms = build_platforms(&config)?;
-        let policies = load_policies(&config)?;
-        let opa = crate::verdict::OpaClient::new(http.clone());
+        let policies = Arc::new(load_policies(&config, http.clone()).await?);
         let gate = Gate::with_policies(
             config.clone(),
             store,
@@ -121,7 +118,6 @@ impl Application {
             platforms,
             tokio::runtime::Handle::current(),
             policies,
-            opa,
         );
         gate.set_tlog(build_tlog(&config, &gate.audit).await?);
         if let Some(slack) = &config.slack {
@@ -165,6 +161,7 @@ impl Application {
             server,
             gate,
             stop: CancellationToken::new(),
+            reload_on_hup: os_signals,
         })
     }
 
@@ -212,6 +209,11 @@ impl Application {
                 self.stop.clone(),
             ));
         }
+        let policies = self.gate.policies().clone();
+        tokio::spawn(policies.clone().run_pollers(self.stop.clone()));
+        if self.reload_on_hup && policies.reloadable() {
+            tokio::spawn(reload_on_sighup(policies, self.stop.clone()));
+        }
         info!(port = self.addr.port(), "listening on {}", self.addr);
         let result = self.server.await;
         info!("shutting down: finishing decisions in flight");
@@ -236,6 +238,27 @@ impl Application {
     }
 }
 
+/// Re-reads the local policy sources on each SIGHUP until `stop`.
+async fn reload_on_sighup(policies: Arc<crate::verdict::PolicySet>, stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: policies reload only from bundle servers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                info!("SIGHUP: reloading the local policy files and bundles");
+                let _ = policies.reload_local().await;
+            }
+        }
+    }
+}
+
 async fn build_store(config: &Config) -> Result<SharedStore, StartError> {
     match &config.state.backend {
         StateBackend::Memory => Ok(Arc::new(crate::state::MemoryStore::new())),
@@ -243,7 +266,8 @@ async fn build_store(config: &Config) -> Result<SharedStore, StartError> {
             // Connects lazily: the service starts while Redis is down, and
             // `/readyz` (503) and webhooks (503) say so until it is back.
             let store = crate::state::redis::RedisStore::connect(url.expose(), key_prefix)
-                .map_err(|e| StartError::State(e.to_string()))?;
+                .map_err(|e| StartError::State(e.to_string()))?
+                .with_min_replicas(config.state.min_replicas);
             Ok(Arc::new(store))
         }
     }
@@ -265,6 +289,7 @@ async fn build_audit(config: &Config, _store: &SharedStore) -> Result<Arc<dyn Au
             };
             let options = crate::audit::redis::RedisAuditOptions {
                 require_persistence: config.audit.require_persistence,
+                min_replicas: config.state.min_replicas,
                 ..Default::default()
             };
             let log = crate::audit::RedisAudit::open(url.expose(), key_prefix, options)

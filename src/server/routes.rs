@@ -77,7 +77,19 @@ async fn readyz(gate: web::Data<Gate>) -> HttpResponse {
             "anchored_records": t.anchored_size(),
         });
     }
-    if state.is_ok() && audit.is_ok() && !lagging {
+    let policies = gate.policies().status();
+    if gate.policies().reloadable() {
+        body["policies"] = json!({
+            "status": match (policies.loaded, &policies.last_error) {
+                (false, _) => "not_loaded",
+                (true, Some(_)) => "reload_failed",
+                (true, None) => "ok",
+            },
+            "revision": policies.revision,
+            "error": policies.last_error,
+        });
+    }
+    if state.is_ok() && audit.is_ok() && !lagging && policies.loaded {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
@@ -96,6 +108,10 @@ async fn metrics(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpResponse
             .tlog()
             .filter(|t| t.anchoring())
             .map(|t| (t.anchor_lag(), t.anchored_size())),
+        policy_reloads: {
+            let policies = gate.policies().status();
+            (policies.reloads_ok, policies.reloads_failed)
+        },
     };
     Ok(HttpResponse::Ok()
         .content_type(crate::gate::METRICS_CONTENT_TYPE)

@@ -164,12 +164,16 @@ impl Store for MemoryStore {
         let Some(stored) = g.requests.get(&req.id) else {
             return Ok(Cas::Conflict(None));
         };
+        let mut next = req.clone();
+        next.version = req.version + 1;
+        if *stored == next {
+            // The same write, sent again: it is stored.
+            return Ok(Cas::Written(next.version));
+        }
         if stored.version != req.version {
             return Ok(Cas::Conflict(Some(Box::new(stored.clone()))));
         }
         let was_pending = stored.status == RequestStatus::Pending;
-        let mut next = req.clone();
-        next.version = req.version + 1;
         if was_pending && next.status != RequestStatus::Pending {
             g.unindex(&next);
         }

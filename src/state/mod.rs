@@ -81,8 +81,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes `req` if the stored version equals `req.version`; the stored
     /// copy gets `req.version + 1`. A request leaving `Pending` leaves the
-    /// pending indexes.
+    /// pending indexes. The same write sent again (its answer was lost)
+    /// finds itself stored and answers [`Cas::Written`].
     async fn update_request(&self, req: &DeploymentRequest) -> StateResult<Cas>;
+
+    /// [`Store::update_request`], returning only once the write is as safe
+    /// from a failover as configured: with `state.min_replicas`, the Redis
+    /// backend fails (a [`StateError`]) unless that many replicas
+    /// acknowledged it, and with it every write before it (the lease, the
+    /// `Deciding` status). The gate uses it for the last write before a
+    /// platform call and the write that closes the request after it. Sending
+    /// the same write again after a failure is safe: a store that already
+    /// holds it answers [`Cas::Written`].
+    async fn update_request_replicated(&self, req: &DeploymentRequest) -> StateResult<Cas> {
+        self.update_request(req).await
+    }
 
     /// Pending requests of a run (for a newly arrived attestation).
     async fn requests_for_run(&self, run_key: &str) -> StateResult<Vec<String>>;

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,14 +13,12 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::query::RulePath;
+use super::sources::{FileKind, SourceFile};
 use super::{Evaluation, PolicyError};
 
 /// Longest one evaluation may run before it fails (a policy that loops must
 /// not hold a worker): generous, the shipped policy takes tens of microseconds.
 const EVALUATION_LIMIT: Duration = Duration::from_secs(2);
-
-/// Nesting depth of policy directories walked (a guard against symlink loops).
-const MAX_DEPTH: usize = 16;
 
 /// The compiled program asks the host for `time.now_ns()` (a host-await
 /// builtin); this many answers are queued per rule evaluated. The shipped
@@ -77,25 +75,6 @@ pub struct RegoTestResult {
     pub error: Option<String>,
 }
 
-/// A file found under a configured policy path.
-struct PolicyFile {
-    /// The path as loaded, used in error messages (the configured path joined
-    /// with the file's place under it).
-    path: PathBuf,
-    /// The file's place under its configured path (its name, when the
-    /// configured path is the file itself): what the revision hashes, so that
-    /// moving the whole directory does not change it.
-    relative: String,
-    kind: FileKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum FileKind {
-    Module,
-    Test,
-    Data,
-}
-
 impl PolicyEngine {
     /// Loads and compiles every `*.rego` module (except `*_test.rego`) and
     /// merges every `*.json` data file (each a JSON object, merged at the root
@@ -127,14 +106,20 @@ impl PolicyEngine {
         approvers: &BTreeMap<String, Vec<String>>,
         with_tests: bool,
     ) -> Result<PolicyEngine, PolicyError> {
-        let mut files = Vec::new();
-        for root in paths {
-            collect(root, root, 0, &mut files)?;
-        }
-        if !with_tests {
-            files.retain(|f| f.kind != FileKind::Test);
-        }
+        let files = super::sources::read_paths(paths)?;
+        Self::from_sources(&files, approvers, with_tests, None)
+    }
 
+    /// Compiles `files` (loose files and bundle contents alike: modules,
+    /// tests, data placed at their `data_path`). `revision` is the verdicts'
+    /// `policy_revision` (a bundle's manifest revision); without it, a hash
+    /// of every input.
+    pub(crate) fn from_sources(
+        files: &[SourceFile],
+        approvers: &BTreeMap<String, Vec<String>>,
+        with_tests: bool,
+        revision: Option<String>,
+    ) -> Result<PolicyEngine, PolicyError> {
         let mut engine = regorus::Engine::new();
         engine.set_rego_v0(false);
         // As an OPA server does by default, and as regorus's compiled form
@@ -157,16 +142,12 @@ impl PolicyEngine {
         push_field(&mut hashed, super::evidence::canonical(&approvers_data).as_bytes());
 
         let mut modules = Vec::new();
-        for file in &files {
-            let display = file.path.display().to_string();
-            let bytes = std::fs::read(&file.path).map_err(|source| PolicyError::Read {
-                path: display.clone(),
-                source,
-            })?;
+        for file in files.iter().filter(|f| with_tests || f.kind != FileKind::Test) {
+            let display = file.display.clone();
             push_field(&mut hashed, kind_tag(file.kind));
             push_field(&mut hashed, file.relative.as_bytes());
-            push_field(&mut hashed, &bytes);
-            let text = String::from_utf8(bytes).map_err(|_| PolicyError::Compile {
+            push_field(&mut hashed, &file.bytes);
+            let text = String::from_utf8(file.bytes.clone()).map_err(|_| PolicyError::Compile {
                 file: display.clone(),
                 line: 1,
                 column: 1,
@@ -192,6 +173,12 @@ impl PolicyEngine {
                             message: "must be a JSON object".to_owned(),
                         });
                     }
+                    // Placed at its directory's path (bundles), or at the root.
+                    let value = file
+                        .data_path
+                        .iter()
+                        .rev()
+                        .fold(value, |v, k| serde_json::json!({ k.as_str(): v }));
                     engine.add_data(to_rego(&value)).map_err(|e| PolicyError::Data {
                         file: display.clone(),
                         message: first_line(&e.to_string()),
@@ -217,7 +204,7 @@ impl PolicyEngine {
         rule_paths.retain(|p| !test_rules.contains(p));
         let program = compile(&engine, &rule_paths);
         let data = engine.get_data();
-        let revision = format!("sha256:{}", crate::crypto::sha256_hex(&hashed));
+        let revision = revision.unwrap_or_else(|| format!("sha256:{}", crate::crypto::sha256_hex(&hashed)));
         Ok(PolicyEngine {
             template: engine,
             program,
@@ -338,6 +325,12 @@ impl PolicyEngine {
     pub fn test_rules(&self) -> &[String] {
         &self.test_rules
     }
+
+    /// The value rules the loaded modules declare (`data.<package>.<rule>`),
+    /// tests left out: what a verdict query may name.
+    pub fn rules(&self) -> &BTreeSet<String> {
+        &self.rule_paths
+    }
 }
 
 /// Compiles every value rule into one program, the clock a host-await
@@ -438,57 +431,6 @@ fn kind_tag(kind: FileKind) -> &'static [u8] {
 fn push_field(out: &mut Vec<u8>, field: &[u8]) {
     out.extend_from_slice(&(field.len() as u64).to_be_bytes());
     out.extend_from_slice(field);
-}
-
-/// Gathers policy files under `path`, sorted, so load order (and the
-/// revision) do not depend on the directory's listing order.
-fn collect(root: &Path, path: &Path, depth: usize, out: &mut Vec<PolicyFile>) -> Result<(), PolicyError> {
-    let read_err = |source| PolicyError::Read {
-        path: path.display().to_string(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(read_err)?;
-    if meta.is_file() {
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            return Ok(());
-        };
-        let kind = if name.ends_with("_test.rego") {
-            FileKind::Test
-        } else if name.ends_with(".rego") {
-            FileKind::Module
-        } else if name.ends_with(".json") {
-            FileKind::Data
-        } else {
-            return Ok(());
-        };
-        let relative = match path.strip_prefix(root) {
-            Ok(rel) if !rel.as_os_str().is_empty() => rel.to_string_lossy().replace('\\', "/"),
-            _ => name.to_owned(),
-        };
-        out.push(PolicyFile {
-            path: path.to_path_buf(),
-            relative,
-            kind,
-        });
-        return Ok(());
-    }
-    if !meta.is_dir() || depth >= MAX_DEPTH {
-        return Ok(());
-    }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(read_err)?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| !n.starts_with('.'))
-        })
-        .collect();
-    entries.sort();
-    for entry in entries {
-        collect(root, &entry, depth + 1, out)?;
-    }
-    Ok(())
 }
 
 /// The `test_` rules a test module declares, as full rule paths.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::{Evaluation, OpaClient, PolicyEngine, build_input, evidence_digest, validate_evidence};
+use super::{Evaluation, PolicySet, build_input, check_evidence, evidence_digest};
 use crate::config::{EnvironmentPolicy, VerdictMode};
 use crate::domain::{ErrorCode, VerdictSource};
 
@@ -47,14 +47,14 @@ pub enum EvaluateError {
 }
 
 /// Evaluates `evidence` for commit `sha` with the environment's policy: in
-/// process (mode `evaluated`, with `engine`) or on its OPA server (mode
-/// `opa`, with `opa`). A policy that fails to evaluate in process gives a
-/// denying result that says so; an OPA server that cannot answer is
+/// process (mode `evaluated`, with the set's engine) or on its OPA server
+/// (mode `opa`). The evidence must be a JSON object, and match the
+/// environment's `evidence_schema` when it has one. A policy that fails to
+/// evaluate in process gives a denying result that says so; an OPA server
+/// that cannot answer, or policies not loaded yet, are
 /// [`EvaluateError::Unavailable`].
-#[allow(clippy::too_many_arguments)]
 pub async fn evaluate_evidence(
-    engine: Option<&PolicyEngine>,
-    opa: &OpaClient,
+    policies: &PolicySet,
     policy: &EnvironmentPolicy,
     evidence: &Value,
     sha: &str,
@@ -63,7 +63,8 @@ pub async fn evaluate_evidence(
     now: OffsetDateTime,
 ) -> Result<EvaluatedEvidence, EvaluateError> {
     let invalid = |code: ErrorCode, message: String| EvaluateError::Invalid { code, message };
-    validate_evidence(evidence).map_err(|e| invalid(ErrorCode::InvalidEvidence, format!("evidence{e}")))?;
+    check_evidence(policies.schema(&policy.name), evidence)
+        .map_err(|e| invalid(ErrorCode::InvalidEvidence, format!("evidence{e}")))?;
     let digest = evidence_digest(evidence);
     if let Some(claimed) = claimed_digest
         && !claimed.eq_ignore_ascii_case(&digest)
@@ -90,7 +91,7 @@ pub async fn evaluate_evidence(
             .opa_url
             .clone()
             .ok_or_else(|| EvaluateError::Unavailable("no opa_url is configured".into()))?;
-        match opa.evaluate(&url, &query, &input).await {
+        match policies.opa().evaluate(&url, &query, &input).await {
             Ok(e) => (
                 e,
                 format!("opa:{}", url.as_str().trim_end_matches('/')),
@@ -104,7 +105,9 @@ pub async fn evaluate_evidence(
             }
         }
     } else {
-        let engine = engine.ok_or_else(|| EvaluateError::Unavailable("no Rego policies are loaded".into()))?;
+        let engine = policies
+            .engine()
+            .ok_or_else(|| EvaluateError::Unavailable("no Rego policies are loaded yet; try again".into()))?;
         let revision = engine.revision().to_string();
         let evaluation = match engine.evaluate(&query, &input, now) {
             Ok(e) => e,

@@ -2,13 +2,20 @@
 //! `"evaluated"`, with `regorus`) or by an OPA server (mode `"opa"`).
 //!
 //! The flow for an evidence-carrying `POST /v1/verdicts`:
-//! 1. [`validate_evidence`] checks the bundle against `schemas/evidence.schema.json`
-//!    (an [`EvidenceError`] names the first failing field, for the 400);
+//! 1. [`check_evidence`] checks that the evidence is a JSON object, valid
+//!    against the environment's `evidence_schema` when it has one (an
+//!    [`EvidenceError`] names the first failing field, for the 400);
 //! 2. [`build_input`] wraps it with the decision's context into the contract's
 //!    input `{"evidence", "context"}`;
 //! 3. [`PolicyEngine::evaluate`] (or [`OpaClient::evaluate`]) runs the
 //!    environment's query and its sibling `deny`/`reasons` set into an [`Evaluation`];
-//! 4. the verdict records [`evidence_digest`] and [`PolicyEngine::revision`].
+//! 4. the verdict records [`evidence_digest`] and [`PolicyEngine::revision`]
+//!    (a bundle's manifest revision, or a hash of the loose files).
+//!
+//! Sources: loose files under `[policies] paths` (`sources`) and OPA bundles
+//! (`bundle`, signatures in `signature` over `canonical_json`), compiled
+//! together into one engine held by the live [`PolicySet`], which swaps in
+//! new bundle revisions (polled, or on SIGHUP) atomically.
 //!
 //! [`evaluate_evidence`] runs those steps for an environment, in whichever
 //! mode it is configured; the service and the offline `decide` share it.
@@ -16,21 +23,33 @@
 //! An `Err` here means "could not decide"; a denial is `Ok` with `allow: false`
 //! and its reasons. Neither path ever produces an allow by default.
 
+mod bundle;
+mod canonical_json;
 mod check;
 mod engine;
 mod evaluate;
 mod evidence;
 mod opa;
+mod policy_set;
 mod query;
+mod schema;
+mod signature;
+mod sources;
 
 #[cfg(test)]
 mod tests;
 
+pub use bundle::{Bundle, BundleError, read_bundle, read_bundle_unverified};
 pub use engine::{PolicyEngine, RegoTestResult};
 pub use evaluate::{EvaluateError, EvaluatedEvidence, Poster, evaluate_evidence};
-pub use evidence::{EvidenceError, build_input, evidence_digest, validate_evidence};
+pub use evidence::{build_input, evidence_digest};
 pub use opa::OpaClient;
+pub use policy_set::{
+    LoadError, PolicySet, PolicyStatus, approvers_of, compile_bundles, compile_paths, load_with_tests, missing_rules,
+};
 pub use query::validate_query;
+pub use schema::{EvidenceError, EvidenceSchema, SchemaError, check_evidence, validate_evidence};
+pub use signature::{SignatureError, VerificationKey, file_hash};
 
 /// The outcome of evaluating a policy query over one input.
 #[derive(Debug, Clone, PartialEq, Eq)]

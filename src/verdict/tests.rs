@@ -834,12 +834,12 @@ fn malformed_evidence_names_the_field() {
         (|e| remove(e, "/scans/iac"), "/scans/iac: is required"),
         (|e| remove(e, "/artifact/signed_by"), "/artifact/signed_by: is required"),
         (
-            |e| set(e, "/scans/secrets/extra", json!(1)),
-            "/scans/secrets/extra: is not a field of the evidence bundle",
+            |e| set(e, "/scans/sast/tool", json!("bandit")),
+            "/scans/sast/tool: expected one of [\"semgrep\",\"codeql\"]",
         ),
         (
-            |e| set(e, "/approver", json!("octocat")),
-            "/approver: is not a field of the evidence bundle",
+            |e| set(e, "/scans/secrets/tool", json!("detect-secrets")),
+            "/scans/secrets/tool: expected one of [\"gitleaks\",\"trufflehog\"]",
         ),
         (
             |e| set(e, "/scans/sast/timestamp", json!("yesterday")),
@@ -866,8 +866,8 @@ fn malformed_evidence_names_the_field() {
             "/artifact/target_environment: must not be empty",
         ),
         (
-            |e| set(e, "/scans/container/tool", json!("Clair Scanner")),
-            "/scans/container/tool: does not match ^[a-z0-9][a-z0-9._-]{0,63}$",
+            |e| set(e, "/scans/container/tool", json!("clair")),
+            "/scans/container/tool: expected one of [\"trivy\",\"grype\"]",
         ),
         (
             |e| set(e, "/scans/iac/tools", json!([])),
@@ -944,5 +944,65 @@ fn the_input_has_the_contracts_shape() {
                 "now_ns": 1_772_366_400_000_000_000_i64
             }
         })
+    );
+}
+
+// --- evidence schemas ----------------------------------------------------------
+
+#[test]
+fn the_shipped_schema_takes_every_tool_the_pipeline_allows_and_extra_fields() {
+    let mut e = evidence();
+    set(&mut e, "/scans/sast/tool", json!("codeql"));
+    set(&mut e, "/scans/container/tool", json!("grype"));
+    set(&mut e, "/scans/iac/tools", json!(["checkov"]));
+    set(&mut e, "/scans/secrets/tool", json!("trufflehog"));
+    set(&mut e, "/scans/dependencies/tool", json!("dependabot"));
+    set(&mut e, "/scans/sast/finished_at", json!("2026-03-01T10:00:00Z"));
+    set(&mut e, "/pipeline", json!({"id": 42}));
+    validate_evidence(&e).unwrap();
+    set(&mut e, "/scans/iac/tools", json!(["tfsec"]));
+    validate_evidence(&e).unwrap();
+}
+
+#[test]
+fn without_a_schema_any_object_goes_through_and_nothing_else() {
+    assert_eq!(check_evidence(None, &json!({"anything": [1, 2]})), Ok(()));
+    assert_eq!(
+        check_evidence(None, &json!([1])).unwrap_err().to_string(),
+        "/: expected object"
+    );
+}
+
+#[test]
+fn an_own_schema_names_the_failing_field() {
+    let schema = EvidenceSchema::from_text(
+        "own.json",
+        r#"{"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object", "required": ["finished_at"], "properties": {"finished_at": {"type": "string", "format": "date-time"}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        check_evidence(Some(&schema), &json!({})).unwrap_err().to_string(),
+        "/finished_at: is required"
+    );
+    assert_eq!(
+        check_evidence(Some(&schema), &json!({"finished_at": "soon"}))
+            .unwrap_err()
+            .to_string(),
+        "/finished_at: expected an RFC 3339 date-time such as 2026-03-01T12:00:00Z"
+    );
+    assert_eq!(
+        check_evidence(Some(&schema), &json!({"finished_at": "2026-03-01T10:00:00Z", "x": 1})),
+        Ok(())
+    );
+}
+
+#[test]
+fn a_schema_that_is_not_one_is_refused_naming_the_file_and_line() {
+    let err = EvidenceSchema::from_text("s.json", "{\n  \"type\": \"object\",\n  oops\n}").unwrap_err();
+    assert_eq!(err.to_string(), "s.json:3:3: not JSON: key must be a string");
+    let err = EvidenceSchema::from_text("s.json", r#"{"type": 5}"#).unwrap_err();
+    assert!(
+        err.to_string().starts_with("s.json: not a valid JSON Schema: "),
+        "{err}"
     );
 }

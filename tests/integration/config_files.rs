@@ -11,7 +11,7 @@ fn repo(path: &str) -> std::path::PathBuf {
 }
 
 /// A working directory with `secrets/github-app.pem` (the TEST-ONLY App
-/// key), `secrets/audit-key.pem` (a new one) and `config/policies`.
+/// key), `secrets/audit-key.pem` (a new one), `config/policies` and `schemas`.
 fn workdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
@@ -22,6 +22,7 @@ fn workdir() -> tempfile::TempDir {
     )
     .unwrap();
     std::os::unix::fs::symlink(repo("config/policies"), dir.path().join("config/policies")).unwrap();
+    std::os::unix::fs::symlink(repo("schemas"), dir.path().join("schemas")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["keygen", "--out"])
         .arg(dir.path().join("secrets/audit-key.pem"))

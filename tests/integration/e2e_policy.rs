@@ -5,20 +5,20 @@
 
 use std::time::Duration;
 
-use crate::support::app::App;
+use crate::support::app::{App, Run};
 use crate::support::github_mock::{GithubMock, TEST_APP_ID, review_path, test_app_private_key};
 use crate::support::oidc::{OidcProvider, github_claims};
 use serde_json::{Value, json};
 
-const REPO: &str = "octo-org/payments";
+pub(crate) const REPO: &str = "octo-org/payments";
 const GATE: &str = "octo-org/compliance/.github/workflows/gate.yml@refs/heads/main";
 const DIGEST: &str = "sha256:6c3e1b5f0c6d8e2a4b7f9d1c3e5a7b9d2f4c6e8a0b1d3f5a7c9e1b3d5f7a9c0e";
 const WAIT: Duration = Duration::from_secs(15);
 
-struct World {
-    oidc: OidcProvider,
-    gh: GithubMock,
-    app: App,
+pub(crate) struct World {
+    pub(crate) oidc: OidcProvider,
+    pub(crate) gh: GithubMock,
+    pub(crate) app: App,
 }
 
 async fn world() -> World {
@@ -30,11 +30,32 @@ policy = "data.deploy.hipaa.allow""#,
 }
 
 /// The world with `verdict` as the production environment's verdict mode
-/// and policy lines.
+/// and policy lines, and the shipped policy with its evidence schema.
 async fn world_with_verdict(verdict: &str) -> World {
+    world_with(
+        &format!(
+            "{verdict}\nevidence_schema = \"{}\"",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/evidence.schema.json")
+        ),
+        &format!(
+            "[policies]\npaths = [\"{}\"]",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/policies")
+        ),
+    )
+    .await
+}
+
+/// The world with `verdict` as the production environment's verdict lines
+/// and `policies` as the `[policies]` table (`{dir}` is the app's directory).
+pub(crate) async fn world_with(verdict: &str, policies: &str) -> World {
+    world_with_dir(Run::InProcess, tempfile::tempdir().unwrap(), verdict, policies).await
+}
+
+/// [`world_with`] run as `run` says, in `dir` (which may hold the policy
+/// files already).
+pub(crate) async fn world_with_dir(run: Run, dir: tempfile::TempDir, verdict: &str, policies: &str) -> World {
     let oidc = OidcProvider::start().await;
     let gh = GithubMock::start().await;
-    let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("app.pem"), test_app_private_key()).unwrap();
     let config = format!(
         r#"
@@ -58,14 +79,13 @@ approvers = ["octocat"]
 [environments.production.verdict]
 {verdict}
 producers = [{{ job_workflow_ref = "{GATE}" }}]
-[policies]
-paths = ["{policies}"]
+{policies}
 "#,
         api = gh.url(),
         issuer = oidc.issuer(),
-        policies = concat!(env!("CARGO_MANIFEST_DIR"), "/config/policies"),
     );
-    let app = App::start_in(
+    let app = App::launch_in(
+        run,
         dir,
         &config,
         &[("GH_WEBHOOK_SECRET", crate::support::app::WEBHOOK_SECRET)],
@@ -74,7 +94,7 @@ paths = ["{policies}"]
     World { oidc, gh, app }
 }
 
-fn sha(n: u64) -> String {
+pub(crate) fn sha(n: u64) -> String {
     format!("{n:040x}")
 }
 
@@ -101,20 +121,20 @@ fn evidence() -> Value {
 }
 
 impl World {
-    async fn gate_token(&self, sha: &str) -> String {
+    pub(crate) async fn gate_token(&self, sha: &str) -> String {
         let mut c = github_claims(sha);
         c["repository"] = json!(REPO);
         c["job_workflow_ref"] = json!(GATE);
         self.oidc.mint("portcullis", c).await
     }
 
-    async fn post_evidence(&self, sha: &str, evidence: Value) -> (u16, Value) {
+    pub(crate) async fn post_evidence(&self, sha: &str, evidence: Value) -> (u16, Value) {
         let token = self.gate_token(sha).await;
         let body = json!({"environment": "production", "sha": sha, "evidence": evidence});
         self.app.post_bearer("/v1/verdicts", &token, Some(&body)).await
     }
 
-    async fn run(&self, run: u64, sha: &str) -> Value {
+    pub(crate) async fn run(&self, run: u64, sha: &str) -> Value {
         let mut c = github_claims(sha);
         c["repository"] = json!(REPO);
         c["run_id"] = json!(run.to_string());

@@ -3,8 +3,6 @@
 //! compared with the in-process engine; and the failures that must never
 //! allow: a 500, a timeout, an unreachable server, a malformed answer.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use portcullis::verdict::{OpaClient, OpaFailure, PolicyError, build_input};
@@ -15,49 +13,8 @@ use url::Url;
 
 use crate::common::*;
 
-/// The Python OPA server; killed when dropped.
-struct OpaServer {
-    child: Child,
-    url: Url,
-}
-
-impl OpaServer {
-    fn start() -> OpaServer {
-        require_opa_bindings();
-        let mut child = Command::new(python())
-            .arg(script("server.py"))
-            .arg("--policies")
-            .arg(policies_dir())
-            .arg("--approvers")
-            .arg(serde_json::to_string(&approvers()).unwrap())
-            .arg("--now-ns")
-            .arg(NOW.unix_timestamp_nanos().to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tests/opa/server.py");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("server.py prints its port");
-        let port: u16 = line
-            .trim()
-            .strip_prefix("listening ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("server.py said {line:?}"));
-        OpaServer {
-            child,
-            url: Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
-        }
-    }
-}
-
-impl Drop for OpaServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_opa() -> OpaServer {
+    OpaServer::start_with(&[&policies_dir()], &approvers(), Some(NOW.unix_timestamp_nanos()))
 }
 
 fn evidence() -> Value {
@@ -89,7 +46,7 @@ fn input(evidence: &Value, actor: &str) -> Value {
 
 #[tokio::test]
 async fn opa_mode_gives_the_in_process_answer() {
-    let server = OpaServer::start();
+    let server = start_opa();
     let client = OpaClient::new(reqwest::Client::new());
     let engine = shipped();
 

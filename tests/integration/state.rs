@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
-fn request(id: &str, run: &str, deadline: OffsetDateTime) -> DeploymentRequest {
+pub(crate) fn request(id: &str, run: &str, deadline: OffsetDateTime) -> DeploymentRequest {
     DeploymentRequest {
         id: id.into(),
         issuer: String::new(),
@@ -83,6 +83,9 @@ async fn contract(store: Arc<dyn Store>) {
         at: now,
     });
     assert_eq!(store.update_request(&next).await.unwrap(), Cas::Written(1));
+    // The same write sent again (its answer lost) is found stored.
+    assert_eq!(store.update_request(&next).await.unwrap(), Cas::Written(1));
+    assert_eq!(store.update_request_replicated(&next).await.unwrap(), Cas::Written(1));
     let stale = r1.clone();
     match store.update_request(&stale).await.unwrap() {
         Cas::Conflict(Some(current)) => assert_eq!(current.version, 1),

@@ -3,8 +3,9 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use portcullis::verdict::PolicyEngine;
 use time::OffsetDateTime;
@@ -61,4 +62,55 @@ pub fn require_opa_bindings() {
 
 pub fn script(name: &str) -> PathBuf {
     repo().join("tests/opa").join(name)
+}
+
+/// Go OPA's Data API (tests/opa/server.py) over `paths`; killed when dropped.
+pub struct OpaServer {
+    child: Child,
+    pub url: url::Url,
+}
+
+impl OpaServer {
+    /// Serves the policies under `paths` with `approvers` as
+    /// `data.approvers`; `now_ns` fixes `time.now_ns()`.
+    pub fn start_with(paths: &[&Path], approvers: &BTreeMap<String, Vec<String>>, now_ns: Option<i128>) -> OpaServer {
+        require_opa_bindings();
+        let mut command = Command::new(python());
+        command.arg(script("server.py"));
+        for p in paths {
+            command.arg("--policies").arg(p);
+        }
+        command
+            .arg("--approvers")
+            .arg(serde_json::to_string(approvers).unwrap());
+        if let Some(ns) = now_ns {
+            command.arg("--now-ns").arg(ns.to_string());
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tests/opa/server.py");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("server.py prints its port");
+        let port: u16 = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("server.py said {line:?}"));
+        OpaServer {
+            child,
+            url: url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
+        }
+    }
+}
+
+impl Drop for OpaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

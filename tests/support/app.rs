@@ -148,6 +148,19 @@ impl App {
         }
     }
 
+    /// Sends `signal` (`HUP`, `TERM`, …) to the binary. Only for an app
+    /// from [`App::start_binary`].
+    pub fn signal(&self, signal: &str) {
+        let Runner::Binary(child) = &self.runner else {
+            panic!("signal() signals a process: start the app with App::start_binary");
+        };
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// Runs a CLI subcommand against this app's configuration.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_portcullis"))

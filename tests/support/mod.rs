@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod bundle;
 pub mod github_mock;
 pub mod gitlab_mock;
 pub mod logs;

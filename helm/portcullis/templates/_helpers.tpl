@@ -123,7 +123,7 @@ nothing) by the Deployment, so every install and template runs it.
 {{- fail (printf "config.toml: audit.path is %q; with the file backend it must be an absolute path under persistence.mountPath (%s/), the only writable, persistent place in the pod" $f.auditPath $mount) -}}
 {{- end -}}
 {{- end -}}
-{{- if regexMatch "(?i)rediss?(\\+unix)?://[^/@\\s\"]*:[^/@\\s\"]+@" (toString .Values.config.toml) -}}
+{{- if regexMatch "(?i)rediss?(\\+unix|\\+sentinel)?://[^/@\\s\"]*:[^/@\\s\"]+@" (toString .Values.config.toml) -}}
 {{- fail "config.toml: the Redis URL carries a password, which would land in a ConfigMap; write state.url = { env = \"PORTCULLIS_REDIS_URL\" } and map that variable to a key of your Secret in secrets.env" -}}
 {{- end -}}
 {{- $timeout := include "portcullis.seconds" $f.shutdownTimeout | int -}}
