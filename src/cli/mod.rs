@@ -17,7 +17,7 @@ mod decide;
 mod evidence;
 mod pipeline;
 mod policy;
-mod scanners;
+pub mod scanners;
 
 #[derive(Debug, Parser)]
 #[command(
