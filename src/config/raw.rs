@@ -198,6 +198,7 @@ pub(super) struct RawEnvironment {
     pub verdict: Option<RawVerdict>,
     pub reviews: Option<RawReviews>,
     pub slack: Option<RawEnvSlack>,
+    pub break_glass: Option<super::break_glass::RawBreakGlass>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -345,6 +345,8 @@ pub struct EnvironmentPolicy {
     pub verdict: VerdictPolicy,
     pub reviews: ReviewPolicy,
     pub slack_channel: Option<String>,
+    /// `[environments.E.break_glass]`, when the environment has break glass.
+    pub break_glass: Option<super::break_glass::BreakGlassPolicy>,
 }
 
 #[derive(Debug, Clone)]

@@ -227,6 +227,7 @@ impl Validator<'_> {
                 "an environment requires reviews via SSO, but [sso] is not configured",
             );
         }
+        self.break_glass_needs(&environments, slack.is_some(), sso.is_some());
         if environments.values().any(|e| e.verdict.mode == VerdictMode::Evaluated)
             && policies.paths.is_empty()
             && policies.bundles.is_empty()

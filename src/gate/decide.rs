@@ -219,15 +219,31 @@ impl Gate {
             Some(p) if p.verdict.required => self.store.get_verdict(&req.verdict_key()).await?,
             _ => None,
         };
+        let grants = match policy {
+            Some(p) if p.break_glass.is_some() => self.grants_for_request(req).await?,
+            _ => Vec::new(),
+        };
         let decision = decision::evaluate(&Inputs {
             policy,
             request: req,
             attestation: attestation.as_ref(),
             verdict: verdict.as_ref(),
             reviews: &req.reviews,
+            break_glass: &grants,
             now,
         });
-        Ok((decision, DecidedOn { attestation, verdict }))
+        let grant = policy
+            .and_then(|p| decision::break_glass::active_grant(p, req, &grants, now))
+            .filter(|_| decision.outcome == Outcome::Approved)
+            .cloned();
+        Ok((
+            decision,
+            DecidedOn {
+                attestation,
+                verdict,
+                grant,
+            },
+        ))
     }
 
     /// Takes over a `Deciding` request whose lease lapsed (its replica died
@@ -298,6 +314,10 @@ impl Gate {
                   reasons = %decision.reasons.iter().map(|r| r.code.as_str()).collect::<Vec<_>>().join(","), "decided");
         }
         let record_id = req.decision_record.clone().unwrap_or_default();
+        // An approval under break glass: its use is audited before acting.
+        if approve && let Some(grant) = req.decided_on.as_ref().and_then(|d| d.grant.as_ref()) {
+            self.grant_used(&req, &grant.id, &record_id).await?;
+        }
         let comment = self.comment(&req, &decision, &record_id);
 
         let dry_run = self.config.server.dry_run;

@@ -80,8 +80,24 @@ pub struct Scraped {
     /// Anchoring: the oldest unanchored record's wait, and the records the
     /// latest anchored checkpoint covers (with `[audit.anchor]`).
     pub anchor: Option<(Duration, u64)>,
-    /// Policy reloads (a new bundle revision, or SIGHUP): succeeded, failed.
-    pub policy_reloads: (u64, u64),
+    /// Used break-glass grants not yet reviewed, and those of them overdue.
+    pub break_glass_unreviewed: Option<(u64, u64)>,
+    /// Policy reloads (a new bundle revision, or SIGHUP): (ok, failed).
+    pub policy_reloads: Option<(u64, u64)>,
+}
+
+/// Break-glass grants counted by step (each confirmation counts).
+pub struct BreakGlassCounters {
+    pub requested: Counter,
+    pub confirmed: Counter,
+    pub used: Counter,
+    pub expired: Counter,
+    pub reviewed: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
 }
 
 /// The gate's metrics. Counter fields are handles into labelled families:
@@ -113,6 +129,8 @@ pub struct Metrics {
     platform_call: HistogramFamily<PlatformOutcome>,
     open_requests: Gauge,
     pending: Family<EnvironmentLabel, Gauge>,
+    /// Break-glass grants by the step they took.
+    pub break_glass: BreakGlassCounters,
     /// Lets one "token refused" log line through per second.
     pub(crate) token_log: LogBudget,
 }
@@ -176,6 +194,20 @@ impl Default for Metrics {
         registry.register("open_requests", "Requests not yet answered", open_requests.clone());
         let pending: Family<EnvironmentLabel, Gauge> = Family::default();
         registry.register("pending_requests", "Pending requests by environment", pending.clone());
+        let grants: Family<StateLabel, Counter> = Family::default();
+        registry.register(
+            "break_glass_grants",
+            "Break-glass grant steps by state (each confirmation counts)",
+            grants.clone(),
+        );
+        let step = |state| grants.get_or_create_owned(&StateLabel { state });
+        let break_glass = BreakGlassCounters {
+            requested: step("requested"),
+            confirmed: step("confirmed"),
+            used: step("used"),
+            expired: step("expired"),
+            reviewed: step("reviewed"),
+        };
         Metrics {
             webhooks_accepted: with(&webhooks, "accepted"),
             webhooks_duplicate: with(&webhooks, "duplicate"),
@@ -198,6 +230,7 @@ impl Default for Metrics {
             platform_call,
             open_requests,
             pending,
+            break_glass,
             registry,
             token_log: LogBudget::default(),
         }
@@ -270,19 +303,6 @@ impl Metrics {
                     .set(i64::try_from(*n).unwrap_or(i64::MAX));
             }
         }
-        let mut scrape = Registry::with_prefix("portcullis");
-        let reloads: Family<ResultLabel, Counter> = Family::default();
-        reloads
-            .get_or_create(&ResultLabel { result: "ok" })
-            .inc_by(scraped.policy_reloads.0);
-        reloads
-            .get_or_create(&ResultLabel { result: "failed" })
-            .inc_by(scraped.policy_reloads.1);
-        scrape.register(
-            "policy_reloads",
-            "Policy reloads (a new bundle revision, or SIGHUP) by result; a failed one keeps the running revision",
-            reloads,
-        );
         let mut audit = Registry::with_prefix("portcullis_audit");
         if let Some(size) = scraped.checkpoint_records {
             let g: Gauge = Gauge::default();
@@ -310,11 +330,40 @@ impl Metrics {
                 g,
             );
         }
+        let mut scrape = Registry::with_prefix("portcullis");
+        if let Some((unreviewed, overdue)) = scraped.break_glass_unreviewed {
+            for (name, help, n) in [
+                (
+                    "break_glass_unreviewed",
+                    "Used break-glass grants not yet reviewed",
+                    unreviewed,
+                ),
+                (
+                    "break_glass_reviews_overdue",
+                    "Used break-glass grants not reviewed within review_within",
+                    overdue,
+                ),
+            ] {
+                let g: Gauge = Gauge::default();
+                g.set(i64::try_from(n).unwrap_or(i64::MAX));
+                scrape.register(name, help, g);
+            }
+        }
+        if let Some((ok, failed)) = scraped.policy_reloads {
+            let reloads: Family<ResultLabel, Counter> = Family::default();
+            reloads.get_or_create(&ResultLabel { result: "ok" }).inc_by(ok);
+            reloads.get_or_create(&ResultLabel { result: "failed" }).inc_by(failed);
+            scrape.register(
+                "policy_reloads",
+                "Policy reloads (a new bundle revision, or SIGHUP) by result; a failed one keeps the running revision",
+                reloads,
+            );
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode_registry(&mut out, &self.registry)
-            .and_then(|()| encode_registry(&mut out, &scrape))
             .and_then(|()| encode_registry(&mut out, &audit))
+            .and_then(|()| encode_registry(&mut out, &scrape))
             .and_then(|()| encode_eof(&mut out));
         out
     }
@@ -386,9 +435,17 @@ mod tests {
             pending_by_environment: Some([("production".to_string(), 2)].into()),
             checkpoint_records: Some(7),
             anchor: Some((Duration::from_millis(1500), 5)),
-            policy_reloads: (3, 1),
+            break_glass_unreviewed: Some((2, 1)),
+            policy_reloads: Some((3, 1)),
         });
+        m.break_glass.used.inc();
+        let text = text + &m.render(&Scraped::default());
         for line in [
+            "portcullis_break_glass_unreviewed 2",
+            "portcullis_break_glass_reviews_overdue 1",
+            "portcullis_policy_reloads_total{result=\"ok\"} 3",
+            "portcullis_policy_reloads_total{result=\"failed\"} 1",
+            "portcullis_break_glass_grants_total{state=\"used\"} 1",
             "portcullis_webhooks_total{result=\"accepted\"} 1",
             "portcullis_webhooks_total{result=\"duplicate\"} 0",
             "portcullis_decisions_total{outcome=\"rejected\"} 1",
@@ -403,8 +460,6 @@ mod tests {
             "portcullis_audit_checkpoint_records 7",
             "portcullis_audit_anchor_lag_seconds 1.5",
             "portcullis_audit_anchored_records 5",
-            "portcullis_policy_reloads_total{result=\"ok\"} 3",
-            "portcullis_policy_reloads_total{result=\"failed\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
         }

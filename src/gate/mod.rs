@@ -14,6 +14,8 @@
 //! - [`decide`]: evaluation under the lease, the audit-then-answer sequence;
 //! - [`events`]: the one place that builds the gate's audit records;
 //! - [`gitlab`]: GitLab status hooks and the blocked-deployment poller;
+//! - [`break_glass`]: emergency grants: asked, confirmed, used, expired,
+//!   reviewed afterwards, overdue reviews reminded;
 //! - [`metrics`]: the counters behind `/metrics`;
 //! - `status`: GitHub status reports while a request waits.
 
@@ -32,6 +34,7 @@ use crate::identity::{TokenError, Verifier};
 use crate::platform::PlatformClient;
 use crate::state::{Cas, SharedStore, StateError};
 
+mod break_glass;
 mod decide;
 mod events;
 mod gitlab;
@@ -40,6 +43,7 @@ mod metrics;
 mod status;
 
 pub use crate::domain::VerdictBody;
+pub use break_glass::{GrantAsk, GrantStep};
 pub use inputs::ReviewOutcome;
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, Scraped};
 pub use status::claim_status_slot;
@@ -71,6 +75,9 @@ pub struct Platforms {
 #[async_trait::async_trait]
 pub trait Notifier: Send + Sync + 'static {
     async fn request_changed(&self, gate: Arc<Gate>, request_id: String);
+    /// A break-glass grant took `step` (the alert channel is told). Called
+    /// in the background, like [`Notifier::request_changed`].
+    async fn grant_changed(&self, _gate: Arc<Gate>, _grant_id: String, _step: GrantStep) {}
 }
 
 /// Why the gate could not take an input. Each maps to an HTTP answer by its
@@ -276,7 +283,8 @@ impl Gate {
     }
 
     /// One sweep: evaluates every request past its deadline and every
-    /// abandoned `Deciding` request. Public so tests drive it step by step.
+    /// abandoned `Deciding` request; expires break-glass grants past their
+    /// window and reminds overdue reviews. Public so tests drive it step by step.
     pub async fn sweep(self: &Arc<Self>, now: OffsetDateTime) -> Result<usize, GateError> {
         let due = self.store.due_requests(now, 256).await?;
         let n = due.len();
@@ -284,6 +292,9 @@ impl Gate {
             if let Err(e) = self.evaluate(&id, now).await {
                 warn!(request = %id, error = %e, "sweep: could not decide");
             }
+        }
+        if let Err(e) = self.sweep_grants(now).await {
+            warn!(error = %e, "sweep: break-glass grants could not be swept");
         }
         Ok(n)
     }

@@ -8,11 +8,13 @@
 //!   webhook routes.
 //! - `slack_routes`: Slack interactivity (the review buttons).
 //! - `sso`: reviews through the organisation's OpenID Provider.
+//! - `break_glass_routes`: `GET /v1/break-glass` and the break-glass metrics.
 //! - `access`: who may use the read API.
 //! - `rate_limit`: per-source token buckets on `/v1/*`.
 //! - `error`: the one error body.
 
 mod access;
+mod break_glass_routes;
 mod error;
 mod ingress;
 mod rate_limit;

@@ -45,10 +45,22 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/audit/proof/inclusion", web::get().to(tlog_routes::inclusion))
                 .route("/audit/proof/consistency", web::get().to(tlog_routes::consistency))
                 .route("/audit/{id}", web::get().to(get_audit))
-                .route("/keys", web::get().to(tlog_routes::keys)),
+                .route("/keys", web::get().to(tlog_routes::keys))
+                .route("/break-glass", web::get().to(super::break_glass_routes::list)),
         )
         .route("/webhooks/slack", web::post().to(slack_webhook))
         .route("/reviews/callback", web::get().to(sso::callback))
+        // Before `/reviews/{request}`, which would match `/reviews/break-glass`.
+        .route("/reviews/break-glass", web::get().to(sso::break_glass::ask_page))
+        .route("/reviews/break-glass", web::post().to(sso::break_glass::ask_submit))
+        .route(
+            "/reviews/break-glass/grants/{grant}",
+            web::get().to(sso::break_glass::grant_page),
+        )
+        .route(
+            "/reviews/break-glass/grants/{grant}",
+            web::post().to(sso::break_glass::grant_submit),
+        )
         .route("/reviews/{request}", web::get().to(sso::start))
         .route("/reviews/{request}", web::post().to(sso::submit))
         .default_service(web::to(not_found));
@@ -108,9 +120,10 @@ async fn metrics(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpResponse
             .tlog()
             .filter(|t| t.anchoring())
             .map(|t| (t.anchor_lag(), t.anchored_size())),
+        break_glass_unreviewed: super::break_glass_routes::unreviewed_counts(&gate).await,
         policy_reloads: {
-            let policies = gate.policies().status();
-            (policies.reloads_ok, policies.reloads_failed)
+            let p = gate.policies().status();
+            Some((p.reloads_ok, p.reloads_failed))
         },
     };
     Ok(HttpResponse::Ok()

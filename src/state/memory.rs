@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::{Cas, Lease, StateError, StateResult, Store};
-use crate::domain::{Attestation, DeploymentRequest, RequestStatus, Verdict};
+use crate::domain::{Attestation, DeploymentRequest, Grant, RequestStatus, Verdict};
 
 #[derive(Default)]
 struct Inner {
@@ -33,6 +33,7 @@ struct Inner {
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    grants: super::grants_memory::MemoryGrants,
 }
 
 impl MemoryStore {
@@ -270,6 +271,26 @@ impl Store for MemoryStore {
             g.leases.remove(&lease.request);
         }
         Ok(())
+    }
+
+    async fn insert_grant(&self, grant: &Grant) -> StateResult<bool> {
+        self.grants.insert(grant)
+    }
+
+    async fn get_grant(&self, id: &str) -> StateResult<Option<Grant>> {
+        self.grants.get(id)
+    }
+
+    async fn update_grant(&self, grant: &Grant) -> StateResult<bool> {
+        self.grants.update(grant)
+    }
+
+    async fn grants_for(&self, key: &str) -> StateResult<Vec<Grant>> {
+        self.grants.for_key(key)
+    }
+
+    async fn open_grants(&self) -> StateResult<Vec<Grant>> {
+        self.grants.open()
     }
 
     async fn ping(&self) -> StateResult<()> {

@@ -7,6 +7,8 @@
 //! request's `version`, and a lease with a fencing token, so that only one
 //! replica makes the platform call for a request.
 
+mod grants_memory;
+mod grants_redis;
 mod memory;
 pub mod redis;
 
@@ -18,7 +20,7 @@ use time::OffsetDateTime;
 
 pub use memory::MemoryStore;
 
-use crate::domain::{Attestation, DeploymentRequest, Verdict};
+use crate::domain::{Attestation, DeploymentRequest, Grant, Verdict};
 
 /// The state backend is unreachable or answered nonsense. Callers fail closed:
 /// webhooks get 503 so the platform records a failed, redeliverable delivery.
@@ -115,6 +117,20 @@ pub trait Store: Send + Sync + 'static {
     /// Is this still the live lease (same holder and fence)?
     async fn lease_valid(&self, lease: &Lease) -> StateResult<bool>;
     async fn release_lease(&self, lease: &Lease) -> StateResult<()>;
+
+    /// Creates a break-glass grant unless one with its id exists; `true` if
+    /// created. Indexes it by its (repository, sha, environment) key and,
+    /// unless finished, as open.
+    async fn insert_grant(&self, grant: &Grant) -> StateResult<bool>;
+    async fn get_grant(&self, id: &str) -> StateResult<Option<Grant>>;
+    /// Writes `grant` if the stored version equals `grant.version` (the
+    /// stored copy gets `version + 1`); `true` when written. A finished
+    /// grant leaves the open index.
+    async fn update_grant(&self, grant: &Grant) -> StateResult<bool>;
+    /// Every grant held for a [`crate::domain::grant_key`].
+    async fn grants_for(&self, key: &str) -> StateResult<Vec<Grant>>;
+    /// Grants not finished: asked for, confirmed, or used and not reviewed.
+    async fn open_grants(&self) -> StateResult<Vec<Grant>>;
 
     /// Readiness probe.
     async fn ping(&self) -> StateResult<()>;

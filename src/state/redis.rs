@@ -22,6 +22,7 @@
 //! - `P deadlines`: sorted set of pending request ids by deadline.
 //! - `P deciding`: set of request ids being acted on.
 //! - `P l:{id}`: a lease, `holder|fence`, with a TTL; `P fence`: the counter.
+//! - break-glass grants: see `super::grants_redis`.
 
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ use redis::{AsyncCommands, Script};
 use time::OffsetDateTime;
 
 use super::{Cas, Lease, StateError, StateResult, Store};
-use crate::domain::{Attestation, DeploymentRequest, RequestStatus, Verdict};
+use crate::domain::{Attestation, DeploymentRequest, Grant, RequestStatus, Verdict};
 pub use crate::redis_conn::RedisConn;
 
 /// Requests that are done are kept this long for `GET /v1/requests/{id}`.
@@ -99,6 +100,7 @@ pub struct RedisStore {
     insert_request: Script,
     acquire_lease: Script,
     release_lease: Script,
+    grants: super::grants_redis::RedisGrants,
 }
 
 fn err(e: redis::RedisError) -> StateError {
@@ -159,6 +161,7 @@ impl RedisStore {
             insert_request: Script::new(INSERT_REQUEST),
             acquire_lease: Script::new(ACQUIRE_LEASE),
             release_lease: Script::new(RELEASE_LEASE),
+            grants: super::grants_redis::RedisGrants::new(),
         })
     }
 
@@ -458,6 +461,26 @@ impl Store for RedisStore {
             .await
             .map_err(err)?;
         Ok(())
+    }
+
+    async fn insert_grant(&self, grant: &Grant) -> StateResult<bool> {
+        self.grants.insert(self.conn.clone(), &self.prefix, grant).await
+    }
+
+    async fn get_grant(&self, id: &str) -> StateResult<Option<Grant>> {
+        self.grants.get(self.conn.clone(), &self.prefix, id).await
+    }
+
+    async fn update_grant(&self, grant: &Grant) -> StateResult<bool> {
+        self.grants.update(self.conn.clone(), &self.prefix, grant).await
+    }
+
+    async fn grants_for(&self, key: &str) -> StateResult<Vec<Grant>> {
+        self.grants.for_key(self.conn.clone(), &self.prefix, key).await
+    }
+
+    async fn open_grants(&self) -> StateResult<Vec<Grant>> {
+        self.grants.open(self.conn.clone(), &self.prefix).await
     }
 
     async fn ping(&self) -> StateResult<()> {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod browser;
 pub mod bundle;
 pub mod github_mock;
 pub mod gitlab_mock;
@@ -15,4 +16,5 @@ pub mod openapi;
 pub mod prism;
 pub mod redis;
 pub mod slack_mock;
+pub mod slack_views;
 pub mod switch;
