@@ -1,7 +1,8 @@
 //! The command line: `serve`, `check-config`, `decide`, `audit verify`,
-//! `audit query`, `keygen`, `receipt verify`; and for CI jobs `attest`,
-//! `evidence`, `verdict` (`pipeline.rs`, `evidence.rs`). Every failure prints one clear line on stderr and exits
-//! non-zero; nothing here panics on bad input.
+//! `audit query`, `keygen`, `receipt verify`, `policy test`/`eval`; and for
+//! CI jobs `attest`, `evidence`, `verdict` (`pipeline.rs`, `evidence.rs`).
+//! Every failure prints one clear line on stderr and exits non-zero; nothing
+//! here panics on bad input.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,7 +17,7 @@ mod decide;
 mod evidence;
 mod pipeline;
 mod policy;
-mod scanners;
+pub mod scanners;
 
 #[derive(Debug, Parser)]
 #[command(

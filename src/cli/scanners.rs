@@ -150,10 +150,11 @@ pub fn read(bytes: &[u8]) -> Result<Report, ReportError> {
     Err(ReportError::UnknownFormat)
 }
 
-/// The usual name of a tool from what it calls itself.
-fn tool_name(driver: &str) -> String {
+/// The usual name of a tool the portcullis pipeline names, from what it
+/// calls itself (`Semgrep OSS`, `CodeQL command-line toolchain`).
+fn known_tool(driver: &str) -> Option<&'static str> {
     let lower = driver.to_ascii_lowercase();
-    for known in [
+    [
         "semgrep",
         "codeql",
         "tfsec",
@@ -162,12 +163,9 @@ fn tool_name(driver: &str) -> String {
         "trivy",
         "grype",
         "osv-scanner",
-    ] {
-        if lower.contains(known) {
-            return known.to_string();
-        }
-    }
-    lower
+    ]
+    .into_iter()
+    .find(|known| lower.contains(known))
 }
 
 fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
@@ -189,13 +187,18 @@ fn security_severity(properties: Option<&Value>) -> Option<f64> {
 
 fn sarif(runs: &[Value]) -> Report {
     let mut counts = Counts::default();
-    let mut tool = None;
+    // The first run's tool, unless a later run is one the pipeline names
+    // (a log merged from several runs).
+    let mut tool: Option<(String, bool)> = None;
     let mut version = None;
     let mut time = None;
     for run in runs {
         let driver = run.pointer("/tool/driver").cloned().unwrap_or(Value::Null);
-        if tool.is_none() {
-            tool = str_at(&driver, "/name").map(tool_name);
+        let name = str_at(&driver, "/name").unwrap_or_default();
+        let known = known_tool(name);
+        if tool.as_ref().is_none_or(|(_, was_known)| !was_known && known.is_some()) {
+            let named = known.map_or_else(|| name.to_ascii_lowercase(), str::to_string);
+            tool = Some((named, known.is_some()));
             version = str_at(&driver, "/semanticVersion")
                 .or_else(|| str_at(&driver, "/version"))
                 .map(str::to_string);
@@ -256,7 +259,7 @@ fn sarif(runs: &[Value]) -> Report {
     }
     Report {
         format: "sarif",
-        tool: tool.unwrap_or_else(|| "unknown".into()),
+        tool: tool.map_or_else(|| "unknown".into(), |(name, _)| name),
         version,
         time,
         counts,

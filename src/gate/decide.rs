@@ -325,7 +325,7 @@ impl Gate {
             .intake_problems
             .iter()
             .any(|p| p.code == decision::ReasonCode::CallbackHostMismatch);
-        let called_at = std::time::Instant::now();
+        let called_at = Instant::now();
         let call = if dry_run {
             CallResult::done(None, "dry run: the platform was not called")
         } else if !callback_trusted {

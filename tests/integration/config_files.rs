@@ -11,7 +11,7 @@ fn repo(path: &str) -> std::path::PathBuf {
 }
 
 /// A working directory with `secrets/github-app.pem` (the TEST-ONLY App
-/// key), `secrets/audit-key.pem` (a new one) and `config/policies`.
+/// key), `secrets/audit-key.pem` (a new one), `config/policies` and `schemas`.
 fn workdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("secrets")).unwrap();

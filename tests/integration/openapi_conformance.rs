@@ -40,6 +40,10 @@ async fn every_documented_operation_answers_as_described() {
     expect("get", "/metrics", code, 200);
     let (code, _) = w.app.get("/v1/keys").await;
     expect("get", "/v1/keys", code, 200);
+    let (code, _) = w.app.get("/v1/break-glass").await;
+    expect("get", "/v1/break-glass", code, 200);
+    let (code, _) = w.app.get("/v1/break-glass?unreviewed=true").await;
+    assert_eq!(code, 200);
 
     // A deployment, approved: attestation, verdict, webhook, request, audit.
     let (run, s) = (9901, sha(9901));

@@ -155,7 +155,7 @@ fn evidence_args(out: &Path) -> Vec<String> {
     [
         "evidence",
         "--scan",
-        &f("sast", "trivy-alpine-310.sarif"),
+        &f("sast", "codeql-action-valid.sarif"),
         "--scan",
         &f("container", "trivy-alpine-310.json"),
         "--scan",
@@ -205,13 +205,16 @@ async fn evidence_counts_what_the_real_reports_hold() {
         bundle,
         json!({
             "scans": {
-                // Trivy's SARIF: four results of security-severity 5.3.
-                "sast": {"tool": "trivy", "version": "dev", "timestamp": mtime_of(sarif),
-                         "critical": 0, "high": 0, "medium": 4, "low": 0, "report_digest": digest_of(sarif)},
+                // CodeQL's SARIF (two runs, LGTM's and CodeQL's): three
+                // results whose rules default to `note`.
+                "sast": {"tool": "codeql", "version": "2.0.0", "timestamp": mtime_of("codeql-action-valid.sarif"),
+                         "critical": 0, "high": 0, "medium": 0, "low": 3,
+                         "report_digest": digest_of("codeql-action-valid.sarif")},
                 // Trivy's JSON: four MEDIUM vulnerabilities, scanned at CreatedAt.
                 "container": {"tool": "trivy", "timestamp": "2021-08-25T12:20:30Z", "image_digest": DIGEST,
                               "critical": 0, "high": 0, "medium": 4, "low": 0,
                               "report_digest": digest_of("trivy-alpine-310.json")},
+                // Trivy's SARIF: four results of security-severity 5.3.
                 "iac": {"tools": ["trivy"], "timestamp": mtime_of(sarif),
                         "critical": 0, "high": 0, "medium": 4, "low": 0, "report_digest": digest_of(sarif)},
                 // Gitleaks: one finding.
@@ -225,6 +228,20 @@ async fn evidence_counts_what_the_real_reports_hold() {
             "artifact": {"digest": DIGEST, "cosign_verified": true, "signed_by": "awskms:///alias/ci-cosign",
                          "target_environment": "scanned"},
         })
+    );
+
+    // Gitleaks' SARIF: one finding, and the version its driver names.
+    let out = dir.path().join("secrets.json");
+    let scan = format!("secrets={}", fixture("gitleaks-simple.sarif").display());
+    let out_s = out.display().to_string();
+    let (code, _, stderr) = portcullis(&["evidence", "--scan", &scan, "--out", &out_s], &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let bundle: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(
+        bundle,
+        json!({"scans": {"secrets": {"tool": "gitleaks", "version": "v8.0.0",
+            "timestamp": mtime_of("gitleaks-simple.sarif"), "findings": 1,
+            "report_digest": digest_of("gitleaks-simple.sarif")}}})
     );
 
     // A report of no known format, and a kind given twice, are named.
