@@ -26,25 +26,33 @@ RUN mkdir src \
 # The sources. Touch the crate roots so cargo sees them newer than the dummy.
 COPY src/ src/
 COPY config/ config/
+COPY schemas/ schemas/
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked --bin portcullis
 
 # The container's default configuration: the example, listening on all
-# interfaces, with the audit file on the volume and without the loopback
-# issuer of the local walkthrough. check-config proves the result is valid,
-# so a change to the example that this edit misses fails the build.
-RUN mkdir -p /out/etc/portcullis /out/var/lib/portcullis \
+# interfaces, with the audit file on the volume, its policies and evidence
+# schema under /etc/portcullis, and without the loopback issuer of the
+# local walkthrough. check-config proves the result is valid (it compiles
+# the policies and the schema where the image will have them), so a change
+# to the example that this edit misses fails the build.
+RUN mkdir -p /out/etc/portcullis/schemas /out/var/lib/portcullis \
  && cp -r config/. /out/etc/portcullis/ \
+ && cp schemas/*.json /out/etc/portcullis/schemas/ \
  && { echo '# Container default, generated from config/portcullis.example.toml at image build.'; \
       echo '# Mount your own file over /etc/portcullis/portcullis.toml.'; \
       sed -e 's|^listen = .*|listen = "0.0.0.0:8080"|' \
           -e 's|^path = "var/audit.jsonl"|path = "/var/lib/portcullis/audit.jsonl"|' \
+          -e 's|"config/policies"|"/etc/portcullis/policies"|' \
+          -e 's|"schemas/evidence.schema.json"|"/etc/portcullis/schemas/evidence.schema.json"|' \
           config/portcullis.example.toml \
       | awk 'BEGIN { RS = ""; ORS = "\n\n" } !/name = "local-dev"/'; \
     } > /out/etc/portcullis/portcullis.toml \
  && grep -q '^listen = "0.0.0.0:8080"$' /out/etc/portcullis/portcullis.toml \
  && grep -q '^path = "/var/lib/portcullis/audit.jsonl"$' /out/etc/portcullis/portcullis.toml \
  && ! grep -q '127\.0\.0\.1:9000' /out/etc/portcullis/portcullis.toml \
+ && ! grep -q '"config/\|"schemas/' /out/etc/portcullis/portcullis.toml \
+ && ln -s /out/etc/portcullis /etc/portcullis \
  && PORTCULLIS_GITHUB_WEBHOOK_SECRET=build-check-only \
     target/release/portcullis check-config --config /out/etc/portcullis/portcullis.toml >/dev/null \
  && cp target/release/portcullis /out/portcullis
