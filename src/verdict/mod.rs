@@ -37,6 +37,8 @@ mod signature;
 mod sources;
 
 #[cfg(test)]
+mod bundle_tests;
+#[cfg(test)]
 mod tests;
 
 pub use bundle::{Bundle, BundleError, read_bundle, read_bundle_unverified};

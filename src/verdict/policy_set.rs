@@ -286,6 +286,13 @@ impl PolicySet {
 
     fn settle(&self, what: &str, result: Result<(PolicyEngine, Vec<Option<Bundle>>), LoadError>) -> Result<(), String> {
         match result {
+            // Another bundle has not loaded yet: this one waits beside it,
+            // and nothing is evaluated with half the policies.
+            Ok((_, active)) if active.iter().any(Option::is_none) => {
+                *lock(&self.active) = active;
+                tracing::info!(from = %what, "bundle loaded; waiting for the other configured bundles");
+                Ok(())
+            }
             Ok((engine, active)) => {
                 let revision = engine.revision().to_owned();
                 let previous = self.engine().map(|e| e.revision().to_owned());
