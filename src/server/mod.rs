@@ -59,17 +59,9 @@ pub enum StartError {
 /// environment whose query names no rule.
 pub async fn load_policies(config: &Config, http: reqwest::Client) -> Result<crate::verdict::PolicySet, StartError> {
     let opa = crate::verdict::OpaClient::new(http.clone());
-    let set = crate::verdict::PolicySet::load(config, http, opa)
+    crate::verdict::PolicySet::load(config, http, opa)
         .await
-        .map_err(|e| StartError::Policy(e.to_string()))?;
-    if let Some(engine) = set.engine() {
-        if let Some((env, query, _)) = crate::verdict::missing_rules(config, &engine).into_iter().next() {
-            return Err(StartError::Policy(format!(
-                "environments.{env}.verdict.policy: {query} names no rule of the loaded policies"
-            )));
-        }
-    }
-    Ok(set)
+        .map_err(|e| StartError::Policy(e.to_string()))
 }
 
 /// A built, bound application: `port()` is known before `run`.

@@ -149,3 +149,53 @@ fn an_empty_policy_set_has_nothing_to_reload() {
     assert!(set.engine().is_none());
     assert!(set.status().loaded);
 }
+
+#[tokio::test]
+async fn a_revision_without_the_environments_rule_is_refused_and_the_running_one_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.tar.gz");
+    let with_rule = |revision: &str, rule: &str| {
+        archive(&[
+            (
+                "/.manifest",
+                &format!(r#"{{"revision": "{revision}", "roots": ["acme"]}}"#),
+            ),
+            (
+                "/acme/release/policy.rego",
+                &format!("package acme.release\n\nimport rego.v1\n\n{rule} if input.ok\n"),
+            ),
+        ])
+    };
+    std::fs::write(&path, with_rule("r1", "allow")).unwrap();
+    let text = format!(
+        "[environments.production]\napprovers = [\"octocat\"]\n[environments.production.verdict]\nmode = \"evaluated\"\npolicy = \"data.acme.release.allow\"\nproducers = [{{ job_workflow_ref = \"x\" }}]\n[policies]\nbundles = [\"{}\"]\n",
+        path.display()
+    );
+    let config = crate::config::Config::from_toml(&text, &|_| None).unwrap();
+    let opa = || super::OpaClient::new(reqwest::Client::new());
+    let set = PolicySet::load(&config, reqwest::Client::new(), opa()).await.unwrap();
+    assert_eq!(set.engine().unwrap().revision(), "r1");
+
+    std::fs::write(&path, with_rule("r2", "permit")).unwrap();
+    assert_eq!(
+        set.reload_local().await.unwrap_err().to_string(),
+        "environments.production.verdict.policy: data.acme.release.allow names no rule of the loaded policies"
+    );
+    let status = set.status();
+    assert_eq!(
+        (status.revision.as_deref(), status.reloads_ok, status.reloads_failed),
+        (Some("r1"), 0, 1)
+    );
+    // At start it is refused outright.
+    let err = PolicySet::load(&config, reqwest::Client::new(), opa())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "environments.production.verdict.policy: data.acme.release.allow names no rule of the loaded policies"
+    );
+    std::fs::write(&path, with_rule("r3", "allow")).unwrap();
+    set.reload_local().await.unwrap();
+    assert_eq!(set.status().revision.as_deref(), Some("r3"));
+    assert_eq!(set.status().last_error, None);
+}

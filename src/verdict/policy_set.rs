@@ -40,6 +40,9 @@ pub enum LoadError {
     },
     #[error("policies.verification_key: {0}")]
     Key(String),
+    /// An evaluated environment's query names no rule of the policies.
+    #[error("environments.{environment}.verdict.policy: {query} names no rule of the loaded policies")]
+    Query { environment: String, query: String },
 }
 
 /// A reload that did not replace the running policies: what was refused
@@ -91,6 +94,8 @@ pub struct PolicySet {
     bundles: Vec<BundleSource>,
     key: Option<VerificationKey>,
     approvers: BTreeMap<String, Vec<String>>,
+    /// Each evaluated environment's query: a revision without its rule is refused.
+    queries: Vec<(String, String)>,
     polling_interval: Duration,
     /// The active bundle of each configured source (same order).
     active: Mutex<Vec<Option<Bundle>>>,
@@ -145,6 +150,7 @@ impl PolicySet {
             bundles: config.bundles.clone(),
             key,
             approvers: BTreeMap::new(),
+            queries: Vec::new(),
             polling_interval: config.polling_interval,
             active: Mutex::new(vec![None; config.bundles.len()]),
             remote: Mutex::new(BTreeMap::new()),
@@ -177,6 +183,12 @@ impl PolicySet {
         };
         let mut set = Self::bare(opa, http, &config.policies, schemas, key);
         set.approvers = approvers_of(config);
+        set.queries = config
+            .environments
+            .iter()
+            .filter(|(_, e)| e.verdict.mode == VerdictMode::Evaluated)
+            .filter_map(|(name, e)| e.verdict.policy.clone().map(|q| (name.clone(), q)))
+            .collect();
         if set.paths.is_empty() && set.bundles.is_empty() {
             return Ok(set);
         }
@@ -353,6 +365,7 @@ impl PolicySet {
         bundles: &[Option<Bundle>],
         with_tests: bool,
     ) -> Result<PolicyEngine, LoadError> {
+        let partial = bundles.iter().any(Option::is_none);
         let bundles: Vec<&Bundle> = bundles.iter().flatten().collect();
         super::bundle::check_overlap(&bundles)?;
         let mut files: Vec<SourceFile> = loose.to_vec();
@@ -367,12 +380,20 @@ impl PolicySet {
                     .collect::<Vec<_>>()
                     .join(",")
             });
-        Ok(PolicyEngine::from_sources(
-            &files,
-            &self.approvers,
-            with_tests,
-            revision,
-        )?)
+        let engine = PolicyEngine::from_sources(&files, &self.approvers, with_tests, revision)?;
+        // A partial set (another bundle still loading) is only compiled, not checked.
+        if partial {
+            return Ok(engine);
+        }
+        for (environment, query) in &self.queries {
+            if !engine.rules().contains(query) {
+                return Err(LoadError::Query {
+                    environment: environment.clone(),
+                    query: query.clone(),
+                });
+            }
+        }
+        Ok(engine)
     }
 
     fn remote_state<T>(&self, index: usize, f: impl FnOnce(&mut RemoteState) -> T) -> T {
