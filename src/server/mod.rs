@@ -204,7 +204,15 @@ impl Application {
         let policies = self.gate.policies().clone();
         tokio::spawn(policies.clone().run_pollers(self.stop.clone()));
         if self.reload_on_hup && policies.reloadable() {
-            tokio::spawn(reload_on_sighup(policies, self.stop.clone()));
+            // Registered before the listening line: a SIGHUP from then on reloads.
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hup) => {
+                    tokio::spawn(reload_on_sighup(policies, hup, self.stop.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP: policies reload only from bundle servers")
+                }
+            }
         }
         info!(port = self.addr.port(), "listening on {}", self.addr);
         let result = self.server.await;
@@ -231,12 +239,11 @@ impl Application {
 }
 
 /// Re-reads the local policy sources on each SIGHUP until `stop`.
-async fn reload_on_sighup(policies: Arc<crate::verdict::PolicySet>, stop: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: policies reload only from bundle servers");
-        return;
-    };
+async fn reload_on_sighup(
+    policies: Arc<crate::verdict::PolicySet>,
+    mut hup: tokio::signal::unix::Signal,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
