@@ -9,6 +9,9 @@
 //!   discovery, JWKS and OPA (no redirects).
 //! - [`signing`]: the audit key (Ed25519): signed-note checkpoints, DSSE
 //!   receipts, the JWKS of `/v1/keys`.
+//! - `redis_conn` (crate-internal): the one Redis connection builder (direct,
+//!   or through Redis Sentinel), used by the Redis store and the Redis audit
+//!   trail; `[state] url` is checked with it.
 //! - [`domain`]: the values that flow through the gate (requests,
 //!   attestations, verdicts, reviews, run attempts), the decision's reason
 //!   codes and the HTTP API's error codes.
@@ -17,8 +20,6 @@
 //! - [`decision`]: the pure engine. Each contract rule is one function
 //!   (`decision::rules`, and `decision::reviews` for reviews and reviewer
 //!   eligibility); the gate, the Slack buttons and the SSO pages ask them.
-//! - `redis_conn` (crate-internal): the one Redis connection builder, used by
-//!   the Redis store and the Redis audit trail.
 //! - [`state`]: memory and Redis stores behind one async interface
 //!   (insert-if-absent, compare-and-set, fenced leases).
 //! - [`audit`]: the hash-chained, append-only audit trail: one group-commit
@@ -43,7 +44,9 @@
 //! - [`server`]: the actix-web application: one route table, error codes to
 //!   HTTP statuses, the read API's access rules, rate limits, SSO review pages.
 //! - [`cli`]: the binary's commands (`serve`, `check-config`, `decide`,
-//!   `policy test`/`eval`, `audit verify`/`query`).
+//!   `policy test`/`eval`, `audit verify`/`query`, `keygen`, `receipt
+//!   verify`), and those CI jobs run: `attest`, `evidence` (scanner
+//!   reports read into the evidence bundle), `verdict`.
 
 pub mod audit;
 pub mod cli;

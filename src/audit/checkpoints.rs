@@ -13,8 +13,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use crate::redis_conn::RedisConn;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use super::AuditError;
@@ -155,7 +155,7 @@ impl CheckpointStore for FileCheckpoints {
 
 /// `P audit:checkpoints` (a list of JSON entries) and `P audit:checkpoint_size`.
 pub struct RedisCheckpoints {
-    conn: ConnectionManager,
+    conn: RedisConn,
     list: String,
     size: String,
 }
@@ -170,7 +170,7 @@ return 1
 "#;
 
 impl RedisCheckpoints {
-    pub(crate) fn new(conn: ConnectionManager, prefix: &str) -> RedisCheckpoints {
+    pub(crate) fn new(conn: RedisConn, prefix: &str) -> RedisCheckpoints {
         RedisCheckpoints {
             conn,
             list: format!("{prefix}audit:checkpoints"),

@@ -82,6 +82,16 @@ pub enum EventKind {
     /// The first record of a trail started on purpose (`serve --new-trail`),
     /// naming the checkpoint of the trail it replaces.
     TrailStarted,
+    /// A break-glass grant was asked for (who, why, how verified).
+    BreakGlassRequested,
+    /// A confirmer confirmed a grant (each confirmation is a record).
+    BreakGlassConfirmed,
+    /// A deployment was approved under a grant (before the platform call).
+    BreakGlassUsed,
+    /// A grant's window ended (or it lapsed unconfirmed).
+    BreakGlassExpired,
+    /// A confirmer reviewed a used grant afterwards, with notes.
+    BreakGlassReviewed,
 }
 
 /// What a caller records; the log adds `seq`, `id`, `at`, `prev_hash` and

@@ -35,6 +35,23 @@
 //! restart. [`ping`](AuditLog::ping) fails meanwhile, so readiness drops. An
 //! [`append`](AuditLog::append) returns only once its record is stored.
 //!
+//! # Acknowledgement by replicas
+//! With `state.min_replicas = N` (N > 0), every script call is followed, in
+//! the same pipeline, by `WAIT N` (up to 1 s), so a batch counts as stored
+//! only once N replicas hold it, and a failover to one of them keeps it.
+//! Every batch waits, the `append_nowait` ones too: a batch a dead master
+//! never passed on would otherwise be lost while the writer's head moved
+//! past it. Fewer acknowledgements than N never count as success: the sink
+//! answers [`SinkError::Retry`], the writer sends the batch again after a
+//! back-off (to the promoted master, after a failover: the script appends
+//! it there, or recognises it and writes its id over itself so the new
+//! `WAIT` counts it), `ping` fails meanwhile, and an
+//! [`append`](AuditLog::append) that has waited
+//! [`RedisAuditOptions::replicated_append_timeout`] (30 s) fails. Its record
+//! stays queued and is stored once replicas acknowledge it, as after a lost
+//! answer; the gate then decides again, and the trail may hold that
+//! request's `decision` record twice, with one platform call.
+//!
 //! # Durability
 //! A record is as durable as Redis makes it. Redis used for the audit trail
 //! **must persist**: `appendonly yes` with `appendfsync everysec` (a crash of
@@ -58,16 +75,18 @@ mod reader;
 
 use std::io::Write;
 
-use async_trait::async_trait;
-use redis::aio::ConnectionManager;
-use redis::{Script, Value};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::Value;
 
 pub use reader::{ExportReport, Head, Persistence, RedisAuditReader};
 use reader::{as_string, connect, redis_err};
 
 use super::writer::{self, Appended, Batch, ChainHead, Grouping, Handle, Sink, SinkError};
 use super::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditRecord, QueueFull};
+use crate::redis_conn::{RedisConn, eval_and_wait};
 use crate::time_fmt::parse_rfc3339;
 
 /// The most records one script call carries.
@@ -78,8 +97,13 @@ const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// KEYS: head, log, ids. ARGV: expected prev hash, record count, then per
 /// record seq, id, hash, line; last the `at` of the last record.
 /// Returns {1} appended, {2} already stored, {0, seq, hash, at} conflict.
+/// "Already stored" writes the first id's entry over itself, so that a
+/// `WAIT` after it covers the earlier store.
 const APPEND: &str = r#"
-if redis.call('HEXISTS', KEYS[3], ARGV[4]) == 1 then return {2} end
+if redis.call('HEXISTS', KEYS[3], ARGV[4]) == 1 then
+  redis.call('HSET', KEYS[3], ARGV[4], redis.call('HGET', KEYS[3], ARGV[4]))
+  return {2}
+end
 local head = redis.call('HMGET', KEYS[1], 'seq', 'hash', 'at')
 local seq = tonumber(head[1]) or 0
 local hash = head[2] or '0000000000000000000000000000000000000000000000000000000000000000'
@@ -116,6 +140,7 @@ pub struct RedisAudit {
     reader: RedisAuditReader,
     writer: Handle,
     checkpoints: std::sync::Arc<super::checkpoints::RedisCheckpoints>,
+    options: RedisAuditOptions,
 }
 
 /// Options of [`RedisAudit`].
@@ -126,6 +151,11 @@ pub struct RedisAuditOptions {
     pub require_persistence: bool,
     /// The most records one script call carries (1 turns grouping off).
     pub max_batch: usize,
+    /// Replicas that must acknowledge each batch (`state.min_replicas`).
+    pub min_replicas: u32,
+    /// With `min_replicas`, how long an awaited append waits for its
+    /// record to be stored and acknowledged before it fails.
+    pub replicated_append_timeout: Duration,
 }
 
 impl Default for RedisAuditOptions {
@@ -133,6 +163,8 @@ impl Default for RedisAuditOptions {
         RedisAuditOptions {
             require_persistence: true,
             max_batch: MAX_BATCH,
+            min_replicas: 0,
+            replicated_append_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -162,14 +194,14 @@ impl RedisAudit {
     }
 
     /// Uses an existing connection (shared with the state backend).
-    pub(crate) fn with_connection(conn: ConnectionManager, prefix: &str, options: RedisAuditOptions) -> RedisAudit {
+    pub(crate) fn with_connection(conn: RedisConn, prefix: &str, options: RedisAuditOptions) -> RedisAudit {
         let reader = RedisAuditReader::new(conn.clone(), prefix);
         let checkpoints = std::sync::Arc::new(super::checkpoints::RedisCheckpoints::new(conn, prefix));
         let sink = RedisSink {
             reader: reader.clone(),
-            script: Script::new(APPEND),
             persistence_checked: false,
             require_persistence: options.require_persistence,
+            min_replicas: options.min_replicas,
         };
         let grouping = Grouping {
             max_batch: options.max_batch,
@@ -184,6 +216,7 @@ impl RedisAudit {
             reader,
             writer: handle,
             checkpoints,
+            options,
         }
     }
 
@@ -211,7 +244,21 @@ impl RedisAudit {
 #[async_trait]
 impl AuditLog for RedisAudit {
     async fn append(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
-        self.writer.append(event).await
+        if self.options.min_replicas == 0 {
+            return self.writer.append(event).await;
+        }
+        let limit = self.options.replicated_append_timeout;
+        match tokio::time::timeout(limit, self.writer.append(event)).await {
+            Ok(result) => result,
+            Err(_) => Err(AuditError::Io {
+                path: self.reader.keys.shown.clone(),
+                message: format!(
+                    "the record was not stored and acknowledged by {} replica(s) (state.min_replicas) within {limit:?}; \
+                     it stays queued and is stored once they acknowledge it",
+                    self.options.min_replicas
+                ),
+            }),
+        }
     }
 
     fn append_nowait(&self, event: AuditEvent) -> Result<(), QueueFull> {
@@ -282,9 +329,9 @@ impl AuditLog for RedisAudit {
 /// The writer's sink: compare-and-append by script.
 struct RedisSink {
     reader: RedisAuditReader,
-    script: Script,
     persistence_checked: bool,
     require_persistence: bool,
+    min_replicas: u32,
 }
 
 impl Sink for RedisSink {
@@ -307,9 +354,10 @@ impl Sink for RedisSink {
     }
 
     /// Every acknowledged script call is as durable as Redis makes it, so
-    /// `durable` asks nothing more. A failed call is retried by the writer
-    /// with the batch unchanged; the script recognises a batch it already
-    /// stored.
+    /// `durable` asks nothing more (with `min_replicas`, every batch waits
+    /// for the replicas). A failed call, or one too few replicas
+    /// acknowledged, is retried by the writer with the batch unchanged; the
+    /// script recognises a batch it already stored.
     async fn append_batch(&mut self, batch: &Batch, _durable: bool) -> Result<Appended, SinkError> {
         self.send(batch).await.map_err(SinkError::Retry)
     }
@@ -318,27 +366,46 @@ impl Sink for RedisSink {
 impl RedisSink {
     async fn send(&self, batch: &Batch) -> Result<Appended, AuditError> {
         let keys = &self.reader.keys;
-        let mut inv = self.script.prepare_invoke();
-        inv.key(&keys.head)
-            .key(&keys.log)
-            .key(&keys.ids)
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(APPEND)
+            .arg(3)
+            .arg(&keys.head)
+            .arg(&keys.log)
+            .arg(&keys.ids)
             .arg(batch.prev_hash())
             .arg(batch.records().len());
         for (record, line) in batch.lines() {
-            inv.arg(record.seq).arg(&record.id).arg(&record.hash).arg(line);
+            eval.arg(record.seq).arg(&record.id).arg(&record.hash).arg(line);
         }
-        inv.arg(batch.records().last().map(|r| r.at.as_str()).unwrap_or_default());
+        eval.arg(batch.records().last().map(|r| r.at.as_str()).unwrap_or_default());
         let mut c = self.reader.conn.clone();
-        let reply: Vec<Value> = inv
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| redis_err(keys, "appending records", e))?;
+        let (reply, acks) = if self.min_replicas == 0 {
+            (eval.query_async(&mut c).await, None)
+        } else {
+            match eval_and_wait(&mut c, eval, self.min_replicas).await {
+                Ok((reply, acks)) => (Ok(reply), Some(acks)),
+                Err(e) => (Err(e), None),
+            }
+        };
         let bad = || AuditError::Io {
             path: keys.shown.clone(),
             message: "unexpected answer to the append script".into(),
         };
+        let Value::Array(reply) = reply.map_err(|e| redis_err(keys, "appending records", e))? else {
+            return Err(bad());
+        };
         match reply.first() {
-            Some(Value::Int(1 | 2)) => Ok(Appended::Stored),
+            Some(Value::Int(1 | 2)) => match acks {
+                Some(acks) if acks < self.min_replicas => Err(AuditError::Io {
+                    path: keys.shown.clone(),
+                    message: format!(
+                        "records stored but acknowledged by {acks} of the {} replica(s) state.min_replicas asks for; \
+                         sending them again",
+                        self.min_replicas
+                    ),
+                }),
+                _ => Ok(Appended::Stored),
+            },
             Some(Value::Int(0)) => {
                 let field = |i: usize| reply.get(i).and_then(as_string);
                 let seq = field(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;

@@ -105,6 +105,7 @@ pub(super) async fn decide(config: Config, files: DecideFiles<'_>) -> Result<Exi
         attestation: attestation.as_ref(),
         verdict: verdict.as_ref(),
         reviews: &[],
+        break_glass: &[],
         now,
     });
     let mut out = serde_json::json!({

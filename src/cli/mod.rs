@@ -1,5 +1,6 @@
 //! The command line: `serve`, `check-config`, `decide`, `audit verify`,
-//! `audit query`, `keygen`, `receipt verify`. Every failure prints one clear line on stderr and exits
+//! `audit query`, `keygen`, `receipt verify`; and for CI jobs `attest`,
+//! `evidence`, `verdict` (`pipeline.rs`, `evidence.rs`). Every failure prints one clear line on stderr and exits
 //! non-zero; nothing here panics on bad input.
 
 use std::path::{Path, PathBuf};
@@ -12,7 +13,10 @@ use crate::server::Application;
 
 mod audit_cmds;
 mod decide;
+mod evidence;
+mod pipeline;
 mod policy;
+mod scanners;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -100,6 +104,14 @@ enum Command {
         #[command(subcommand)]
         command: ReceiptCommand,
     },
+    /// In a CI job: presents the job's OIDC ID token to the service
+    /// (`POST /v1/attestations`) and prints the attestation.
+    Attest(pipeline::Target),
+    /// In a CI job: builds the evidence bundle from scanner reports.
+    Evidence(evidence::EvidenceArgs),
+    /// In the policy-gate job: posts a verdict (an evidence bundle, or
+    /// --allow / --deny) with the job's OIDC ID token.
+    Verdict(pipeline::VerdictArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -313,6 +325,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Receipt {
             command: ReceiptCommand::Verify { file, keys },
         } => audit_cmds::receipt_verify(&file, &keys),
+        Command::Attest(target) => pipeline::attest(target),
+        Command::Evidence(args) => evidence::run(args),
+        Command::Verdict(args) => pipeline::verdict(args),
     }
 }
 

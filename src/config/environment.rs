@@ -116,44 +116,10 @@ impl Validator<'_> {
                 }
             }
         };
-        let reviews = match raw.reviews {
-            None => ReviewPolicy {
-                required: 0,
-                via: ReviewVia::Slack,
-                reviewers: Vec::new(),
-                allow_self_review: false,
-            },
-            Some(r) => {
-                let rkey = format!("{key}.reviews");
-                let via = match r.via.as_deref().unwrap_or("slack") {
-                    "slack" => ReviewVia::Slack,
-                    "sso" => ReviewVia::Sso,
-                    other => {
-                        self.err(
-                            format!("{rkey}.via"),
-                            format!("`{other}` is not one of \"slack\", \"sso\""),
-                        );
-                        ReviewVia::Slack
-                    }
-                };
-                let required = r.required.unwrap_or(0);
-                if required as usize > r.reviewers.len() {
-                    self.err(
-                        format!("{rkey}.required"),
-                        format!(
-                            "requires {required} reviews but lists {} reviewer(s)",
-                            r.reviewers.len()
-                        ),
-                    );
-                }
-                ReviewPolicy {
-                    required,
-                    via,
-                    reviewers: r.reviewers.into_iter().map(|s| s.to_ascii_lowercase()).collect(),
-                    allow_self_review: r.allow_self_review.unwrap_or(false),
-                }
-            }
-        };
+        let reviews = self.reviews(&key, raw.reviews);
+        let break_glass = raw
+            .break_glass
+            .map(|b| self.break_glass(&format!("{key}.break_glass"), b));
         let slack_channel = raw.slack.and_then(|s| s.channel);
         Some(EnvironmentPolicy {
             name: name.to_string(),
@@ -163,6 +129,7 @@ impl Validator<'_> {
             verdict,
             reviews,
             slack_channel,
+            break_glass,
         })
     }
     /// `[policies]`: loose paths, bundles (a file path, or an https URL:

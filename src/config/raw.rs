@@ -66,6 +66,7 @@ pub(super) struct RawServer {
     pub client_request_timeout: Option<String>,
     pub client_disconnect_timeout: Option<String>,
     pub keep_alive: Option<String>,
+    pub metrics_read_token: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -79,6 +80,8 @@ pub(super) struct RawState {
     pub verdict_ttl: Option<String>,
     /// Hidden: how long a request's lease lasts (tests shorten it).
     pub lease_ttl: Option<String>,
+    /// Redis replicas that must acknowledge audit records and decisions.
+    pub min_replicas: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -195,6 +198,7 @@ pub(super) struct RawEnvironment {
     pub verdict: Option<RawVerdict>,
     pub reviews: Option<RawReviews>,
     pub slack: Option<RawEnvSlack>,
+    pub break_glass: Option<super::break_glass::RawBreakGlass>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -218,7 +218,7 @@ fn a_redis_url_with_a_password_must_be_a_secret() {
     let err = errors(&text);
     assert_eq!(
         err,
-        vec!["state.url: must be a redis://, rediss:// or unix:// URL".to_string()],
+        vec!["state.url: must be a redis://, rediss://, unix:// or redis+sentinel:// URL".to_string()],
         "the env value is used"
     );
     let c = Config::from_toml(
@@ -227,6 +227,60 @@ fn a_redis_url_with_a_password_must_be_a_secret() {
     )
     .unwrap();
     assert!(matches!(&c.state.backend, StateBackend::Redis { url, .. } if url.expose() == "redis://:pw@127.0.0.1:1/0"));
+}
+
+#[test]
+fn sentinel_urls_and_min_replicas_are_checked_by_key() {
+    let redis = |state: &str| format!("{MINIMAL}\n[state]\nbackend = \"redis\"\n{state}\n");
+    let text = redis("url = \"redis+sentinel://s1:26379,s2:26379,s3/mymaster/2\"\nmin_replicas = 1");
+    let c = Config::from_toml(&text, &env_of(&[])).unwrap();
+    assert_eq!(c.state.min_replicas, 1);
+    assert!(
+        matches!(&c.state.backend, StateBackend::Redis { url, .. } if url.expose().starts_with("redis+sentinel://s1:"))
+    );
+    assert_eq!(Config::from_toml(MINIMAL, &env_of(&[])).unwrap().state.min_replicas, 0);
+    let cases = [
+        (
+            "url = \"redis+sentinel://s1:26379,s2:x/m\"",
+            "state.url: sentinel 2 of the redis+sentinel:// URL is not host:port (a port from 1 to 65535)",
+        ),
+        (
+            "url = \"redis+sentinel://s1:26379\"",
+            "state.url: a redis+sentinel:// URL names the master after the sentinels: \
+             redis+sentinel://host:port,…/MASTER_NAME[/DB]",
+        ),
+        (
+            "url = \"redis+sentinel://:hunter2@s1:26379/m\"",
+            "state.url: a URL with a password is a secret: use { env = \"VAR\" } or { file = \"path\" }",
+        ),
+        (
+            "min_replicas = -1",
+            "state.min_replicas: must be a whole number from 0 to 100",
+        ),
+        (
+            "min_replicas = 101",
+            "state.min_replicas: must be a whole number from 0 to 100",
+        ),
+    ];
+    for (state, want) in cases {
+        assert_eq!(errors(&redis(state)), vec![want.to_string()], "{state}");
+    }
+    assert_eq!(
+        errors(&format!("{MINIMAL}\n[state]\nmin_replicas = 1\n")),
+        vec!["state.min_replicas: only applies to the \"redis\" backend".to_string()]
+    );
+    // A password from a secret is fine, and never shown in an error.
+    let text = redis("url = { env = \"R\" }");
+    let c = Config::from_toml(&text, &env_of(&[("R", "redis+sentinel://app:hunter2@s1,s2/m")])).unwrap();
+    assert!(matches!(c.state.backend, StateBackend::Redis { .. }));
+    let Err(err) = Config::from_toml(&text, &env_of(&[("R", "redis+sentinel://app:hunter2@s1,s2:0/m")])) else {
+        panic!("a sentinel on port 0 is refused");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("state.url: sentinel 2 of") && !err.contains("hunter2"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -113,6 +113,9 @@ pub struct ServerConfig {
     pub client_disconnect_timeout: Duration,
     /// How long an idle keep-alive connection stays open.
     pub keep_alive: Duration,
+    /// `/metrics` follows the read API's rules (the read token, or a
+    /// loopback caller without one); off: anyone who reaches it.
+    pub metrics_read_token: bool,
 }
 
 /// A token bucket per source: `burst` requests at once, refilled at
@@ -147,6 +150,9 @@ pub struct StateConfig {
     /// may take over: longer than a platform call with its retries. Not in
     /// the documented contract (default 60 s); tests shorten it.
     pub lease_ttl: Duration,
+    /// Redis replicas that must acknowledge each audit batch and the gate's
+    /// writes around a platform call (`WAIT`); 0 asks for none.
+    pub min_replicas: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -339,6 +345,8 @@ pub struct EnvironmentPolicy {
     pub verdict: VerdictPolicy,
     pub reviews: ReviewPolicy,
     pub slack_channel: Option<String>,
+    /// `[environments.E.break_glass]`, when the environment has break glass.
+    pub break_glass: Option<super::break_glass::BreakGlassPolicy>,
 }
 
 #[derive(Debug, Clone)]

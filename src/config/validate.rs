@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use regex::Regex;
@@ -243,6 +243,7 @@ impl Validator<'_> {
                 "an environment requires reviews via SSO, but [sso] is not configured",
             );
         }
+        self.break_glass_needs(&environments, slack.is_some(), sso.is_some());
         if environments.values().any(|e| e.verdict.mode == VerdictMode::Evaluated)
             && policies.paths.is_empty()
             && policies.bundles.is_empty()
@@ -349,6 +350,7 @@ impl Validator<'_> {
             client_request_timeout,
             client_disconnect_timeout,
             keep_alive,
+            metrics_read_token: raw.metrics_read_token.unwrap_or(false),
         }
     }
 
@@ -402,7 +404,7 @@ impl Validator<'_> {
                 let url = match &raw.url {
                     None => "redis://127.0.0.1:6379/0".to_string(),
                     Some(RawSecret::Inline(u)) => {
-                        if Url::parse(u).is_ok_and(|p| p.password().is_some()) {
+                        if crate::redis_conn::url_has_password(u) {
                             self.err(
                                 "state.url",
                                 "a URL with a password is a secret: use { env = \"VAR\" } or { file = \"path\" }",
@@ -415,11 +417,10 @@ impl Validator<'_> {
                         .map(|s| s.expose().to_string())
                         .unwrap_or_default(),
                 };
-                let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
-                    .iter()
-                    .any(|p| url.starts_with(p));
-                if !self.skip_secrets && !scheme_ok {
-                    self.err("state.url", "must be a redis://, rediss:// or unix:// URL");
+                if let Err(e) = crate::redis_conn::check_url(&url)
+                    && !self.skip_secrets
+                {
+                    self.err("state.url", e.to_string());
                 }
                 StateBackend::Redis {
                     url: Secret::new(url),
@@ -436,6 +437,17 @@ impl Validator<'_> {
         };
         if matches!(backend, StateBackend::Memory) && (raw.url.is_some() || raw.key_prefix.is_some()) {
             self.err("state.url", "only applies to the \"redis\" backend");
+        }
+        let min_replicas = match raw.min_replicas.map(u32::try_from) {
+            None => 0,
+            Some(Ok(n)) if n <= 100 => n,
+            Some(_) => {
+                self.err("state.min_replicas", "must be a whole number from 0 to 100");
+                0
+            }
+        };
+        if matches!(backend, StateBackend::Memory) && raw.min_replicas.is_some() {
+            self.err("state.min_replicas", "only applies to the \"redis\" backend");
         }
         let lease_ttl = self.duration("state.lease_ttl", raw.lease_ttl.as_deref(), Duration::from_secs(60));
         if lease_ttl < Duration::from_secs(1) {
@@ -454,67 +466,7 @@ impl Validator<'_> {
                 Duration::from_secs(7 * 24 * 3600),
             ),
             lease_ttl,
-        }
-    }
-
-    fn audit(&mut self, raw: raw::RawAudit, state: &StateConfig, public_url: &url::Url) -> AuditConfig {
-        let backend = match raw.backend.as_deref().unwrap_or("file") {
-            "file" => AuditBackend::File {
-                path: PathBuf::from(raw.path.unwrap_or_else(|| "var/audit.jsonl".into())),
-            },
-            "redis" => {
-                if !matches!(state.backend, StateBackend::Redis { .. }) {
-                    self.err(
-                        "audit.backend",
-                        "\"redis\" uses [state] url, so it needs state.backend = \"redis\"",
-                    );
-                }
-                if raw.path.is_some() {
-                    self.err("audit.path", "only applies to the \"file\" backend");
-                }
-                AuditBackend::Redis
-            }
-            other => {
-                self.err("audit.backend", format!("`{other}` is not one of \"file\", \"redis\""));
-                AuditBackend::File {
-                    path: PathBuf::from("var/audit.jsonl"),
-                }
-            }
-        };
-        let signing_key = raw
-            .signing_key
-            .as_ref()
-            .and_then(|k| self.secret("audit.signing_key", k));
-        if let Some(key) = &signing_key
-            && !key.expose().is_empty()
-            && let Err(e) = crate::signing::SigningKey::from_pem("check", key.expose())
-        {
-            self.err("audit.signing_key", e.to_string());
-        }
-        let log_name = match raw.log_name {
-            Some(name) if name.is_empty() || name.contains(['\n', ' ', '+']) => {
-                self.err("audit.log_name", "must be non-empty, without spaces, `+` or newlines");
-                name
-            }
-            Some(name) => name,
-            None => format!("{}/portcullis", public_url.host_str().unwrap_or("localhost")),
-        };
-        let checkpoint_every = self.duration(
-            "audit.checkpoint_every",
-            raw.checkpoint_every.as_deref(),
-            Duration::from_secs(10),
-        );
-        if checkpoint_every < Duration::from_millis(100) {
-            self.err("audit.checkpoint_every", "must be at least 100ms");
-        }
-        AuditConfig {
-            backend,
-            require_persistence: raw.require_persistence.unwrap_or(true),
-            signing_key,
-            log_name,
-            checkpoint_every,
-            new_trail: false,
-            anchor: raw.anchor.and_then(|a| self.anchor(a)),
+            min_replicas,
         }
     }
 

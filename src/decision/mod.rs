@@ -4,7 +4,8 @@
 //! is a table test.
 //!
 //! Each decision rule is one function in [`rules`] (rules 1–6) or
-//! [`reviews`] (rule 7); the gate, the Slack buttons and the SSO review pages
+//! [`reviews`] (rule 7); [`break_glass`] holds who may ask for, confirm
+//! and review an emergency grant, and the waiver of rules 6 and 7 it gives; the gate, the Slack buttons and the SSO review pages
 //! ask those functions, never a copy of them.
 //!
 //! A denial is data ([`Outcome::Rejected`] with reasons), never an `Err`.
@@ -15,12 +16,14 @@
 use time::OffsetDateTime;
 
 use crate::config::EnvironmentPolicy;
-use crate::domain::{Attestation, DeploymentRequest, Review, Verdict};
+use crate::domain::{Attestation, DeploymentRequest, Grant, Review, Verdict};
 pub use crate::domain::{Decision, Outcome, Reason, ReasonCode};
 
+pub mod break_glass;
 pub mod reviews;
 pub mod rules;
 
+pub use break_glass::{Act, BreakGlassRefusal, break_glass_eligibility};
 pub use reviews::{ReviewRefusal, is_self_review, only_reviews_missing, review_eligibility};
 pub use rules::producer_trusted;
 
@@ -33,6 +36,9 @@ pub struct Inputs<'a> {
     pub attestation: Option<&'a Attestation>,
     pub verdict: Option<&'a Verdict>,
     pub reviews: &'a [Review],
+    /// The break-glass grants held for the request's (repository, sha,
+    /// environment); a confirmed one within its window waives rules 6 and 7.
+    pub break_glass: &'a [Grant],
     pub now: OffsetDateTime,
 }
 
@@ -72,13 +78,19 @@ pub fn evaluate(inputs: &Inputs<'_>) -> Decision {
             rules::actor_is_approver(policy, request, attempt, &att.actor, &mut f);
         }
     }
-    rules::verdict_allows(policy, request, inputs.verdict, inputs.now, &mut f);
-    reviews::reviews_satisfied(
-        policy,
-        inputs.attestation.map(|a| a.actor.as_str()),
-        inputs.reviews,
-        &mut f,
-    );
+    match break_glass::active_grant(policy, request, inputs.break_glass, inputs.now) {
+        // Rules 6 and 7 step aside for a confirmed grant within its window.
+        Some(grant) => f.satisfied.push(break_glass::waiver_reason(grant)),
+        None => {
+            rules::verdict_allows(policy, request, inputs.verdict, inputs.now, &mut f);
+            reviews::reviews_satisfied(
+                policy,
+                inputs.attestation.map(|a| a.actor.as_str()),
+                inputs.reviews,
+                &mut f,
+            );
+        }
+    }
 
     let Findings {
         violations,

@@ -210,6 +210,7 @@ fn run(case: &Case) -> Decision {
         attestation: att.as_ref(),
         verdict: v.as_ref(),
         reviews: &case.reviews,
+        break_glass: &[],
         now: case.now,
     })
 }
@@ -407,6 +408,7 @@ fn self_review_is_allowed_when_configured() {
         attestation: Some(&att),
         verdict: Some(&v),
         reviews: &reviews,
+        break_glass: &[],
         now: NOW,
     });
     assert_eq!(d.outcome, Outcome::Approved, "{:?}", d.reasons);
@@ -463,6 +465,7 @@ fn the_identity_checked_is_whoever_started_this_attempt() {
             attestation: Some(&att),
             verdict: None,
             reviews: &[],
+            break_glass: &[],
             now: NOW,
         })
     };
@@ -504,6 +507,7 @@ fn the_identity_checked_is_whoever_started_this_attempt() {
         attestation: Some(&gl_att),
         verdict: None,
         reviews: &[],
+        break_glass: &[],
         now: NOW,
     });
     assert_eq!(d.codes(), vec![ReasonCode::ActorNotApprover], "{d:?}");
@@ -525,6 +529,7 @@ fn another_issuers_attestation_or_verdict_never_counts() {
         attestation: Some(&att),
         verdict: Some(&verdict(true)),
         reviews: &[],
+        break_glass: &[],
         now: NOW,
     });
     assert_eq!(d.codes(), vec![ReasonCode::IdentityMismatch]);
@@ -540,7 +545,272 @@ fn another_issuers_attestation_or_verdict_never_counts() {
         attestation: Some(&attestation()),
         verdict: Some(&v),
         reviews: &[],
+        break_glass: &[],
         now: NOW,
     });
     assert_eq!(d.codes(), vec![ReasonCode::VerdictMissing]);
+}
+
+/// Break glass: who may ask, confirm and review, and the waiver of rules 6
+/// and 7 (never 1 to 5) by a confirmed grant within its window.
+mod break_glass {
+    use super::*;
+    use crate::config::ReviewVia;
+    use crate::decision::break_glass::{Act, BreakGlassRefusal, break_glass_eligibility, justification};
+
+    fn bg_config() -> Config {
+        Config::from_toml(
+            r##"
+            [[issuers]]
+            name = "gha"
+            kind = "github"
+            issuer = "https://token.actions.githubusercontent.com"
+            audience = "portcullis"
+
+            [environments.production]
+            approvers = ["octocat", "hubot"]
+            [environments.production.verdict]
+            max_age = "24h"
+            producers = [{ job_workflow_ref = { pattern = "octo-org/compliance/.+@refs/heads/main" } }]
+            [environments.production.reviews]
+            required = 1
+            reviewers = ["alice@example.com"]
+            [environments.production.break_glass]
+            requesters = ["oncall-lead@example.com"]
+            confirmers = ["secops@example.com", "cto@example.com", "oncall-lead@example.com"]
+            confirmations = 1
+            window = "1h"
+            alert_channel = "#security-alerts"
+
+            [environments.staging]
+            approvers = ["octocat"]
+            [environments.staging.verdict]
+            required = false
+
+            [slack]
+            bot_token = { env = "T" }
+            signing_secret = { env = "S" }
+            "##,
+            &|_| Some("x".into()),
+        )
+        .expect("test config is valid")
+    }
+
+    fn person(email: &str) -> Person {
+        Person {
+            email: email.into(),
+            aliases: vec![],
+            via: "slack".into(),
+            verified: "test".into(),
+            at: NOW,
+        }
+    }
+
+    fn grant(confirmed_by: &[&str]) -> Grant {
+        let confirmed = !confirmed_by.is_empty();
+        Grant {
+            id: "bg_1".into(),
+            repository: "Octo-Org/Payments".into(),
+            sha: SHA.to_ascii_uppercase(),
+            environment: "production".into(),
+            justification: "payments are down; the hotfix must ship now".into(),
+            requester: person("oncall-lead@example.com"),
+            confirmations: confirmed_by.iter().map(|c| person(c)).collect(),
+            required: 1,
+            state: if confirmed {
+                GrantState::Confirmed
+            } else {
+                GrantState::Requested
+            },
+            requested_at: NOW - time::Duration::minutes(10),
+            confirmed_at: confirmed.then_some(NOW - time::Duration::minutes(5)),
+            expires_at: NOW + time::Duration::minutes(55),
+            uses: vec![],
+            review_due: None,
+            review: None,
+            reminded_at: None,
+            alert: None,
+            version: 0,
+        }
+    }
+
+    fn decide(grants: &[Grant], verdict: Option<&Verdict>, att: &Attestation, now: OffsetDateTime) -> Decision {
+        let cfg = bg_config();
+        let req = request("production");
+        evaluate(&Inputs {
+            policy: cfg.environment("production"),
+            request: &req,
+            attestation: Some(att),
+            verdict,
+            reviews: &[],
+            break_glass: grants,
+            now,
+        })
+    }
+
+    #[test]
+    fn a_confirmed_grant_within_its_window_waives_the_verdict_and_the_reviews() {
+        let g = grant(&["secops@example.com"]);
+        let d = decide(std::slice::from_ref(&g), None, &attestation(), NOW);
+        assert_eq!(d.outcome, Outcome::Approved, "{d:?}");
+        assert_eq!(
+            d.codes(),
+            [
+                ReasonCode::AttestationVerified,
+                ReasonCode::ActorApproved,
+                ReasonCode::BreakGlass
+            ]
+        );
+        let msg = &d.reasons[2].message;
+        assert!(msg.contains("grant bg_1"), "{msg}");
+        assert!(msg.contains("payments are down; the hotfix must ship now"), "{msg}");
+        assert!(msg.contains("asked by oncall-lead@example.com (via slack)"), "{msg}");
+        assert!(msg.contains("confirmed by secops@example.com (via slack)"), "{msg}");
+        // A denying verdict does not reject it either.
+        let d = decide(std::slice::from_ref(&g), Some(&verdict(false)), &attestation(), NOW);
+        assert_eq!(d.outcome, Outcome::Approved, "{d:?}");
+    }
+
+    #[test]
+    fn rules_one_to_five_are_never_waived() {
+        let g = grant(&["secops@example.com"]);
+        let mut att = attestation();
+        att.actor = "mallory".into();
+        let d = decide(std::slice::from_ref(&g), None, &att, NOW);
+        assert_eq!(d.outcome, Outcome::Rejected);
+        assert_eq!(d.codes(), [ReasonCode::ActorNotApprover]);
+        let mut att = attestation();
+        att.repository = "octo-org/other".into();
+        let d = decide(std::slice::from_ref(&g), None, &att, NOW);
+        assert_eq!(d.codes(), [ReasonCode::IdentityMismatch]);
+    }
+
+    #[test]
+    fn an_expired_unconfirmed_or_foreign_grant_waives_nothing() {
+        let pending = [ReasonCode::VerdictMissing, ReasonCode::ReviewsMissing];
+        let g = grant(&["secops@example.com"]);
+        // Past its window (whether or not the sweeper marked it yet).
+        let mut ended = g.clone();
+        ended.expires_at = NOW;
+        let d = decide(&[ended], None, &attestation(), NOW);
+        assert_eq!((d.outcome, d.codes()), (Outcome::Pending, pending.to_vec()));
+        let mut expired = g.clone();
+        expired.state = GrantState::Expired;
+        let d = decide(&[expired], None, &attestation(), NOW);
+        assert_eq!(d.codes(), pending);
+        // Not confirmed yet.
+        let d = decide(&[grant(&[])], None, &attestation(), NOW);
+        assert_eq!(d.codes(), pending);
+        // Confirmed only by the requester, or by someone off the list.
+        for who in ["oncall-lead@example.com", "mallory@example.com"] {
+            let d = decide(&[grant(&[who])], None, &attestation(), NOW);
+            assert_eq!(d.codes(), pending, "confirmed by {who}");
+        }
+        // For another commit or environment.
+        let mut other = g.clone();
+        other.sha = OTHER_SHA.into();
+        let mut staging = g.clone();
+        staging.environment = "staging".into();
+        let d = decide(&[other, staging], None, &attestation(), NOW);
+        assert_eq!(d.codes(), pending);
+        // Asked by someone who is not a requester (any more).
+        let mut stranger = g.clone();
+        stranger.requester = person("mallory@example.com");
+        let d = decide(&[stranger], None, &attestation(), NOW);
+        assert_eq!(d.codes(), pending);
+    }
+
+    #[test]
+    fn who_may_ask_confirm_and_review() {
+        let cfg = bg_config();
+        let policy = cfg.environment("production");
+        let ask = |who: &str, via| break_glass_eligibility("production", policy, via, Act::Request, Some(who), NOW);
+        assert!(ask("oncall-lead@example.com", ReviewVia::Slack).is_ok());
+        assert!(ask("ONCALL-LEAD@example.com", ReviewVia::Slack).is_ok());
+        assert_eq!(
+            ask("secops@example.com", ReviewVia::Slack).unwrap_err(),
+            BreakGlassRefusal::NotARequester {
+                person: "secops@example.com".into(),
+                environment: "production".into()
+            }
+        );
+        assert_eq!(
+            ask("oncall-lead@example.com", ReviewVia::Sso).unwrap_err().code(),
+            ErrorCode::BreakGlassNotEnabled
+        );
+        assert_eq!(
+            break_glass_eligibility(
+                "staging",
+                cfg.environment("staging"),
+                ReviewVia::Slack,
+                Act::Request,
+                None,
+                NOW
+            )
+            .unwrap_err(),
+            BreakGlassRefusal::NotEnabled("staging".into())
+        );
+
+        let g = grant(&[]);
+        let confirm = |who: &str, g: &Grant| {
+            break_glass_eligibility("production", policy, ReviewVia::Slack, Act::Confirm(g), Some(who), NOW)
+                .map(|_| ())
+                .map_err(|e| e.code())
+        };
+        assert_eq!(confirm("secops@example.com", &g), Ok(()));
+        assert_eq!(confirm("oncall-lead@example.com", &g), Err(ErrorCode::SelfConfirmation));
+        assert_eq!(
+            confirm("mallory@example.com", &g),
+            Err(ErrorCode::NotABreakGlassConfirmer)
+        );
+        let mut two = g.clone();
+        two.required = 2;
+        two.confirmations.push(person("secops@example.com"));
+        assert_eq!(confirm("secops@example.com", &two), Err(ErrorCode::GrantClosed));
+        assert_eq!(confirm("cto@example.com", &two), Ok(()));
+        let confirmed = grant(&["secops@example.com"]);
+        assert_eq!(confirm("cto@example.com", &confirmed), Err(ErrorCode::GrantClosed));
+        let mut lapsed = g.clone();
+        lapsed.expires_at = NOW;
+        assert_eq!(confirm("cto@example.com", &lapsed), Err(ErrorCode::GrantClosed));
+
+        let review = |who: &str, g: &Grant| {
+            break_glass_eligibility("production", policy, ReviewVia::Slack, Act::Review(g), Some(who), NOW)
+                .map(|_| ())
+                .map_err(|e| e.code())
+        };
+        assert_eq!(
+            review("cto@example.com", &confirmed),
+            Err(ErrorCode::GrantClosed),
+            "not used"
+        );
+        let mut used = confirmed.clone();
+        used.uses.push(crate::domain::break_glass::GrantUse {
+            request: "req_1".into(),
+            decision_record: "rec".into(),
+            at: NOW,
+        });
+        assert_eq!(review("cto@example.com", &used), Ok(()));
+        assert_eq!(
+            review("oncall-lead@example.com", &used),
+            Err(ErrorCode::SelfConfirmation)
+        );
+        assert_eq!(
+            review("mallory@example.com", &used),
+            Err(ErrorCode::NotABreakGlassConfirmer)
+        );
+    }
+
+    #[test]
+    fn a_justification_has_at_least_twenty_characters() {
+        assert_eq!(
+            justification("  too short  ").unwrap_err(),
+            BreakGlassRefusal::JustificationTooShort(9)
+        );
+        assert_eq!(
+            justification(" payments are down, hotfix ").unwrap(),
+            "payments are down, hotfix"
+        );
+        assert_eq!(justification(&"x".repeat(5000)).unwrap().len(), 2000);
+    }
 }

@@ -95,6 +95,22 @@ pub enum ErrorCode {
     /// Bad request: a proof was asked for sizes or records the log cannot
     /// prove (beyond the trail, or `from > to`).
     ProofOutOfRange,
+    /// Bad request: the environment has no break glass (or not through this channel).
+    BreakGlassNotEnabled,
+    /// Bad request: a break-glass justification is shorter than 20 characters.
+    JustificationTooShort,
+    /// Forbidden: the person may not ask for break glass here.
+    NotABreakGlassRequester,
+    /// Forbidden: the person may not confirm (or review) break glass here.
+    NotABreakGlassConfirmer,
+    /// Forbidden: the requester cannot confirm their own grant.
+    SelfConfirmation,
+    /// Not found: no such break-glass grant.
+    GrantNotFound,
+    /// Conflict: the grant is not open for this step (already confirmed, expired, not used, or reviewed).
+    GrantClosed,
+    /// Conflict: a grant for this commit and environment is already open.
+    GrantAlreadyOpen,
 }
 
 impl ErrorCode {
@@ -143,6 +159,14 @@ impl ErrorCode {
             ErrorCode::CheckpointNotFound => "checkpoint_not_found",
             ErrorCode::ReceiptNotFound => "receipt_not_found",
             ErrorCode::ProofOutOfRange => "proof_out_of_range",
+            ErrorCode::BreakGlassNotEnabled => "break_glass_not_enabled",
+            ErrorCode::JustificationTooShort => "justification_too_short",
+            ErrorCode::NotABreakGlassRequester => "not_a_break_glass_requester",
+            ErrorCode::NotABreakGlassConfirmer => "not_a_break_glass_confirmer",
+            ErrorCode::SelfConfirmation => "self_confirmation",
+            ErrorCode::GrantNotFound => "grant_not_found",
+            ErrorCode::GrantClosed => "grant_closed",
+            ErrorCode::GrantAlreadyOpen => "grant_already_open",
         }
     }
 }
@@ -170,6 +194,14 @@ mod tests {
             ErrorCode::CheckpointNotFound,
             ErrorCode::ReceiptNotFound,
             ErrorCode::ProofOutOfRange,
+            ErrorCode::BreakGlassNotEnabled,
+            ErrorCode::JustificationTooShort,
+            ErrorCode::NotABreakGlassRequester,
+            ErrorCode::NotABreakGlassConfirmer,
+            ErrorCode::SelfConfirmation,
+            ErrorCode::GrantNotFound,
+            ErrorCode::GrantClosed,
+            ErrorCode::GrantAlreadyOpen,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), serde_json::json!(code.as_str()));
         }

@@ -8,9 +8,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+pub mod break_glass;
 mod error_code;
 mod reason;
 
+pub use break_glass::{Grant, GrantState, Person, grant_key};
 pub use error_code::ErrorCode;
 pub use reason::{Decision, Outcome, Reason, ReasonCode};
 
@@ -410,6 +412,9 @@ pub struct DecidedOn {
     pub attestation: Option<Attestation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
+    /// The break-glass grant that waived rules 6 and 7, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<Grant>,
 }
 
 /// A policy-gate job's verdict post (`POST /v1/verdicts`): an asserted

@@ -48,6 +48,8 @@ pub enum ReasonCode {
     VerdictAllowed,
     VerdictNotRequired,
     ReviewsSatisfied,
+    /// A confirmed break-glass grant waived rules 6 and 7.
+    BreakGlass,
 }
 
 impl ReasonCode {
@@ -73,6 +75,7 @@ impl ReasonCode {
             ReasonCode::VerdictAllowed => "verdict_allowed",
             ReasonCode::VerdictNotRequired => "verdict_not_required",
             ReasonCode::ReviewsSatisfied => "reviews_satisfied",
+            ReasonCode::BreakGlass => "break_glass",
         }
     }
 }

@@ -2,9 +2,9 @@
 //! acts on a final decision — audit it durably, answer the platform, audit
 //! the answer, close the request.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use time::OffsetDateTime;
@@ -57,6 +57,7 @@ impl Gate {
                             continue;
                         }
                         self.notify(id);
+                        self.report_status(req.decision.as_ref(), &next);
                     }
                     return Ok(());
                 }
@@ -84,7 +85,19 @@ impl Gate {
                 next.status = RequestStatus::Deciding;
                 next.decision = Some(decision);
                 next.decided_on = Some(Box::new(decided_on));
-                match self.store.update_request(&next).await? {
+                let written = match self.store.update_request(&next).await {
+                    Ok(written) => written,
+                    Err(e) => {
+                        // Redis failed (a failover, say): the request stays
+                        // pending. The lease, if it cannot be released
+                        // either, keeps the quick retries away until it
+                        // lapses: look again then.
+                        let _ = self.store.release_lease(&lease).await;
+                        self.retry_later(id.to_string(), self.config.state.lease_ttl);
+                        return Err(e.into());
+                    }
+                };
+                match written {
                     Cas::Written(v) => {
                         next.version = v;
                         let result = self.act(next, &lease).await;
@@ -159,7 +172,7 @@ impl Gate {
 
     /// Evaluates the request again after `delay` (tracked, so shutdown
     /// waits for it or cancels it with the rest).
-    fn retry_later(self: &Arc<Self>, id: String, delay: Duration) {
+    pub(super) fn retry_later(self: &Arc<Self>, id: String, delay: Duration) {
         let gate = Arc::clone(self);
         self.tasks.spawn_on(
             async move {
@@ -206,15 +219,31 @@ impl Gate {
             Some(p) if p.verdict.required => self.store.get_verdict(&req.verdict_key()).await?,
             _ => None,
         };
+        let grants = match policy {
+            Some(p) if p.break_glass.is_some() => self.grants_for_request(req).await?,
+            _ => Vec::new(),
+        };
         let decision = decision::evaluate(&Inputs {
             policy,
             request: req,
             attestation: attestation.as_ref(),
             verdict: verdict.as_ref(),
             reviews: &req.reviews,
+            break_glass: &grants,
             now,
         });
-        Ok((decision, DecidedOn { attestation, verdict }))
+        let grant = policy
+            .and_then(|p| decision::break_glass::active_grant(p, req, &grants, now))
+            .filter(|_| decision.outcome == Outcome::Approved)
+            .cloned();
+        Ok((
+            decision,
+            DecidedOn {
+                attestation,
+                verdict,
+                grant,
+            },
+        ))
     }
 
     /// Takes over a `Deciding` request whose lease lapsed (its replica died
@@ -242,32 +271,53 @@ impl Gate {
     /// Audits the decision durably, answers the platform, audits the result
     /// and closes the request. Fenced: every step after a write checks the
     /// lease is still ours.
+    ///
+    /// Across a Redis failover (`state.min_replicas`): the last write before
+    /// the call is acknowledged by replicas, and with it the lease and
+    /// `Deciding` written earlier, so the promoted replica cannot hand the
+    /// request out again without its decision record; after the call, the
+    /// state steps are retried while the lease lasts, so the request is
+    /// closed rather than left `Deciding` to be re-driven and called again.
     async fn act(self: &Arc<Self>, mut req: DeploymentRequest, lease: &Lease) -> Result<(), GateError> {
+        // The lease was taken just before: it lasts about `lease_ttl` from here.
+        let started = Instant::now();
         let Some(decision) = req.decision.clone() else {
             return Err(GateError::State(StateError(
                 "a deciding request has no decision".into(),
             )));
         };
         let approve = decision.outcome == Outcome::Approved;
+        // Set when this call made the decision (not when it re-drives one).
+        let mut decided_at = None;
 
-        if req.decision_record.is_none() {
+        let decided_now = req.decision_record.is_none();
+        if decided_now {
             if !self.store.lease_valid(lease).await? {
                 return Ok(());
             }
             let record = self.audit_decision(&req, &decision).await?;
             req.decision_record = Some(record);
-            match self.store.update_request(&req).await? {
-                Cas::Written(v) => req.version = v,
-                Cas::Conflict(_) => return Ok(()),
-            }
-            match decision.outcome {
-                Outcome::Approved => self.metrics.decisions_approved.fetch_add(1, Ordering::Relaxed),
-                _ => self.metrics.decisions_rejected.fetch_add(1, Ordering::Relaxed),
-            };
+        }
+        // The last write before the call (on a re-drive, the request as it
+        // is): replicated, see above.
+        match self.store.update_request_replicated(&req).await? {
+            Cas::Written(v) => req.version = v,
+            Cas::Conflict(_) => return Ok(()),
+        }
+        if decided_now {
+            let codes: Vec<&str> = decision.reasons.iter().map(|r| r.code.as_str()).collect();
+            let waited = (OffsetDateTime::now_utc() - req.received_at).unsigned_abs();
+            self.metrics
+                .decided(req.platform.as_str(), decision.outcome.as_str(), &codes, waited);
+            decided_at = Some(Instant::now());
             info!(request = %req.id, environment = %req.environment, outcome = decision.outcome.as_str(),
                   reasons = %decision.reasons.iter().map(|r| r.code.as_str()).collect::<Vec<_>>().join(","), "decided");
         }
         let record_id = req.decision_record.clone().unwrap_or_default();
+        // An approval under break glass: its use is audited before acting.
+        if approve && let Some(grant) = req.decided_on.as_ref().and_then(|d| d.grant.as_ref()) {
+            self.grant_used(&req, &grant.id, &record_id).await?;
+        }
         let comment = self.comment(&req, &decision, &record_id);
 
         let dry_run = self.config.server.dry_run;
@@ -275,6 +325,7 @@ impl Gate {
             .intake_problems
             .iter()
             .any(|p| p.code == decision::ReasonCode::CallbackHostMismatch);
+        let called_at = std::time::Instant::now();
         let call = if dry_run {
             CallResult::done(None, "dry run: the platform was not called")
         } else if !callback_trusted {
@@ -291,13 +342,20 @@ impl Gate {
         };
         req.platform_attempts += 1;
         let transient = call.retryable();
-        if call.ok() {
-            self.metrics.platform_calls_ok.fetch_add(1, Ordering::Relaxed);
+        if dry_run {
+            // Nothing was called: counted, not timed.
+            self.metrics.platform_calls_ok.inc();
         } else {
-            self.metrics.platform_calls_failed.fetch_add(1, Ordering::Relaxed);
+            self.metrics.platform_called(
+                req.platform.as_str(),
+                decision.outcome.as_str(),
+                decided_at.map(|d| called_at.duration_since(d)),
+                called_at.elapsed(),
+                call.ok(),
+            );
         }
 
-        if !self.store.lease_valid(lease).await? {
+        if !self.while_leased(started, || self.store.lease_valid(lease)).await? {
             warn!(request = %req.id, "lost the lease during the platform call; the new holder finishes");
             return Ok(());
         }
@@ -326,7 +384,8 @@ impl Gate {
         if !transient || give_up {
             req.status = RequestStatus::Done;
         }
-        if let Cas::Conflict(_) = self.store.update_request(&req).await? {
+        let closed = self.while_leased(started, || self.store.update_request_replicated(&req));
+        if let Cas::Conflict(_) = closed.await? {
             warn!(request = %req.id, "the request changed while answering the platform");
         }
         self.notify(&req.id);
@@ -337,6 +396,33 @@ impl Gate {
         }
         Ok(())
     }
+
+    /// Runs a state step after the platform call, again after a failure
+    /// while the lease taken about `started` lasts: a Redis failover or a
+    /// short outage then delays closing the request instead of leaving it
+    /// `Deciding`, to be re-driven and called a second time.
+    async fn while_leased<T, F>(&self, started: Instant, mut step: impl FnMut() -> F) -> Result<T, StateError>
+    where
+        F: Future<Output = Result<T, StateError>>,
+    {
+        let mut delay = Duration::from_millis(50);
+        let mut failures = 0u32;
+        loop {
+            match step().await {
+                Ok(v) => return Ok(v),
+                Err(e) if started.elapsed() + delay < self.config.state.lease_ttl => {
+                    failures += 1;
+                    if failures == 1 {
+                        warn!(error = %e, "the state store failed after the platform call; retrying while the lease lasts");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// The comment posted with the answer: outcome, reasons, audit link,
     /// within the platform's cap.
     fn comment(&self, req: &DeploymentRequest, decision: &Decision, record_id: &str) -> String {

@@ -6,7 +6,8 @@ use serde_json::json;
 
 use crate::audit::{AuditEvent, EventKind};
 use crate::domain::{
-    Attestation, Decision, DeploymentRequest, ErrorCode, Platform, Reason, ReasonCode, Review, Verdict, VerdictBody,
+    Attestation, Decision, DeploymentRequest, ErrorCode, Grant, Platform, Reason, ReasonCode, Review, Verdict,
+    VerdictBody,
 };
 use crate::identity::{TokenError, VerifiedToken};
 use crate::webhook::gitlab::DeploymentHook;
@@ -161,4 +162,61 @@ pub(super) fn verdict_summary(v: &Verdict) -> serde_json::Value {
         "producer": v.producer.subject,
         "recorded_at": crate::time_fmt::rfc3339(v.recorded_at),
     })
+}
+
+/// A person in a break-glass grant, as its records name them: who, and how
+/// the identity was verified.
+fn person(p: &crate::domain::Person) -> serde_json::Value {
+    json!({ "email": p.email, "via": p.via, "verified": p.verified, "at": crate::time_fmt::rfc3339(p.at) })
+}
+
+/// The grant's own facts, for every break-glass record.
+fn grant_detail(g: &Grant) -> serde_json::Value {
+    json!({
+        "grant": g.id,
+        "state": g.state.as_str(),
+        "justification": g.justification,
+        "requester": person(&g.requester),
+        "confirmations": g.confirmations.iter().map(person).collect::<Vec<_>>(),
+        "required": g.required,
+        "requested_at": crate::time_fmt::rfc3339(g.requested_at),
+        "confirmed_at": g.confirmed_at.map(crate::time_fmt::rfc3339),
+        "expires_at": crate::time_fmt::rfc3339(g.expires_at),
+        "uses": g.uses.iter().map(|u| json!({"request": u.request, "decision_record": u.decision_record})).collect::<Vec<_>>(),
+        "review_due": g.review_due.map(crate::time_fmt::rfc3339),
+    })
+}
+
+/// A break-glass record: `kind`, the grant's commit and environment, the
+/// person who acted (`actor`) and everything the grant holds.
+pub(super) fn break_glass(kind: EventKind, g: &Grant, who: Option<&crate::domain::Person>) -> AuditEvent {
+    let mut ev = AuditEvent::new(kind);
+    ev.repository = Some(g.repository.clone());
+    ev.environment = Some(g.environment.clone());
+    ev.sha = Some(g.sha.clone());
+    ev.actor = who.map(|p| p.email.clone());
+    let mut detail = grant_detail(g);
+    if let Some(p) = who {
+        detail["by"] = person(p);
+    }
+    ev.detail = Some(detail);
+    ev
+}
+
+/// A deployment approved under a grant: the request's fields and the grant.
+pub(super) fn break_glass_used(req: &DeploymentRequest, g: &Grant, decision_record: &str) -> AuditEvent {
+    let mut ev = for_request(EventKind::BreakGlassUsed, req);
+    let mut detail = grant_detail(g);
+    detail["decision_record"] = json!(decision_record);
+    ev.detail = Some(detail);
+    ev
+}
+
+/// A used grant's review, with its notes.
+pub(super) fn break_glass_reviewed(g: &Grant, review: &crate::domain::break_glass::GrantReview) -> AuditEvent {
+    let mut ev = break_glass(EventKind::BreakGlassReviewed, g, Some(&review.reviewer));
+    if let Some(d) = ev.detail.as_mut() {
+        d["notes"] = json!(review.notes);
+    }
+    ev
 }

@@ -3,7 +3,6 @@
 //! it may unblock.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use time::OffsetDateTime;
 use tracing::info;
@@ -49,7 +48,7 @@ impl Gate {
         let verified = match self.verifier.verify_detailed(token, now).await {
             Ok(v) => v,
             Err(refusal) => {
-                self.metrics.attestations_rejected.fetch_add(1, Ordering::Relaxed);
+                self.metrics.attestations_rejected.inc();
                 self.token_rejected(token, &refusal, "attestation", now);
                 return Err(refusal.error.into());
             }
@@ -60,7 +59,7 @@ impl Gate {
             .put_attestation(&run_key, &att, self.config.state.attestation_ttl)
             .await?;
         self.audit_queued(events::attestation_accepted(&att)).await?;
-        self.metrics.attestations_accepted.fetch_add(1, Ordering::Relaxed);
+        self.metrics.attestations_accepted.inc();
         info!(repository = %att.repository, run = %att.run, actor = %att.actor, "attestation accepted");
         for id in self.store.requests_for_run(&run_key).await? {
             self.spawn_evaluate(id);
@@ -145,7 +144,7 @@ impl Gate {
         {
             self.audit_queued(events::verdict_refused(&verified, &body, ErrorCode::ShaMismatch))
                 .await?;
-            self.metrics.verdicts_sha_mismatch.fetch_add(1, Ordering::Relaxed);
+            self.metrics.verdicts_sha_mismatch.inc();
             info!(subject = %verified.subject, environment = %body.environment, "verdict refused: not the posting job's commit");
             return Err(GateError::refused(
                 ErrorCode::ShaMismatch,
@@ -229,7 +228,7 @@ impl Gate {
             .put_verdict(&key, &verdict, self.config.state.verdict_ttl)
             .await?;
         self.audit_queued(events::verdict_recorded(&verdict)).await?;
-        self.metrics.verdicts_recorded.fetch_add(1, Ordering::Relaxed);
+        self.metrics.verdicts_recorded.inc();
         info!(repository = %verdict.repository, sha = %verdict.sha, environment = %verdict.environment, allow = verdict.allow, "verdict recorded");
         for id in self.store.requests_for_verdict(&key).await? {
             self.spawn_evaluate(id);
@@ -305,7 +304,7 @@ impl Gate {
             info!(code = err.code(), purpose, "token refused");
             return;
         }
-        self.metrics.tokens_refused_unverified.fetch_add(1, Ordering::Relaxed);
+        self.metrics.tokens_refused_unverified.inc();
         if let Some(held_back) = self.metrics.token_log.admit(now.unix_timestamp().max(0) as u64) {
             info!(
                 code = err.code(),

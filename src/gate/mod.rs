@@ -14,10 +14,12 @@
 //! - [`decide`]: evaluation under the lease, the audit-then-answer sequence;
 //! - [`events`]: the one place that builds the gate's audit records;
 //! - [`gitlab`]: GitLab status hooks and the blocked-deployment poller;
-//! - [`metrics`]: the counters behind `/metrics`.
+//! - [`break_glass`]: emergency grants: asked, confirmed, used, expired,
+//!   reviewed afterwards, overdue reviews reminded;
+//! - [`metrics`]: the counters behind `/metrics`;
+//! - `status`: GitHub status reports while a request waits.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -32,18 +34,24 @@ use crate::identity::{TokenError, Verifier};
 use crate::platform::PlatformClient;
 use crate::state::{Cas, SharedStore, StateError};
 
+mod break_glass;
 mod decide;
 mod events;
 mod gitlab;
 mod inputs;
 mod metrics;
+mod status;
 
 pub use crate::domain::VerdictBody;
+pub use break_glass::{GrantAsk, GrantStep};
 pub use inputs::ReviewOutcome;
-pub use metrics::Metrics;
+pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, Scraped};
+pub use status::claim_status_slot;
 
 /// How often the sweeper looks for timed-out and abandoned requests.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How soon an evaluation that failed on the store or the audit trail runs again.
+const EVALUATE_RETRY: Duration = Duration::from_secs(2);
 /// How long delivery ids are remembered for dedup.
 pub const DELIVERY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -67,6 +75,9 @@ pub struct Platforms {
 #[async_trait::async_trait]
 pub trait Notifier: Send + Sync + 'static {
     async fn request_changed(&self, gate: Arc<Gate>, request_id: String);
+    /// A break-glass grant took `step` (the alert channel is told). Called
+    /// in the background, like [`Notifier::request_changed`].
+    async fn grant_changed(&self, _gate: Arc<Gate>, _grant_id: String, _step: GrantStep) {}
 }
 
 /// Why the gate could not take an input. Each maps to an HTTP answer by its
@@ -230,8 +241,15 @@ impl Gate {
         self.tasks.spawn_on(
             async move {
                 if let Err(e) = gate.evaluate(&id, OffsetDateTime::now_utc()).await {
-                    gate.metrics.internal_errors.fetch_add(1, Ordering::Relaxed);
+                    gate.metrics.internal_errors.inc();
                     warn!(request = %id, error = %e, "could not decide; the request stays open and is retried");
+                    // The store or the audit trail failed (a Redis failover,
+                    // say): a pending request may see no other input before
+                    // its deadline, so it is evaluated again shortly. (A
+                    // `Deciding` one is also re-driven by the sweeper.)
+                    if matches!(e, GateError::State(_) | GateError::Audit(_)) {
+                        gate.retry_later(id, EVALUATE_RETRY);
+                    }
                 }
             },
             &self.runtime,
@@ -265,7 +283,8 @@ impl Gate {
     }
 
     /// One sweep: evaluates every request past its deadline and every
-    /// abandoned `Deciding` request. Public so tests drive it step by step.
+    /// abandoned `Deciding` request; expires break-glass grants past their
+    /// window and reminds overdue reviews. Public so tests drive it step by step.
     pub async fn sweep(self: &Arc<Self>, now: OffsetDateTime) -> Result<usize, GateError> {
         let due = self.store.due_requests(now, 256).await?;
         let n = due.len();
@@ -273,6 +292,9 @@ impl Gate {
             if let Err(e) = self.evaluate(&id, now).await {
                 warn!(request = %id, error = %e, "sweep: could not decide");
             }
+        }
+        if let Err(e) = self.sweep_grants(now).await {
+            warn!(error = %e, "sweep: break-glass grants could not be swept");
         }
         Ok(n)
     }

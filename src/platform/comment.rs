@@ -21,7 +21,7 @@ pub(crate) fn max_chars(platform: Platform) -> usize {
 }
 
 /// The answer comment: the outcome, the commit (its first 12 characters)
-/// and environment, one line per reason, and the audit link. Within
+/// and environment, one line per reason (a break-glass waiver first), and the audit link. Within
 /// `platform`'s limit the link stays whole: when the whole would be longer,
 /// the reasons are cut and `…` marks the cut. Only a link longer than the
 /// limit by itself is cut like any text.
@@ -38,7 +38,11 @@ pub(crate) fn answer_comment(
         "portcullis {outcome} the deployment of {} to {environment}.",
         &sha[..sha.len().min(12)]
     );
-    for r in reasons {
+    // An approval under break glass says so first: it survives the cut.
+    let (glass, rest): (Vec<&Reason>, Vec<&Reason>) = reasons
+        .iter()
+        .partition(|r| r.code == crate::decision::ReasonCode::BreakGlass);
+    for r in glass.into_iter().chain(rest) {
         out.push_str(&format!("\n- {}: {}", r.code.as_str(), r.message));
     }
     out.push_str(&format!("\nAudit: {audit_link}"));

@@ -117,7 +117,8 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         | E::AuditRecordNotFound
         | E::PlatformNotConfigured
         | E::CheckpointNotFound
-        | E::ReceiptNotFound => StatusCode::NOT_FOUND,
+        | E::ReceiptNotFound
+        | E::GrantNotFound => StatusCode::NOT_FOUND,
         E::EnvironmentNotConfigured
         | E::PayloadMalformed
         | E::PayloadUnreadable
@@ -131,7 +132,9 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         | E::EvidenceRequired
         | E::EvidenceNotSupported
         | E::InvalidQuery
-        | E::ProofOutOfRange => StatusCode::BAD_REQUEST,
+        | E::ProofOutOfRange
+        | E::BreakGlassNotEnabled
+        | E::JustificationTooShort => StatusCode::BAD_REQUEST,
         E::SignatureMissing
         | E::SignatureInvalid
         | E::SignatureStale
@@ -142,7 +145,13 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         | E::AudienceMismatch
         | E::AlgorithmNotAllowed
         | E::ReadTokenInvalid => StatusCode::UNAUTHORIZED,
-        E::ProducerNotTrusted | E::ShaMismatch | E::ReadTokenRequired => StatusCode::FORBIDDEN,
+        E::ProducerNotTrusted
+        | E::ShaMismatch
+        | E::ReadTokenRequired
+        | E::NotABreakGlassRequester
+        | E::NotABreakGlassConfirmer
+        | E::SelfConfirmation => StatusCode::FORBIDDEN,
+        E::GrantClosed | E::GrantAlreadyOpen => StatusCode::CONFLICT,
         E::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         E::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         E::IssuerUnavailable

@@ -2,7 +2,6 @@
 //! configured limit, read a header, and process a delivery at most once.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
@@ -65,7 +64,7 @@ where
             .await
             .map_err(|e| ApiError::from(GateError::from(e)))?;
         if !first {
-            gate.metrics.webhooks_duplicate.fetch_add(1, Ordering::Relaxed);
+            gate.metrics.webhooks_duplicate.inc();
             info!("duplicate delivery ignored");
             return Ok(HttpResponse::Accepted().json(json!({"status": "duplicate"})));
         }

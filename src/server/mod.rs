@@ -8,11 +8,13 @@
 //!   webhook routes.
 //! - `slack_routes`: Slack interactivity (the review buttons).
 //! - `sso`: reviews through the organisation's OpenID Provider.
+//! - `break_glass_routes`: `GET /v1/break-glass` and the break-glass metrics.
 //! - `access`: who may use the read API.
 //! - `rate_limit`: per-source token buckets on `/v1/*`.
 //! - `error`: the one error body.
 
 mod access;
+mod break_glass_routes;
 mod error;
 mod ingress;
 mod rate_limit;
@@ -265,7 +267,8 @@ async fn build_store(config: &Config) -> Result<SharedStore, StartError> {
             // Connects lazily: the service starts while Redis is down, and
             // `/readyz` (503) and webhooks (503) say so until it is back.
             let store = crate::state::redis::RedisStore::connect(url.expose(), key_prefix)
-                .map_err(|e| StartError::State(e.to_string()))?;
+                .map_err(|e| StartError::State(e.to_string()))?
+                .with_min_replicas(config.state.min_replicas);
             Ok(Arc::new(store))
         }
     }
@@ -287,6 +290,7 @@ async fn build_audit(config: &Config, _store: &SharedStore) -> Result<Arc<dyn Au
             };
             let options = crate::audit::redis::RedisAuditOptions {
                 require_persistence: config.audit.require_persistence,
+                min_replicas: config.state.min_replicas,
                 ..Default::default()
             };
             let log = crate::audit::RedisAudit::open(url.expose(), key_prefix, options)

@@ -1,8 +1,6 @@
 //! HTTP routes. Handlers are thin: authenticate, parse, hand to the gate,
 //! map the result to the contract's answer.
 
-use std::sync::atomic::Ordering;
-
 use actix_web::middleware::from_fn;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
@@ -47,10 +45,22 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/audit/proof/inclusion", web::get().to(tlog_routes::inclusion))
                 .route("/audit/proof/consistency", web::get().to(tlog_routes::consistency))
                 .route("/audit/{id}", web::get().to(get_audit))
-                .route("/keys", web::get().to(tlog_routes::keys)),
+                .route("/keys", web::get().to(tlog_routes::keys))
+                .route("/break-glass", web::get().to(super::break_glass_routes::list)),
         )
         .route("/webhooks/slack", web::post().to(slack_webhook))
         .route("/reviews/callback", web::get().to(sso::callback))
+        // Before `/reviews/{request}`, which would match `/reviews/break-glass`.
+        .route("/reviews/break-glass", web::get().to(sso::break_glass::ask_page))
+        .route("/reviews/break-glass", web::post().to(sso::break_glass::ask_submit))
+        .route(
+            "/reviews/break-glass/grants/{grant}",
+            web::get().to(sso::break_glass::grant_page),
+        )
+        .route(
+            "/reviews/break-glass/grants/{grant}",
+            web::post().to(sso::break_glass::grant_submit),
+        )
         .route("/reviews/{request}", web::get().to(sso::start))
         .route("/reviews/{request}", web::post().to(sso::submit))
         .default_service(web::to(not_found));
@@ -98,108 +108,27 @@ async fn readyz(gate: web::Data<Gate>) -> HttpResponse {
     }
 }
 
-async fn metrics(gate: web::Data<Gate>) -> HttpResponse {
-    let m = &gate.metrics;
-    let open = gate.store.open_requests().await.ok();
-    let mut out = String::new();
-    let mut counter = |name: &str, help: &str, labels: &[(&str, u64)]| {
-        out.push_str(&format!(
-            "# HELP portcullis_{name} {help}\n# TYPE portcullis_{name} counter\n"
-        ));
-        for (l, v) in labels {
-            out.push_str(&format!("portcullis_{name}{{{l}}} {v}\n"));
-        }
+async fn metrics(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpResponse, ApiError> {
+    if gate.config.server.metrics_read_token {
+        authorize_read(&req, &gate.config.server)?;
+    }
+    let scraped = crate::gate::Scraped {
+        open_requests: gate.store.open_requests().await.ok(),
+        pending_by_environment: gate.store.pending_by_environment().await.ok(),
+        checkpoint_records: gate.tlog().map(|t| t.latest().map_or(0, |c| c.size)),
+        anchor: gate
+            .tlog()
+            .filter(|t| t.anchoring())
+            .map(|t| (t.anchor_lag(), t.anchored_size())),
+        break_glass_unreviewed: super::break_glass_routes::unreviewed_counts(&gate).await,
+        policy_reloads: {
+            let p = gate.policies().status();
+            Some((p.reloads_ok, p.reloads_failed))
+        },
     };
-    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    counter(
-        "webhooks_total",
-        "Webhook deliveries by result.",
-        &[
-            ("result=\"accepted\"", g(&m.webhooks_accepted)),
-            ("result=\"duplicate\"", g(&m.webhooks_duplicate)),
-            ("result=\"rejected\"", g(&m.webhooks_rejected)),
-        ],
-    );
-    counter(
-        "attestations_total",
-        "OIDC attestations by result.",
-        &[
-            ("result=\"accepted\"", g(&m.attestations_accepted)),
-            ("result=\"rejected\"", g(&m.attestations_rejected)),
-        ],
-    );
-    counter(
-        "tokens_refused_unverified_total",
-        "Tokens refused before their signature verified (garbage, unsigned, forged, unknown issuer): counted, never audited.",
-        &[("", g(&m.tokens_refused_unverified))],
-    );
-    counter(
-        "verdicts_total",
-        "Verdicts by result.",
-        &[
-            ("result=\"recorded\"", g(&m.verdicts_recorded)),
-            ("result=\"sha_mismatch\"", g(&m.verdicts_sha_mismatch)),
-        ],
-    );
-    counter(
-        "decisions_total",
-        "Final decisions by outcome.",
-        &[
-            ("outcome=\"approved\"", g(&m.decisions_approved)),
-            ("outcome=\"rejected\"", g(&m.decisions_rejected)),
-        ],
-    );
-    counter(
-        "platform_calls_total",
-        "Platform answers by result.",
-        &[
-            ("result=\"ok\"", g(&m.platform_calls_ok)),
-            ("result=\"failed\"", g(&m.platform_calls_failed)),
-        ],
-    );
-    let policies = gate.policies().status();
-    counter(
-        "policy_reloads_total",
-        "Policy reloads (a new bundle revision, or SIGHUP) by result; a failed one keeps the running revision.",
-        &[
-            ("result=\"ok\"", policies.reloads_ok),
-            ("result=\"failed\"", policies.reloads_failed),
-        ],
-    );
-    counter(
-        "internal_errors_total",
-        "Evaluations that could not decide.",
-        &[("kind=\"evaluate\"", g(&m.internal_errors))],
-    );
-    if let Some(open) = open {
-        out.push_str(&format!("# HELP portcullis_open_requests Requests not yet answered.\n# TYPE portcullis_open_requests gauge\nportcullis_open_requests {open}\n"));
-    }
-    if let Some(t) = gate.tlog() {
-        let mut gauge = |name: &str, help: &str, value: String| {
-            out.push_str(&format!(
-                "# HELP portcullis_{name} {help}\n# TYPE portcullis_{name} gauge\nportcullis_{name} {value}\n"
-            ));
-        };
-        let checkpoint = t.latest().map_or(0, |c| c.size);
-        gauge(
-            "audit_checkpoint_records",
-            "Records covered by the latest signed checkpoint.",
-            checkpoint.to_string(),
-        );
-        if t.anchoring() {
-            gauge(
-                "audit_anchor_lag_seconds",
-                "How long the oldest record not yet in write-once storage has waited.",
-                format!("{:.3}", t.anchor_lag().as_secs_f64()),
-            );
-            gauge(
-                "audit_anchored_records",
-                "Records covered by the latest anchored checkpoint.",
-                t.anchored_size().to_string(),
-            );
-        }
-    }
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out)
+    Ok(HttpResponse::Ok()
+        .content_type(crate::gate::METRICS_CONTENT_TYPE)
+        .body(gate.metrics.render(&scraped)))
 }
 
 async fn github_webhook(
@@ -215,7 +144,7 @@ async fn github_webhook(
     };
     let body = read_body(&req, payload, gate.config.server.max_body_bytes).await?;
     if let Err(e) = verify_signature(&gh.webhook_secrets, header(&req, "x-hub-signature-256"), &body) {
-        gate.metrics.webhooks_rejected.fetch_add(1, Ordering::Relaxed);
+        gate.metrics.webhooks_rejected.inc();
         info!(code = %e.code(), "github webhook refused");
         return Err(e.into());
     }
@@ -248,7 +177,7 @@ async fn github_webhook(
                     let span = info_span!("request", request = %request.id, environment = %request.environment);
                     let gate2 = gate.clone().into_inner();
                     let (id, _) = gate2.receive_request(request).instrument(span).await?;
-                    gate.metrics.webhooks_accepted.fetch_add(1, Ordering::Relaxed);
+                    gate.metrics.webhooks_accepted.inc();
                     Ok(HttpResponse::Accepted().json(json!({"status": "accepted", "request": id})))
                 })
                 .await
@@ -275,7 +204,7 @@ async fn gitlab_webhook(
     let headers = |name: &str| header(&req, name).map(str::to_string);
     let now = OffsetDateTime::now_utc();
     if let Err(e) = verify(gl, &headers, &body, now) {
-        gate.metrics.webhooks_rejected.fetch_add(1, Ordering::Relaxed);
+        gate.metrics.webhooks_rejected.inc();
         info!(code = %e.code(), "gitlab webhook refused");
         return Err(e.into());
     }
@@ -343,7 +272,7 @@ async fn gitlab_hook(
     let request = crate::webhook::gitlab::deployment_request(&issuer, timeout, delivery, hook.deployment(), &info, now);
     let span = info_span!("request", request = %request.id, environment = %request.environment);
     let (id, _) = gate.receive_request(request).instrument(span).await?;
-    gate.metrics.webhooks_accepted.fetch_add(1, Ordering::Relaxed);
+    gate.metrics.webhooks_accepted.inc();
     Ok(HttpResponse::Accepted().json(json!({"status": "accepted", "request": id})))
 }
 

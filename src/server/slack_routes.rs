@@ -74,6 +74,15 @@ pub(super) async fn slack_webhook(
     }
     let click = match interaction::parse(&body) {
         Ok(Interaction::Review(click)) => click,
+        Ok(Interaction::BreakGlass(bg)) => {
+            let Some(client) = routes.client(&gate) else {
+                return Err(ApiError::new(
+                    ErrorCode::SlackUnavailable,
+                    "the Slack client could not be built",
+                ));
+            };
+            return Ok(break_glass(gate.into_inner(), client, bg).await);
+        }
         Ok(Interaction::Ignored(what)) => {
             info!(what = %what, "slack interaction acknowledged");
             return Ok(HttpResponse::Ok().finish());
@@ -113,6 +122,44 @@ pub(super) async fn slack_webhook(
         }
     };
     Ok(HttpResponse::Ok().json(json!({ "response_type": "ephemeral", "replace_original": false, "text": reply })))
+}
+
+/// A break-glass button or modal: a view opened, a modal closed or kept
+/// open with its error, or an ephemeral reply (also to `response_url`).
+/// Past the reply budget a modal closes and the work goes on; the alert
+/// channel shows what became of it.
+async fn break_glass(
+    gate: std::sync::Arc<Gate>,
+    client: Arc<SlackClient>,
+    bg: crate::slack::break_glass::BgInteraction,
+) -> HttpResponse {
+    use crate::slack::break_glass::{BgReply, handle};
+    let span = info_span!("slack_break_glass", slack_user = %bg.user_id());
+    let mut work = {
+        let client = client.clone();
+        tokio::spawn(async move { handle(&gate, &client, bg).await }.instrument(span))
+    };
+    let reply = match tokio::time::timeout(REPLY_BUDGET, &mut work).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => {
+            warn!(error = %e, "slack break-glass task failed");
+            BgReply::Ephemeral {
+                text: "portcullis could not record this right now; try again.".into(),
+                response_url: None,
+            }
+        }
+        Err(_) => BgReply::Ack,
+    };
+    match reply {
+        BgReply::Ack => HttpResponse::Ok().finish(),
+        BgReply::Errors { block, message } => {
+            HttpResponse::Ok().json(json!({ "response_action": "errors", "errors": { block: message } }))
+        }
+        BgReply::Ephemeral { text, response_url } => {
+            respond_later(client, response_url, std::future::ready(Some(text.clone())));
+            HttpResponse::Ok().json(json!({ "response_type": "ephemeral", "replace_original": false, "text": text }))
+        }
+    }
 }
 
 /// Posts the outcome to the interaction's `response_url` in the background.

@@ -1,4 +1,5 @@
-//! The Slack Web API calls portcullis makes, over reqwest.
+//! The Slack Web API calls portcullis makes, over reqwest: `chat.postMessage`,
+//! `chat.update`, `chat.getPermalink`, `users.info` and `views.open`.
 //!
 //! The bot token travels as `Authorization: Bearer`, never in a URL, a log
 //! line or an error. Slack answers HTTP 200 with `{"ok": false, "error":
@@ -215,6 +216,13 @@ impl SlackClient {
     pub async fn update_message(&self, channel: &str, ts: &str, text: &str, blocks: &Value) -> Result<(), SlackError> {
         let body = json!({ "channel": channel, "ts": ts, "text": text, "blocks": blocks });
         self.call("chat.update", Body::Json(&body)).await.map(|_| ())
+    }
+
+    /// `views.open`: opens `view` (a modal) for the user whose interaction
+    /// gave `trigger_id` (valid for three seconds, usable once).
+    pub async fn open_view(&self, trigger_id: &str, view: &Value) -> Result<(), SlackError> {
+        let body = json!({ "trigger_id": trigger_id, "view": view });
+        self.call("views.open", Body::Json(&body)).await.map(|_| ())
     }
 
     /// `chat.getPermalink` of the message at (`channel` id, `ts`).

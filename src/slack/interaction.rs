@@ -37,6 +37,8 @@ use super::{ACTION_APPROVE, ACTION_REJECT, ACTION_SSO};
 pub enum Interaction {
     /// Approve or Reject on a request's message.
     Review(Click),
+    /// A break-glass button or modal (see [`super::break_glass`]).
+    BreakGlass(super::break_glass::BgInteraction),
     /// Anything else (the SSO link button, other payload types): acknowledged.
     Ignored(String),
 }
@@ -57,6 +59,9 @@ pub fn parse(body: &[u8]) -> Result<Interaction, String> {
         .ok_or("the body has no `payload` field")?;
     let v: Value = serde_json::from_str(&payload).map_err(|_| "`payload` is not JSON".to_string())?;
     let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+    if kind == "view_submission" {
+        return super::break_glass::parse_submission(&v);
+    }
     if kind != "block_actions" {
         return Ok(Interaction::Ignored(format!("payload type `{kind}`")));
     }
@@ -76,6 +81,9 @@ pub fn parse(body: &[u8]) -> Result<Interaction, String> {
             Some(ACTION_APPROVE) => true,
             Some(ACTION_REJECT) => false,
             Some(ACTION_SSO) => return Ok(Interaction::Ignored("the SSO review link".into())),
+            Some(id) if id.starts_with(super::break_glass::ACTION_PREFIX) => {
+                return super::break_glass::parse_action(&v, a, user_id);
+            }
             _ => continue,
         };
         let request_id = a

@@ -141,6 +141,18 @@ pub struct Rendered {
 
 /// Renders the message of `req`.
 pub fn render(req: &DeploymentRequest, policy: Option<&EnvironmentPolicy>, links: &Links) -> Rendered {
+    render_with(req, policy, links, &[], time::OffsetDateTime::now_utc())
+}
+
+/// Renders the message of `req` with the break-glass grants of its commit
+/// (their state, and "Break glass…" while it is pending), as at `now`.
+pub fn render_with(
+    req: &DeploymentRequest,
+    policy: Option<&EnvironmentPolicy>,
+    links: &Links,
+    grants: &[crate::domain::Grant],
+    now: time::OffsetDateTime,
+) -> Rendered {
     let stage = Stage::of(req);
     let sha = &req.sha[..req.sha.len().min(12)];
     let platform = match req.platform {
@@ -216,6 +228,11 @@ pub fn render(req: &DeploymentRequest, policy: Option<&EnvironmentPolicy>, links
             };
             blocks.push(json!({ "type": "actions", "block_id": "review_actions", "elements": elements }));
         }
+    }
+
+    if let Some(bg) = policy.and_then(|p| p.break_glass.as_ref()) {
+        let ask = super::alerts::ask_page(links.review.split("/reviews/").next().unwrap_or(""), &req.id);
+        blocks.extend(super::alerts::request_blocks(req, bg, grants, &ask, now));
     }
 
     let mut footer: Vec<String> = Vec::new();

@@ -13,10 +13,17 @@
 //!   through `users.info`, the environment's reviewer list, the aliases that
 //!   let the engine refuse self-review.
 //!
+//! - [`break_glass`]: the "Break glass…" button, its modal, the Confirm
+//!   and Review buttons of the alert channel, turned into grant steps.
+//! - [`alerts`]: the alert channel's messages of each grant step, and the
+//!   grant's line on a request's message.
+//!
 //! Slack being down or slow never blocks or changes a decision: every call
 //! made for the message happens in the notifier's background task, and a
 //! click only ever adds a review through [`crate::gate::Gate::add_review`].
 
+pub mod alerts;
+pub mod break_glass;
 pub mod client;
 pub mod interaction;
 pub mod message;

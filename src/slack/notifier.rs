@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::config::SlackConfig;
 use crate::domain::{RequestStatus, SlackRef};
-use crate::gate::{Gate, Notifier};
+use crate::gate::{Gate, GrantStep, Notifier};
 
 use super::client::{SlackClient, SlackError};
 use super::message::{self, Links};
@@ -87,7 +87,11 @@ impl SlackNotifier {
             return Ok(true);
         };
         let links = Links::of(&gate.config, &req, |record| gate.audit_link(record));
-        let rendered = message::render(&req, policy, &links);
+        let grants = match policy.and_then(|p| p.break_glass.as_ref()) {
+            Some(_) => gate.grants_for_request(&req).await?,
+            None => Vec::new(),
+        };
+        let rendered = message::render_with(&req, policy, &links, &grants, time::OffsetDateTime::now_utc());
         let mut h = DefaultHasher::new();
         rendered.text.hash(&mut h);
         rendered.blocks.to_string().hash(&mut h);
@@ -136,8 +140,65 @@ impl SlackNotifier {
     }
 }
 
+impl SlackNotifier {
+    /// Posts the alert of a grant's step to its environment's alert
+    /// channel; the ask's message (with its Confirm button) is recorded on
+    /// the grant and updated as confirmations come and the grant expires.
+    async fn alert(&self, gate: &Gate, grant_id: &str, step: GrantStep) -> Result<(), SyncError> {
+        let grant = gate.grant(grant_id).await?;
+        let Some(bg) = gate
+            .config
+            .environment(&grant.environment)
+            .and_then(|p| p.break_glass.as_ref())
+        else {
+            return Ok(());
+        };
+        let Some(channel) = bg.alert_channel.clone() else {
+            return Ok(());
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let page = super::alerts::grant_page(gate.config.server.public_url.as_str(), &grant.id);
+        let rendered = super::alerts::alert(&grant, step, bg.via, &page, now);
+        let posted = self
+            .client
+            .post_message(&channel, &rendered.text, &rendered.blocks)
+            .await?;
+        info!(grant = %grant.id, step = step.as_str(), channel = %posted.channel, "slack: break-glass alert posted");
+        match (step, &grant.alert) {
+            (GrantStep::Requested, _) => {
+                let alert = SlackRef {
+                    channel: posted.channel,
+                    ts: posted.ts,
+                    permalink: None,
+                };
+                gate.set_grant_alert(&grant.id, alert).await?;
+            }
+            (GrantStep::Confirmed | GrantStep::Expired, Some(ask)) => {
+                // The ask's own message: its Confirm button goes once the
+                // grant no longer waits.
+                let ask_render = super::alerts::alert(&grant, GrantStep::Requested, bg.via, &page, now);
+                self.client
+                    .update_message(&ask.channel, &ask.ts, &ask_render.text, &ask_render.blocks)
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 #[async_trait::async_trait]
 impl Notifier for SlackNotifier {
+    async fn grant_changed(&self, gate: Arc<Gate>, grant_id: String, step: GrantStep) {
+        // One grant's alerts in order: the ask's message is recorded before
+        // a confirmation updates it.
+        let mirror = self.mirror(&format!("grant:{grant_id}"));
+        let _m = mirror.lock().await;
+        if let Err(e) = self.alert(&gate, &grant_id, step).await {
+            warn!(grant = %grant_id, step = step.as_str(), error = %e, "slack: the break-glass alert could not be posted");
+        }
+    }
+
     async fn request_changed(&self, gate: Arc<Gate>, request_id: String) {
         let mirror = self.mirror(&request_id);
         let finished = {

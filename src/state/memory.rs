@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::{Cas, Lease, StateError, StateResult, Store};
-use crate::domain::{Attestation, DeploymentRequest, RequestStatus, Verdict};
+use crate::domain::{Attestation, DeploymentRequest, Grant, RequestStatus, Verdict};
 
 #[derive(Default)]
 struct Inner {
@@ -33,6 +33,7 @@ struct Inner {
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    grants: super::grants_memory::MemoryGrants,
 }
 
 impl MemoryStore {
@@ -164,12 +165,16 @@ impl Store for MemoryStore {
         let Some(stored) = g.requests.get(&req.id) else {
             return Ok(Cas::Conflict(None));
         };
+        let mut next = req.clone();
+        next.version = req.version + 1;
+        if *stored == next {
+            // The same write, sent again: it is stored.
+            return Ok(Cas::Written(next.version));
+        }
         if stored.version != req.version {
             return Ok(Cas::Conflict(Some(Box::new(stored.clone()))));
         }
         let was_pending = stored.status == RequestStatus::Pending;
-        let mut next = req.clone();
-        next.version = req.version + 1;
         if was_pending && next.status != RequestStatus::Pending {
             g.unindex(&next);
         }
@@ -226,6 +231,15 @@ impl Store for MemoryStore {
             .count() as u64)
     }
 
+    async fn pending_by_environment(&self) -> StateResult<std::collections::BTreeMap<String, u64>> {
+        let g = self.lock()?;
+        let mut out = std::collections::BTreeMap::new();
+        for r in g.requests.values().filter(|r| r.status == RequestStatus::Pending) {
+            *out.entry(r.environment.clone()).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
     async fn acquire_lease(&self, request: &str, holder: &str, ttl: Duration) -> StateResult<Option<Lease>> {
         let mut g = self.lock()?;
         let now = Instant::now();
@@ -257,6 +271,26 @@ impl Store for MemoryStore {
             g.leases.remove(&lease.request);
         }
         Ok(())
+    }
+
+    async fn insert_grant(&self, grant: &Grant) -> StateResult<bool> {
+        self.grants.insert(grant)
+    }
+
+    async fn get_grant(&self, id: &str) -> StateResult<Option<Grant>> {
+        self.grants.get(id)
+    }
+
+    async fn update_grant(&self, grant: &Grant) -> StateResult<bool> {
+        self.grants.update(grant)
+    }
+
+    async fn grants_for(&self, key: &str) -> StateResult<Vec<Grant>> {
+        self.grants.for_key(key)
+    }
+
+    async fn open_grants(&self) -> StateResult<Vec<Grant>> {
+        self.grants.open()
     }
 
     async fn ping(&self) -> StateResult<()> {

@@ -7,6 +7,8 @@
 //! request's `version`, and a lease with a fencing token, so that only one
 //! replica makes the platform call for a request.
 
+mod grants_memory;
+mod grants_redis;
 mod memory;
 pub mod redis;
 
@@ -18,7 +20,7 @@ use time::OffsetDateTime;
 
 pub use memory::MemoryStore;
 
-use crate::domain::{Attestation, DeploymentRequest, Verdict};
+use crate::domain::{Attestation, DeploymentRequest, Grant, Verdict};
 
 /// The state backend is unreachable or answered nonsense. Callers fail closed:
 /// webhooks get 503 so the platform records a failed, redeliverable delivery.
@@ -81,8 +83,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes `req` if the stored version equals `req.version`; the stored
     /// copy gets `req.version + 1`. A request leaving `Pending` leaves the
-    /// pending indexes.
+    /// pending indexes. The same write sent again (its answer was lost)
+    /// finds itself stored and answers [`Cas::Written`].
     async fn update_request(&self, req: &DeploymentRequest) -> StateResult<Cas>;
+
+    /// [`Store::update_request`], returning only once the write is as safe
+    /// from a failover as configured: with `state.min_replicas`, the Redis
+    /// backend fails (a [`StateError`]) unless that many replicas
+    /// acknowledged it, and with it every write before it (the lease, the
+    /// `Deciding` status). The gate uses it for the last write before a
+    /// platform call and the write that closes the request after it. Sending
+    /// the same write again after a failure is safe: a store that already
+    /// holds it answers [`Cas::Written`].
+    async fn update_request_replicated(&self, req: &DeploymentRequest) -> StateResult<Cas> {
+        self.update_request(req).await
+    }
 
     /// Pending requests of a run (for a newly arrived attestation).
     async fn requests_for_run(&self, run_key: &str) -> StateResult<Vec<String>>;
@@ -93,12 +108,29 @@ pub trait Store: Send + Sync + 'static {
     async fn due_requests(&self, now: OffsetDateTime, limit: usize) -> StateResult<Vec<String>>;
     /// Number of requests not yet done.
     async fn open_requests(&self) -> StateResult<u64>;
+    /// Pending requests by environment (for `/metrics`; at most the first
+    /// 10000 pending requests are read).
+    async fn pending_by_environment(&self) -> StateResult<std::collections::BTreeMap<String, u64>>;
 
     /// Takes the lease on a request if nobody holds a live one.
     async fn acquire_lease(&self, request: &str, holder: &str, ttl: Duration) -> StateResult<Option<Lease>>;
     /// Is this still the live lease (same holder and fence)?
     async fn lease_valid(&self, lease: &Lease) -> StateResult<bool>;
     async fn release_lease(&self, lease: &Lease) -> StateResult<()>;
+
+    /// Creates a break-glass grant unless one with its id exists; `true` if
+    /// created. Indexes it by its (repository, sha, environment) key and,
+    /// unless finished, as open.
+    async fn insert_grant(&self, grant: &Grant) -> StateResult<bool>;
+    async fn get_grant(&self, id: &str) -> StateResult<Option<Grant>>;
+    /// Writes `grant` if the stored version equals `grant.version` (the
+    /// stored copy gets `version + 1`); `true` when written. A finished
+    /// grant leaves the open index.
+    async fn update_grant(&self, grant: &Grant) -> StateResult<bool>;
+    /// Every grant held for a [`crate::domain::grant_key`].
+    async fn grants_for(&self, key: &str) -> StateResult<Vec<Grant>>;
+    /// Grants not finished: asked for, confirmed, or used and not reviewed.
+    async fn open_grants(&self) -> StateResult<Vec<Grant>>;
 
     /// Readiness probe.
     async fn ping(&self) -> StateResult<()>;

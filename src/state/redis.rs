@@ -3,10 +3,16 @@
 //! Every multi-key change is one Lua script, so it is atomic on the server:
 //! request creation with its indexes, compare-and-set on a request's version,
 //! and lease grant/release with a fencing counter. Connections go through a
-//! [`ConnectionManager`] (opened by `crate::redis_conn`), which reconnects;
-//! each command has a response timeout, so an unreachable Redis turns into
-//! a [`StateError`] quickly (webhooks then answer 503) instead of a hung
-//! request.
+//! [`RedisConn`] (opened by `crate::redis_conn`: direct, or to the master
+//! Redis Sentinel names), which reconnects; each command has a response
+//! timeout, so an unreachable Redis turns into a [`StateError`] quickly
+//! (webhooks then answer 503) instead of a hung request.
+//!
+//! With `min_replicas` ([`RedisStore::with_min_replicas`]),
+//! [`Store::update_request_replicated`] sends `WAIT min_replicas` with the
+//! write and fails unless that many replicas acknowledged it: the gate's
+//! last write before a platform call, and the one that closes the request,
+//! then survive a failover.
 //!
 //! Keys, under the configured prefix `P`:
 //! - `P d:{delivery}`: delivery dedup, `SET NX EX`.
@@ -16,16 +22,17 @@
 //! - `P deadlines`: sorted set of pending request ids by deadline.
 //! - `P deciding`: set of request ids being acted on.
 //! - `P l:{id}`: a lease, `holder|fence`, with a TTL; `P fence`: the counter.
+//! - break-glass grants: see `super::grants_redis`.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use time::OffsetDateTime;
 
 use super::{Cas, Lease, StateError, StateResult, Store};
-use crate::domain::{Attestation, DeploymentRequest, RequestStatus, Verdict};
+use crate::domain::{Attestation, DeploymentRequest, Grant, RequestStatus, Verdict};
+pub use crate::redis_conn::RedisConn;
 
 /// Requests that are done are kept this long for `GET /v1/requests/{id}`.
 const DONE_TTL_SECS: i64 = 30 * 24 * 3600;
@@ -43,10 +50,16 @@ return 1
 
 /// KEYS: request, deadlines, run index, verdict index, deciding set.
 /// ARGV: expected version, new version, new JSON, new status, id, done TTL.
-/// Returns {1} when written, {0, json} on conflict, {0} when absent.
+/// Returns {1} when written, {0, json} on conflict, {0} when absent. The
+/// same write sent again (its answer lost) is stored already: it is written
+/// over itself, so that a `WAIT` after it counts it, and answers {1}.
 const UPDATE_REQUEST: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'v')
 if not cur then return {0} end
+if cur == ARGV[2] and redis.call('HGET', KEYS[1], 'j') == ARGV[3] then
+  redis.call('HSET', KEYS[1], 'v', ARGV[2])
+  return {1}
+end
 if cur ~= ARGV[1] then return {0, redis.call('HGET', KEYS[1], 'j')} end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'j', ARGV[3])
 if ARGV[4] ~= 'pending' then
@@ -80,12 +93,14 @@ return 0
 "#;
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
+    /// Replicas that must acknowledge a replicated write (0: none asked).
+    min_replicas: u32,
     insert_request: Script,
-    update_request: Script,
     acquire_lease: Script,
     release_lease: Script,
+    grants: super::grants_redis::RedisGrants,
 }
 
 fn err(e: redis::RedisError) -> StateError {
@@ -111,6 +126,25 @@ fn status_word(s: RequestStatus) -> &'static str {
     }
 }
 
+/// The answer of `UPDATE_REQUEST` for a write of `version`.
+fn cas_reply(reply: redis::Value, version: u64) -> StateResult<Cas> {
+    let redis::Value::Array(reply) = reply else {
+        return Err(StateError("redis: unexpected answer to a request update".into()));
+    };
+    if matches!(reply.first(), Some(redis::Value::Int(1))) {
+        return Ok(Cas::Written(version));
+    }
+    let current = match reply.get(1) {
+        Some(v) => {
+            let s: String =
+                redis::FromRedisValue::from_redis_value(v.clone()).map_err(|e| StateError(format!("redis: {e}")))?;
+            Some(Box::new(decode(&s)?))
+        }
+        None => None,
+    };
+    Ok(Cas::Conflict(current))
+}
+
 fn ttl_secs(ttl: Duration) -> u64 {
     ttl.as_secs().max(1)
 }
@@ -123,15 +157,23 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             prefix: prefix.to_string(),
+            min_replicas: 0,
             insert_request: Script::new(INSERT_REQUEST),
-            update_request: Script::new(UPDATE_REQUEST),
             acquire_lease: Script::new(ACQUIRE_LEASE),
             release_lease: Script::new(RELEASE_LEASE),
+            grants: super::grants_redis::RedisGrants::new(),
         })
     }
 
+    /// Has [`Store::update_request_replicated`] wait for `n` replicas
+    /// (`state.min_replicas`).
+    pub fn with_min_replicas(mut self, n: u32) -> RedisStore {
+        self.min_replicas = n;
+        self
+    }
+
     /// A connection for other Redis-backed parts (the audit chain).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -151,6 +193,24 @@ impl RedisStore {
             self.key("iv", &req.verdict_key()),
             format!("{}deciding", self.prefix),
         ]
+    }
+
+    /// The compare-and-set of `req` as an `EVAL` (sent alone, or with a
+    /// `WAIT` after it), and the version it writes.
+    fn update_eval(&self, req: &DeploymentRequest) -> StateResult<(redis::Cmd, u64)> {
+        let mut next = req.clone();
+        next.version = req.version + 1;
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(UPDATE_REQUEST)
+            .arg(5)
+            .arg(&self.request_keys(req)[..])
+            .arg(req.version)
+            .arg(next.version)
+            .arg(encode(&next)?)
+            .arg(status_word(next.status))
+            .arg(&req.id)
+            .arg(DONE_TTL_SECS);
+        Ok((eval, next.version))
     }
 
     /// The `appendonly` and `appendfsync` settings, for the audit backend's
@@ -267,38 +327,28 @@ impl Store for RedisStore {
 
     async fn update_request(&self, req: &DeploymentRequest) -> StateResult<Cas> {
         let mut c = self.conn.clone();
-        let mut next = req.clone();
-        next.version = req.version + 1;
-        let [r, deadlines, ir, iv, deciding] = self.request_keys(req);
-        let reply: Vec<redis::Value> = self
-            .update_request
-            .key(r)
-            .key(deadlines)
-            .key(ir)
-            .key(iv)
-            .key(deciding)
-            .arg(req.version)
-            .arg(next.version)
-            .arg(encode(&next)?)
-            .arg(status_word(next.status))
-            .arg(&req.id)
-            .arg(DONE_TTL_SECS)
-            .invoke_async(&mut c)
+        let (eval, version) = self.update_eval(req)?;
+        let reply: redis::Value = eval.query_async(&mut c).await.map_err(err)?;
+        cas_reply(reply, version)
+    }
+
+    async fn update_request_replicated(&self, req: &DeploymentRequest) -> StateResult<Cas> {
+        if self.min_replicas == 0 {
+            return self.update_request(req).await;
+        }
+        let mut c = self.conn.clone();
+        let (eval, version) = self.update_eval(req)?;
+        let (reply, acks) = crate::redis_conn::eval_and_wait(&mut c, eval, self.min_replicas)
             .await
             .map_err(err)?;
-        let written = matches!(reply.first(), Some(redis::Value::Int(1)));
-        if written {
-            return Ok(Cas::Written(next.version));
+        let cas = cas_reply(reply, version)?;
+        if matches!(cas, Cas::Written(_)) && acks < self.min_replicas {
+            return Err(StateError(format!(
+                "redis: request {} written, but acknowledged by {acks} of the {} replica(s) state.min_replicas asks for",
+                req.id, self.min_replicas
+            )));
         }
-        let current = match reply.get(1) {
-            Some(v) => {
-                let s: String = redis::FromRedisValue::from_redis_value(v.clone())
-                    .map_err(|e| StateError(format!("redis: {e}")))?;
-                Some(Box::new(decode(&s)?))
-            }
-            None => None,
-        };
-        Ok(Cas::Conflict(current))
+        Ok(cas)
     }
 
     async fn requests_for_run(&self, run_key: &str) -> StateResult<Vec<String>> {
@@ -353,6 +403,30 @@ impl Store for RedisStore {
         Ok(pending + deciding)
     }
 
+    async fn pending_by_environment(&self) -> StateResult<std::collections::BTreeMap<String, u64>> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = c
+            .zrange(format!("{}deadlines", self.prefix), 0, 9999)
+            .await
+            .map_err(err)?;
+        let mut out = std::collections::BTreeMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hget(self.key("r", id), "j");
+        }
+        let bodies: Vec<Option<String>> = pipe.query_async(&mut c).await.map_err(err)?;
+        for body in bodies.into_iter().flatten() {
+            let req: DeploymentRequest = decode(&body)?;
+            if req.status == RequestStatus::Pending {
+                *out.entry(req.environment).or_insert(0) += 1;
+            }
+        }
+        Ok(out)
+    }
+
     async fn acquire_lease(&self, request: &str, holder: &str, ttl: Duration) -> StateResult<Option<Lease>> {
         let mut c = self.conn.clone();
         let fence: i64 = self
@@ -387,6 +461,26 @@ impl Store for RedisStore {
             .await
             .map_err(err)?;
         Ok(())
+    }
+
+    async fn insert_grant(&self, grant: &Grant) -> StateResult<bool> {
+        self.grants.insert(self.conn.clone(), &self.prefix, grant).await
+    }
+
+    async fn get_grant(&self, id: &str) -> StateResult<Option<Grant>> {
+        self.grants.get(self.conn.clone(), &self.prefix, id).await
+    }
+
+    async fn update_grant(&self, grant: &Grant) -> StateResult<bool> {
+        self.grants.update(self.conn.clone(), &self.prefix, grant).await
+    }
+
+    async fn grants_for(&self, key: &str) -> StateResult<Vec<Grant>> {
+        self.grants.for_key(self.conn.clone(), &self.prefix, key).await
+    }
+
+    async fn open_grants(&self) -> StateResult<Vec<Grant>> {
+        self.grants.open(self.conn.clone(), &self.prefix).await
     }
 
     async fn ping(&self) -> StateResult<()> {

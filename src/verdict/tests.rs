@@ -839,7 +839,7 @@ fn malformed_evidence_names_the_field() {
         ),
         (
             |e| set(e, "/scans/secrets/tool", json!("detect-secrets")),
-            "/scans/secrets/tool: expected one of [\"gitleaks\",\"trufflehog\"]",
+            "/scans/secrets/tool: expected one of [\"gitleaks\",\"trufflehog\",\"trivy\"]",
         ),
         (
             |e| set(e, "/scans/sast/timestamp", json!("yesterday")),
@@ -866,7 +866,7 @@ fn malformed_evidence_names_the_field() {
             "/artifact/target_environment: must not be empty",
         ),
         (
-            |e| set(e, "/scans/container/tool", json!("clair")),
+            |e| set(e, "/scans/container/tool", json!("Clair Scanner")),
             "/scans/container/tool: expected one of [\"trivy\",\"grype\"]",
         ),
         (

@@ -350,6 +350,7 @@ proptest! {
             attestation: attestation.as_ref(),
             verdict: verdict.as_ref(),
             reviews: &reviews,
+            break_glass: &[],
             now: NOW,
         });
         let o = oracle(&c);

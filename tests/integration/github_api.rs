@@ -845,3 +845,38 @@ async fn github_and_gitlab_report_the_same_category_for_the_same_status() {
         assert_eq!(gitlab.requests().len(), attempts, "GitLab {status}");
     }
 }
+
+#[tokio::test]
+async fn a_status_report_validates_against_githubs_openapi_description() {
+    let prism = Prism::start().await;
+    let mut config = GithubMock::start().await.github_config();
+    config.api_url = url::Url::parse(&prism.url()).expect("prism url");
+    let client = GithubClient::new(&config)
+        .expect("client")
+        .with_retry_policy(FAST_RETRY);
+    let callback = format!(
+        "{}/repos/{OWNER}/{REPO}/actions/runs/{RUN}/deployment_protection_rule",
+        prism.url()
+    );
+    // The review body without `state`: GitHub's `review-custom-gates-comment-required`.
+    let report = client
+        .status_report(&request(&callback, None), "**Waiting**: `verdict_missing`.")
+        .await;
+    assert_eq!(report, CallResult::done(Some(204), "GitHub took the status report"));
+    let exchanges = prism.exchanges();
+    let review = exchanges.last().expect("the report");
+    assert_eq!(
+        (review.method.as_str(), review.status),
+        ("POST", 204),
+        "Prism log:\n{}",
+        prism.log_tail(30)
+    );
+    let body: serde_json::Value = serde_json::from_str(&review.request_body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"environment_name": "production", "comment": "**Waiting**: `verdict_missing`."})
+    );
+    for e in &exchanges {
+        assert_eq!(e.violations, None, "{} {}: {}", e.method, e.path, prism.log_tail(30));
+    }
+}

@@ -312,7 +312,7 @@ async fn three_replicas_receive_the_same_deliveries_and_call_once_each() {
     every_replica_gets_every_delivery(3, 12).await;
 }
 
-async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+pub(crate) async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
     // Polled concurrently on this task (no 'static bound needed).
     let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
     let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();

@@ -1927,6 +1927,7 @@ fn slack_identities_map_to_reviews_the_engine_counts() {
             attestation: Some(&att),
             verdict: None,
             reviews: &reviews,
+            break_glass: &[],
             now: at,
         });
         assert_eq!(d.outcome, c.outcome, "{}: {:?}", c.name, d.reasons);

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
-fn request(id: &str, run: &str, deadline: OffsetDateTime) -> DeploymentRequest {
+pub(crate) fn request(id: &str, run: &str, deadline: OffsetDateTime) -> DeploymentRequest {
     DeploymentRequest {
         id: id.into(),
         issuer: String::new(),
@@ -68,6 +68,10 @@ async fn contract(store: Arc<dyn Store>) {
     assert_eq!(by_verdict, vec!["req_a".to_string(), "req_b".to_string()]);
     assert_eq!(store.due_requests(now, 10).await.unwrap(), vec!["req_b".to_string()]);
     assert_eq!(store.open_requests().await.unwrap(), 2);
+    assert_eq!(
+        store.pending_by_environment().await.unwrap(),
+        [("production".to_string(), 2)].into()
+    );
 
     // Compare-and-set on the version.
     let mut next = r1.clone();
@@ -79,6 +83,9 @@ async fn contract(store: Arc<dyn Store>) {
         at: now,
     });
     assert_eq!(store.update_request(&next).await.unwrap(), Cas::Written(1));
+    // The same write sent again (its answer lost) is found stored.
+    assert_eq!(store.update_request(&next).await.unwrap(), Cas::Written(1));
+    assert_eq!(store.update_request_replicated(&next).await.unwrap(), Cas::Written(1));
     let stale = r1.clone();
     match store.update_request(&stale).await.unwrap() {
         Cas::Conflict(Some(current)) => assert_eq!(current.version, 1),
@@ -146,6 +153,10 @@ async fn contract(store: Arc<dyn Store>) {
     done.status = RequestStatus::Done;
     assert_eq!(store.update_request(&done).await.unwrap(), Cas::Written(3));
     assert_eq!(store.open_requests().await.unwrap(), 1);
+    assert_eq!(
+        store.pending_by_environment().await.unwrap(),
+        [("production".to_string(), 1)].into()
+    );
 
     // Attestations and verdicts: latest wins.
     assert_eq!(
@@ -263,4 +274,91 @@ async fn redis_backend_reports_seen_deliveries_without_marking_them() {
     assert!(store.delivery_seen("github:g1").await.unwrap());
     store.forget_delivery("github:g1").await.unwrap();
     assert!(!store.delivery_seen("github:g1").await.unwrap());
+}
+
+fn grant(id: &str, sha: &str, now: OffsetDateTime) -> Grant {
+    let person = |email: &str| Person {
+        email: email.into(),
+        aliases: vec![],
+        via: "sso".into(),
+        verified: "test provider, subject 1".into(),
+        at: now,
+    };
+    Grant {
+        id: id.into(),
+        repository: "octo-org/payments".into(),
+        sha: sha.into(),
+        environment: "production".into(),
+        justification: "the scanners are down and a fix must ship".into(),
+        requester: person("oncall@example.com"),
+        confirmations: vec![],
+        required: 1,
+        state: GrantState::Requested,
+        requested_at: now,
+        confirmed_at: None,
+        expires_at: now + time::Duration::hours(1),
+        uses: vec![],
+        review_due: None,
+        review: None,
+        reminded_at: None,
+        alert: None,
+        version: 0,
+    }
+}
+
+/// Break-glass grants: insert-if-absent, compare-and-set, by commit, and
+/// the open index that drops finished grants.
+async fn grant_contract(store: Arc<dyn Store>) {
+    let now = OffsetDateTime::now_utc();
+    let g = grant("bg_1", &"a".repeat(40), now);
+    assert!(store.insert_grant(&g).await.unwrap());
+    assert!(!store.insert_grant(&g).await.unwrap(), "a second insert of one id");
+    assert!(store.insert_grant(&grant("bg_2", &"b".repeat(40), now)).await.unwrap());
+    let mut stored = store.get_grant("bg_1").await.unwrap().expect("stored");
+    assert_eq!(stored.justification, g.justification);
+    let ids = |gs: Vec<Grant>| {
+        let mut ids: Vec<String> = gs.into_iter().map(|g| g.id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(store.grants_for(&g.key()).await.unwrap()), ["bg_1"]);
+    assert_eq!(ids(store.open_grants().await.unwrap()), ["bg_1", "bg_2"]);
+
+    // Compare-and-set: the version read must be the version stored.
+    let stale = stored.clone();
+    stored.state = GrantState::Confirmed;
+    assert!(store.update_grant(&stored).await.unwrap());
+    assert!(!store.update_grant(&stale).await.unwrap(), "a stale write was taken");
+    let confirmed = store.get_grant("bg_1").await.unwrap().unwrap();
+    assert_eq!(confirmed.state, GrantState::Confirmed);
+
+    // Expired and not used: finished, so it leaves the open index but stays
+    // readable by id and by commit.
+    let mut expired = confirmed;
+    expired.state = GrantState::Expired;
+    assert!(store.update_grant(&expired).await.unwrap());
+    assert_eq!(ids(store.open_grants().await.unwrap()), ["bg_2"]);
+    assert_eq!(ids(store.grants_for(&g.key()).await.unwrap()), ["bg_1"]);
+    assert_eq!(
+        store.get_grant("bg_1").await.unwrap().unwrap().state,
+        GrantState::Expired
+    );
+    assert_eq!(store.get_grant("bg_none").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn memory_grants_keep_the_contract() {
+    grant_contract(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn redis_grants_keep_the_contract_across_connections() {
+    let redis = RedisServer::start();
+    grant_contract(Arc::new(RedisStore::connect(&redis.url(), "g1:").unwrap())).await;
+    // Another replica's connection sees the same grants.
+    let other = RedisStore::connect(&redis.url(), "g1:").unwrap();
+    assert_eq!(
+        other.get_grant("bg_2").await.unwrap().map(|g| g.sha),
+        Some("b".repeat(40))
+    );
 }

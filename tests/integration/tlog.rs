@@ -551,3 +551,30 @@ async fn on_redis_replicas_share_checkpoints_and_a_trimmed_stream_is_refused() {
         Ok(_) => panic!("a trail shorter than its checkpoint was accepted"),
     }
 }
+
+#[tokio::test]
+async fn after_a_key_rotation_both_keys_are_served_and_old_checkpoints_still_verify() {
+    use portcullis::audit::MemoryAudit;
+    use portcullis::signing::verify_checkpoint;
+    let log: Arc<dyn AuditLog> = Arc::new(MemoryAudit::new());
+    let pem = |()| SigningKey::from_pem(ORIGIN, &SigningKey::generate_pem().unwrap()).unwrap();
+    let (old, new) = (pem(()), pem(()));
+    let (old_public, new_public) = (old.public().clone(), new.public().clone());
+    for i in 0..5 {
+        log.append(event(i)).await.unwrap();
+    }
+    let first = Tlog::open(log.clone(), Some(old), ORIGIN).await.unwrap();
+    let old_note = first.checkpoint().await.unwrap().unwrap().note;
+
+    // Restarted with a new key: the old checkpoint still verifies at start.
+    let second = Tlog::open(log.clone(), Some(new), ORIGIN).await.unwrap();
+    log.append(event(5)).await.unwrap();
+    let new_note = second.checkpoint().await.unwrap().unwrap().note;
+    let keys = second.keys().await.unwrap();
+    assert_eq!(keys, [new_public.clone(), old_public.clone()]);
+    assert_eq!(verify_checkpoint(&old_note, ORIGIN, &keys).unwrap().size, 5);
+    assert_eq!(verify_checkpoint(&new_note, ORIGIN, &keys).unwrap().size, 6);
+    // Each note is signed by its own key only.
+    assert!(verify_checkpoint(&old_note, ORIGIN, &[new_public]).is_err());
+    assert!(verify_checkpoint(&new_note, ORIGIN, &[old_public]).is_err());
+}

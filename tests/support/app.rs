@@ -190,13 +190,13 @@ impl App {
             .send()
             .await
             .expect("post webhook");
-        status_json(r).await
+        status_json("POST", r).await
     }
 
     /// Posts with a bearer token. Like a polite client, it waits out a 429
     /// (the `/v1` rate limit) as `Retry-After` says, a few times.
     pub async fn post_bearer(&self, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
-        polite(|| {
+        polite("POST", || {
             let mut r = self.http.post(self.url(path)).bearer_auth(token);
             if let Some(b) = body {
                 r = r.json(b);
@@ -208,7 +208,7 @@ impl App {
 
     /// Gets `path`, waiting out a 429 as [`App::post_bearer`] does.
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        polite(|| self.http.get(self.url(path))).await
+        polite("GET", || self.http.get(self.url(path))).await
     }
 
     /// Polls `GET /v1/requests/{id}` until its status is not pending (or
@@ -449,11 +449,11 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 
 /// Sends the request `make` builds; on 429 waits `Retry-After` (at most
 /// 2 s) and sends it again, up to 10 times.
-async fn polite(make: impl Fn() -> reqwest::RequestBuilder) -> (u16, Value) {
+async fn polite(method: &str, make: impl Fn() -> reqwest::RequestBuilder) -> (u16, Value) {
     for _ in 0..10 {
         let r = make().send().await.expect("send");
         if r.status().as_u16() != 429 {
-            return status_json(r).await;
+            return status_json(method, r).await;
         }
         let wait = r
             .headers()
@@ -464,11 +464,21 @@ async fn polite(make: impl Fn() -> reqwest::RequestBuilder) -> (u16, Value) {
             .min(2);
         tokio::time::sleep(Duration::from_secs(wait)).await;
     }
-    status_json(make().send().await.expect("send")).await
+    status_json(method, make().send().await.expect("send")).await
 }
 
-async fn status_json(r: reqwest::Response) -> (u16, Value) {
+/// The status and the body (JSON, else a string), once the response is
+/// checked against `docs/openapi.yaml`.
+async fn status_json(method: &str, r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
+    let path = r.url().path().to_string();
+    let content_type = r
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let text = r.text().await.unwrap_or_default();
+    super::openapi::check(method, &path, status, &content_type, &text);
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }

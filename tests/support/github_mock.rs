@@ -11,8 +11,8 @@
 //! - `POST /repos/{owner}/{repo}/actions/runs/{run_id}/deployment_protection_rule`:
 //!   requires `Authorization: Bearer <a token this mock issued>`, GitHub's
 //!   `Accept` and `X-GitHub-Api-Version` headers, a `User-Agent`, and a JSON
-//!   body `{environment_name, state: approved|rejected, comment (≤ 1024 chars)}`;
-//!   answers 204.
+//!   body `{environment_name, state: approved|rejected, comment (≤ 1024 chars)}`,
+//!   or without `state` (a status report); answers 204.
 //! - `GET /repos/{owner}/{repo}/actions/runs/{run_id}`: requires an
 //!   installation token this mock issued for the repository; answers 200 with
 //!   the run's `id`, `run_attempt`, `actor` and `triggering_actor` (attempt 1
@@ -92,8 +92,17 @@ impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
     }
+    /// A review: the protection rule's call with a `state`.
     pub fn is_review(&self) -> bool {
-        self.method == "POST" && self.path.ends_with("/deployment_protection_rule")
+        self.method == "POST"
+            && self.path.ends_with("/deployment_protection_rule")
+            && self.body.as_ref().is_none_or(|b| b.get("state").is_some())
+    }
+    /// A status report: the same call without `state`.
+    pub fn is_status_report(&self) -> bool {
+        self.method == "POST"
+            && self.path.ends_with("/deployment_protection_rule")
+            && self.body.as_ref().is_some_and(|b| b.get("state").is_none())
     }
     pub fn is_token_request(&self) -> bool {
         self.method == "POST" && self.path.ends_with("/access_tokens")
@@ -338,6 +347,11 @@ impl GithubMock {
     /// Review requests (any status), in order.
     pub fn reviews(&self) -> Vec<Recorded> {
         self.requests().into_iter().filter(Recorded::is_review).collect()
+    }
+
+    /// Status reports (any status), in order.
+    pub fn status_reports(&self) -> Vec<Recorded> {
+        self.requests().into_iter().filter(Recorded::is_status_report).collect()
     }
 
     /// Access-token requests (any status), in order.
@@ -753,7 +767,10 @@ fn check_review_body(headers: &BTreeMap<String, String>, body: Option<&Value>) -
     if !body.get("environment_name").is_some_and(Value::is_string) {
         return Err("mock: `environment_name` (a string) is required".into());
     }
-    if !matches!(body.get("state").and_then(Value::as_str), Some("approved" | "rejected")) {
+    // Without `state` the body is a status report (GitHub's
+    // `review-custom-gates-comment-required`), which needs a comment.
+    if body.contains_key("state") && !matches!(body.get("state").and_then(Value::as_str), Some("approved" | "rejected"))
+    {
         return Err("mock: `state` must be \"approved\" or \"rejected\"".into());
     }
     let comment = body

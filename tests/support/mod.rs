@@ -5,13 +5,16 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod browser;
 pub mod bundle;
 pub mod github_mock;
 pub mod gitlab_mock;
 pub mod logs;
 pub mod moto;
 pub mod oidc;
+pub mod openapi;
 pub mod prism;
 pub mod redis;
 pub mod slack_mock;
+pub mod slack_views;
 pub mod switch;

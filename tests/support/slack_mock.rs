@@ -17,7 +17,12 @@
 //!   (`channel_not_found`, `message_not_found`) and valid blocks;
 //! - `chat.getPermalink` answers `https://portcullis-test.slack.com/archives/{channel}/p{ts}`;
 //! - `users.info` answers from a directory ([`SlackMock::add_user`]),
-//!   `user_not_found` otherwise.
+//!   `user_not_found` otherwise;
+//! - `views.open` needs a JSON body with a `trigger_id` the fake issued
+//!   ([`SlackMock::issue_trigger`]; `invalid_trigger_id`), not used before
+//!   (`exchanged_trigger_id`) and at most three seconds old
+//!   (`expired_trigger_id`), and a modal that passes Slack's view rules
+//!   (`super::slack_views`; `invalid_arguments`).
 //!
 //! Blocks are checked against Block Kit's rules for the blocks portcullis
 //! uses (section, context, actions with buttons, header, divider): known
@@ -199,6 +204,10 @@ struct Inner {
     /// (channel id, ts) → message.
     messages: BTreeMap<(String, String), Message>,
     seq: u64,
+    /// trigger_id → (issued at, exchanged).
+    triggers: HashMap<String, (Instant, bool)>,
+    /// Views opened with `views.open`, in order.
+    views: Vec<Value>,
 }
 
 struct Shared {
@@ -289,6 +298,26 @@ impl SlackMock {
             .entry(method.to_string())
             .or_default()
             .extend(replies);
+    }
+
+    /// A `trigger_id` as Slack puts in an interaction payload: usable once,
+    /// for three seconds, by `views.open`.
+    pub fn issue_trigger(&self) -> String {
+        let mut inner = self.shared.lock();
+        inner.seq += 1;
+        let id = format!(
+            "{}.{}.{:016x}",
+            1_700_000_000 + inner.seq,
+            4_242_000 + inner.seq,
+            inner.seq * 7919
+        );
+        inner.triggers.insert(id.clone(), (Instant::now(), false));
+        id
+    }
+
+    /// The views opened with `views.open`, oldest first.
+    pub fn views(&self) -> Vec<Value> {
+        self.shared.lock().views.clone()
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -534,6 +563,54 @@ impl Inner {
                     m.history.push(blocks);
                     json!({"ok": true, "channel": channel, "ts": ts, "text": text})
                 }
+            }
+            "views.open" => {
+                if http_method != "POST" {
+                    return self.fail(method, "invalid_request", format!("{http_method}, not POST"));
+                }
+                if !headers
+                    .get("content-type")
+                    .is_some_and(|c| c.starts_with("application/json"))
+                {
+                    return self.fail(method, "invalid_form_data", "the body is not application/json".into());
+                }
+                let Some(body) = body.filter(|b| b.is_object()) else {
+                    return self.fail(method, "invalid_json", "the body is not a JSON object".into());
+                };
+                let trigger = body["trigger_id"].as_str().unwrap_or("").to_string();
+                match self.triggers.get_mut(&trigger) {
+                    None => {
+                        return self.fail(
+                            method,
+                            "invalid_trigger_id",
+                            format!("trigger `{trigger}` was never issued"),
+                        );
+                    }
+                    Some((_, true)) => {
+                        return self.fail(
+                            method,
+                            "exchanged_trigger_id",
+                            format!("trigger `{trigger}` was already used"),
+                        );
+                    }
+                    Some((at, _)) if at.elapsed() > Duration::from_secs(3) => {
+                        return self.fail(
+                            method,
+                            "expired_trigger_id",
+                            format!("trigger `{trigger}` is older than 3 s"),
+                        );
+                    }
+                    Some((_, used)) => *used = true,
+                }
+                if let Err(why) = super::slack_views::check_view(&body["view"]) {
+                    return self.fail(method, "invalid_arguments", why);
+                }
+                self.views.push(body["view"].clone());
+                let mut view = body["view"].clone();
+                view["id"] = json!(format!("V{:08}", self.views.len()));
+                view["team_id"] = json!(TEAM_ID);
+                view["state"] = json!({"values": {}});
+                json!({"ok": true, "view": view})
             }
             "chat.getPermalink" => {
                 if http_method != "GET" {

@@ -5,11 +5,11 @@
 use std::io::Write;
 
 use redis::Value;
-use redis::aio::ConnectionManager;
 
 use crate::audit::chain::VerifyReport;
 use crate::audit::{AuditError, AuditFilter, AuditRecord, GENESIS};
 use crate::config::{AuditBackend, Config, StateBackend};
+use crate::redis_conn::RedisConn;
 use crate::time_fmt::parse_rfc3339;
 
 /// Entries read per `XRANGE` when walking the stream.
@@ -108,7 +108,7 @@ pub struct ExportReport {
 /// writer, so the CLI uses it while the service runs.
 #[derive(Clone)]
 pub struct RedisAuditReader {
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: RedisConn,
     pub(super) keys: Keys,
 }
 
@@ -177,7 +177,7 @@ fn stream_entries(keys: &Keys, v: Value) -> Result<Vec<(u64, Vec<u8>)>, AuditErr
 
 impl RedisAuditReader {
     /// A reader over the chain under `prefix`, sharing `conn`.
-    pub fn new(conn: ConnectionManager, prefix: &str) -> RedisAuditReader {
+    pub fn new(conn: RedisConn, prefix: &str) -> RedisAuditReader {
         RedisAuditReader {
             conn,
             keys: Keys::new(prefix),
@@ -408,7 +408,7 @@ impl RedisAuditReader {
     }
 }
 
-async fn config_get(conn: &ConnectionManager, name: &str) -> Result<Option<String>, redis::RedisError> {
+async fn config_get(conn: &RedisConn, name: &str) -> Result<Option<String>, redis::RedisError> {
     let mut c = conn.clone();
     let v: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut c).await?;
     Ok(v.get(1).cloned())
@@ -430,7 +430,7 @@ fn redis_location(config: &Config) -> Result<(&str, &str), AuditError> {
 }
 
 /// A lazily connecting connection to `url`, for the chain under `prefix`.
-pub(super) fn connect(url: &str, prefix: &str) -> Result<ConnectionManager, AuditError> {
+pub(super) fn connect(url: &str, prefix: &str) -> Result<RedisConn, AuditError> {
     crate::redis_conn::connect(url).map_err(|e| AuditError::Io {
         path: format!("redis {prefix}audit"),
         message: e.to_string(),

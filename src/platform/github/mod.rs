@@ -15,6 +15,7 @@
 
 mod app_auth;
 mod runs;
+mod status;
 #[cfg(test)]
 mod tests;
 
@@ -28,6 +29,7 @@ use serde_json::{Value, json};
 use url::Url;
 
 use self::app_auth::{AppClaims, CachedToken};
+pub use self::status::MAX_STATUS_REPORTS;
 use super::http::{Answer, CallFailure, RetryPolicy, Sender, clean_message, join_api_path};
 use super::{CallResult, PlatformClient, comment};
 use crate::config::{GithubConfig, Secret};

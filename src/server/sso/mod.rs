@@ -23,9 +23,13 @@
 //! the review; eligibility is by email, as the engine counts reviewers by
 //! email (rule 7).
 //!
+//! The break-glass pages ([`break_glass`]) sign in through the same flow
+//! and callback, then keep a short session (a sealed cookie) for their forms.
+//!
 //! Codes, tokens, the client secret and the PKCE verifier never reach a
 //! log line or a page.
 
+pub(super) mod break_glass;
 mod oidc;
 mod pages;
 mod session;
@@ -216,6 +220,10 @@ pub(super) async fn callback(req: HttpRequest, gate: web::Data<Gate>, state: web
         Ok(v) => v,
         Err(page) => return page,
     };
+    // A sign-in for the break-glass pages: a session, then back to the page.
+    if s(&flow, "k") == "bg" {
+        return break_glass::signed_in(&gate, &key, &flow, &verified, now);
+    }
     let request = match reviewable(&gate, &id).await {
         Ok(r) => r,
         Err(page) => return page,

@@ -225,6 +225,12 @@ pub(super) struct Verified {
     pub(super) email: String,
     pub(super) aliases: Vec<String>,
     pub(super) groups: Vec<String>,
+    /// The ID token's issuer and subject, and whether the token itself said
+    /// `email_verified: true` (rather than the configuration trusting it):
+    /// how the identity was verified, for the audit.
+    pub(super) issuer: String,
+    pub(super) subject: String,
+    pub(super) email_claim_verified: bool,
 }
 
 /// Exchanges the code and verifies the ID token; refuses with a page.
@@ -304,7 +310,8 @@ pub(super) async fn verify_sign_in(
     };
     // The email is the reviewer's identity: it counts only when the provider
     // says it verified it (or the configuration trusts every email it issues).
-    let verified = claims.email_verified() == Some(true) || sso.trust_unverified_email;
+    let email_claim_verified = claims.email_verified() == Some(true);
+    let verified = email_claim_verified || sso.trust_unverified_email;
     if !verified {
         info!(reviewer = %email, "sso review refused: the email is not verified");
         return Err(refused(
@@ -327,5 +334,12 @@ pub(super) async fn verify_sign_in(
     let name = claims.name().and_then(|n| n.get(None)).map(|n| n.as_str().to_string());
     let aliases =
         crate::identity::reviewer::aliases([crate::identity::reviewer::local_part(&email), preferred, nickname, name]);
-    Ok(Verified { email, aliases, groups })
+    Ok(Verified {
+        email,
+        aliases,
+        groups,
+        issuer: claims.issuer().as_str().to_string(),
+        subject: claims.subject().as_str().to_string(),
+        email_claim_verified,
+    })
 }

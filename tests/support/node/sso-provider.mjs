@@ -35,6 +35,9 @@ const ACCOUNTS = {
   'bob@example.com': { name: 'Bob Reviewer', groups: ['deployers'] },
   'octocat@example.com': { name: 'The Octocat', groups: ['developers'] },
   'mallory@example.com': { name: 'Mallory Outsider', groups: ['contractors'] },
+  'oncall-lead@example.com': { name: 'On-call Lead', groups: ['sre'] },
+  'secops@example.com': { name: 'Sec Ops', groups: ['security'] },
+  'cto@example.com': { name: 'The CTO', groups: ['leadership'] },
 };
 
 const configuration = {
@@ -44,7 +47,9 @@ const configuration = {
       client_secret: 'test-only-sso-secret',
       grant_types: ['authorization_code'],
       response_types: ['code'],
-      redirect_uris: ['https://portcullis.example/reviews/callback'],
+      // REDIRECT_URIS (comma-separated) adds the callbacks of a portcullis
+      // on a loopback port, for the tests that drive a real browser.
+      redirect_uris: ['https://portcullis.example/reviews/callback', ...(process.env.REDIRECT_URIS ?? '').split(',').filter(Boolean)],
       token_endpoint_auth_method: 'client_secret_basic',
     },
   ],
