@@ -28,7 +28,9 @@
 //! - [`identity`]: OIDC ID tokens of CI jobs, verified against trusted
 //!   issuers into attestations; reviewer aliases for Slack and SSO.
 //! - [`verdict`]: Rego policies (regorus, or an OPA server) evaluated over
-//!   posted evidence; `verdict::evaluate_evidence` serves `serve` and
+//!   posted evidence, checked first against the environment's evidence
+//!   schema; policies from loose files and OPA bundles (signed, polled,
+//!   swapped atomically); `verdict::evaluate_evidence` serves `serve` and
 //!   `decide` alike.
 //! - [`platform`]: GitHub and GitLab API calls through one retrying send with
 //!   typed failures; the answer comment; GitHub's redelivery reconciler.
@@ -42,9 +44,9 @@
 //! - [`server`]: the actix-web application: one route table, error codes to
 //!   HTTP statuses, the read API's access rules, rate limits, SSO review pages.
 //! - [`cli`]: the binary's commands (`serve`, `check-config`, `decide`,
-//!   `audit verify`/`query`, `keygen`, `receipt verify`), and those CI jobs
-//!   run: `attest`, `evidence` (scanner reports read into the evidence
-//!   bundle), `verdict`.
+//!   `policy test`/`eval`, `audit verify`/`query`, `keygen`, `receipt
+//!   verify`), and those CI jobs run: `attest`, `evidence` (scanner
+//!   reports read into the evidence bundle), `verdict`.
 
 pub mod audit;
 pub mod cli;

@@ -36,10 +36,12 @@ pub(super) fn check_config(path: &Path) -> Result<ExitCode, String> {
             ));
         }
     }
-    // The schemas are checked above; the policies on their own.
+    // The schemas are checked above, the queries below (each with its
+    // place and the nearest rule): the policies on their own here.
     let mut policies_only = config.clone();
     for env in policies_only.environments.values_mut() {
         env.verdict.evidence_schema = None;
+        env.verdict.policy = None;
     }
     let loaded = runtime()?.block_on(async {
         let http = crate::outbound::client().map_err(|e| format!("cannot build the HTTP client: {e}"))?;

@@ -21,7 +21,7 @@ impl Config {
     /// working directory, as the example commands run from the repository root.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = read_config(path)?;
-        Self::from_toml(&text, &|name| std::env::var(name).ok())
+        pointed(&text, Self::from_toml(&text, &|name| std::env::var(name).ok()))
     }
 
     /// Reads and validates `path` without resolving secrets (each becomes an
@@ -29,7 +29,7 @@ impl Config {
     /// an auditor needs the file but not the service's secrets.
     pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigErrors> {
         let text = read_config(path)?;
-        Self::parse(&text, &|_| None, Some(""))
+        pointed(&text, Self::parse(&text, &|_| None, Some("")))
     }
 
     /// Reads and validates `path` resolving only the secrets of keys under
@@ -38,7 +38,10 @@ impl Config {
     /// needs the bucket's credentials and nothing else.
     pub fn load_with_secrets_under(path: &Path, prefix: &'static str) -> Result<Config, ConfigErrors> {
         let text = read_config(path)?;
-        Self::parse(&text, &|name| std::env::var(name).ok(), Some(prefix))
+        pointed(
+            &text,
+            Self::parse(&text, &|name| std::env::var(name).ok(), Some(prefix)),
+        )
     }
 
     /// Parses and validates TOML text; `env` looks up environment variables
@@ -68,6 +71,19 @@ impl Config {
             Err(ConfigErrors(v.errors))
         }
     }
+}
+
+/// Gives each validation error the line and column of its key in the file,
+/// where the key is written there (a missing key: its table's place).
+fn pointed(text: &str, result: Result<Config, ConfigErrors>) -> Result<Config, ConfigErrors> {
+    result.map_err(|mut errors| {
+        for e in &mut errors.0 {
+            if e.location.is_none() {
+                e.location = super::pointing::locate(text, &e.key);
+            }
+        }
+        errors
+    })
 }
 
 fn read_config(path: &Path) -> Result<String, ConfigErrors> {

@@ -61,17 +61,9 @@ pub enum StartError {
 /// environment whose query names no rule.
 pub async fn load_policies(config: &Config, http: reqwest::Client) -> Result<crate::verdict::PolicySet, StartError> {
     let opa = crate::verdict::OpaClient::new(http.clone());
-    let set = crate::verdict::PolicySet::load(config, http, opa)
+    crate::verdict::PolicySet::load(config, http, opa)
         .await
-        .map_err(|e| StartError::Policy(e.to_string()))?;
-    if let Some(engine) = set.engine() {
-        if let Some((env, query, _)) = crate::verdict::missing_rules(config, &engine).into_iter().next() {
-            return Err(StartError::Policy(format!(
-                "environments.{env}.verdict.policy: {query} names no rule of the loaded policies"
-            )));
-        }
-    }
-    Ok(set)
+        .map_err(|e| StartError::Policy(e.to_string()))
 }
 
 /// A built, bound application: `port()` is known before `run`.
@@ -214,7 +206,15 @@ impl Application {
         let policies = self.gate.policies().clone();
         tokio::spawn(policies.clone().run_pollers(self.stop.clone()));
         if self.reload_on_hup && policies.reloadable() {
-            tokio::spawn(reload_on_sighup(policies, self.stop.clone()));
+            // Registered before the listening line: a SIGHUP from then on reloads.
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hup) => {
+                    tokio::spawn(reload_on_sighup(policies, hup, self.stop.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP: policies reload only from bundle servers")
+                }
+            }
         }
         info!(port = self.addr.port(), "listening on {}", self.addr);
         let result = self.server.await;
@@ -241,12 +241,11 @@ impl Application {
 }
 
 /// Re-reads the local policy sources on each SIGHUP until `stop`.
-async fn reload_on_sighup(policies: Arc<crate::verdict::PolicySet>, stop: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: policies reload only from bundle servers");
-        return;
-    };
+async fn reload_on_sighup(
+    policies: Arc<crate::verdict::PolicySet>,
+    mut hup: tokio::signal::unix::Signal,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,

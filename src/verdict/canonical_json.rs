@@ -5,8 +5,16 @@
 //! escaping. A small parser of its own, since serde_json would re-format
 //! numbers (`1.0` as `1.0`, but `1e3` as `1000.0`).
 
+/// Where a document stopped being JSON.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not JSON: {what} at byte {at}")]
+pub struct JsonError {
+    pub what: &'static str,
+    pub at: usize,
+}
+
 /// The canonical text of the JSON document `text`.
-pub(crate) fn canonical(text: &str) -> Result<String, String> {
+pub(crate) fn canonical(text: &str) -> Result<String, JsonError> {
     let mut p = Parser {
         bytes: text.as_bytes(),
         text,
@@ -18,7 +26,7 @@ pub(crate) fn canonical(text: &str) -> Result<String, String> {
     p.value(&mut out)?;
     p.ws();
     if p.at != p.bytes.len() {
-        return Err(format!("trailing characters at byte {}", p.at));
+        return p.fail("trailing characters");
     }
     Ok(out)
 }
@@ -40,8 +48,8 @@ impl Parser<'_> {
         }
     }
 
-    fn fail<T>(&self, what: &str) -> Result<T, String> {
-        Err(format!("not JSON: {what} at byte {}", self.at))
+    fn fail<T>(&self, what: &'static str) -> Result<T, JsonError> {
+        Err(JsonError { what, at: self.at })
     }
 
     fn eat(&mut self, b: u8) -> bool {
@@ -53,7 +61,7 @@ impl Parser<'_> {
         }
     }
 
-    fn value(&mut self, out: &mut String) -> Result<(), String> {
+    fn value(&mut self, out: &mut String) -> Result<(), JsonError> {
         match self.bytes.get(self.at) {
             Some(b'{') => self.object(out),
             Some(b'[') => self.array(out),
@@ -70,7 +78,7 @@ impl Parser<'_> {
         }
     }
 
-    fn nest(&mut self) -> Result<(), String> {
+    fn nest(&mut self) -> Result<(), JsonError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return self.fail("nested too deep");
@@ -78,7 +86,7 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn object(&mut self, out: &mut String) -> Result<(), String> {
+    fn object(&mut self, out: &mut String) -> Result<(), JsonError> {
         self.nest()?;
         self.at += 1;
         let mut entries: Vec<(String, String)> = Vec::new();
@@ -125,7 +133,7 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn array(&mut self, out: &mut String) -> Result<(), String> {
+    fn array(&mut self, out: &mut String) -> Result<(), JsonError> {
         self.nest()?;
         self.at += 1;
         out.push('[');
@@ -154,7 +162,7 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn literal(&mut self, word: &str, out: &mut String) -> Result<(), String> {
+    fn literal(&mut self, word: &str, out: &mut String) -> Result<(), JsonError> {
         if self.text[self.at..].starts_with(word) {
             self.at += word.len();
             out.push_str(word);
@@ -164,7 +172,7 @@ impl Parser<'_> {
         }
     }
 
-    fn number(&mut self, out: &mut String) -> Result<(), String> {
+    fn number(&mut self, out: &mut String) -> Result<(), JsonError> {
         let start = self.at;
         self.eat(b'-');
         let digits = |p: &mut Self| {
@@ -193,7 +201,7 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn string(&mut self) -> Result<String, String> {
+    fn string(&mut self) -> Result<String, JsonError> {
         self.at += 1;
         let mut s = String::new();
         loop {
@@ -253,7 +261,7 @@ impl Parser<'_> {
         }
     }
 
-    fn hex4(&mut self) -> Result<u32, String> {
+    fn hex4(&mut self) -> Result<u32, JsonError> {
         let Some(h) = self.text.get(self.at..self.at + 4) else {
             return self.fail("bad \\u escape");
         };

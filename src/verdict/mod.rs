@@ -37,6 +37,8 @@ mod signature;
 mod sources;
 
 #[cfg(test)]
+mod bundle_tests;
+#[cfg(test)]
 mod tests;
 
 pub use bundle::{Bundle, BundleError, read_bundle, read_bundle_unverified};
@@ -45,7 +47,8 @@ pub use evaluate::{EvaluateError, EvaluatedEvidence, Poster, evaluate_evidence};
 pub use evidence::{build_input, evidence_digest};
 pub use opa::OpaClient;
 pub use policy_set::{
-    LoadError, PolicySet, PolicyStatus, approvers_of, compile_bundles, compile_paths, load_with_tests, missing_rules,
+    FetchError, LoadError, PolicySet, PolicyStatus, ReloadError, approvers_of, compile_bundles, compile_paths,
+    load_with_tests, missing_rules,
 };
 pub use query::validate_query;
 pub use schema::{EvidenceError, EvidenceSchema, SchemaError, check_evidence, validate_evidence};

@@ -40,6 +40,30 @@ pub enum LoadError {
     },
     #[error("policies.verification_key: {0}")]
     Key(String),
+    /// An evaluated environment's query names no rule of the policies.
+    #[error("environments.{environment}.verdict.policy: {query} names no rule of the loaded policies")]
+    Query { environment: String, query: String },
+}
+
+/// A reload that did not replace the running policies: what was refused
+/// (logged and shown by `/readyz` too).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ReloadError(pub String);
+
+/// Why a bundle could not be downloaded. Never the server's text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("no answer in time")]
+    Timeout,
+    #[error("unreachable")]
+    Unreachable,
+    #[error("answered HTTP {0}")]
+    Status(u16),
+    #[error("larger than {} MiB", MAX_BUNDLE_BYTES >> 20)]
+    TooLarge,
+    #[error("the download broke off")]
+    BrokenOff,
 }
 
 /// What `/readyz` and `/metrics` say about the policies.
@@ -70,6 +94,8 @@ pub struct PolicySet {
     bundles: Vec<BundleSource>,
     key: Option<VerificationKey>,
     approvers: BTreeMap<String, Vec<String>>,
+    /// Each evaluated environment's query: a revision without its rule is refused.
+    queries: Vec<(String, String)>,
     polling_interval: Duration,
     /// The active bundle of each configured source (same order).
     active: Mutex<Vec<Option<Bundle>>>,
@@ -124,6 +150,7 @@ impl PolicySet {
             bundles: config.bundles.clone(),
             key,
             approvers: BTreeMap::new(),
+            queries: Vec::new(),
             polling_interval: config.polling_interval,
             active: Mutex::new(vec![None; config.bundles.len()]),
             remote: Mutex::new(BTreeMap::new()),
@@ -156,6 +183,12 @@ impl PolicySet {
         };
         let mut set = Self::bare(opa, http, &config.policies, schemas, key);
         set.approvers = approvers_of(config);
+        set.queries = config
+            .environments
+            .iter()
+            .filter(|(_, e)| e.verdict.mode == VerdictMode::Evaluated)
+            .filter_map(|(name, e)| e.verdict.policy.clone().map(|q| (name.clone(), q)))
+            .collect();
         if set.paths.is_empty() && set.bundles.is_empty() {
             return Ok(set);
         }
@@ -221,7 +254,7 @@ impl PolicySet {
 
     /// Re-reads the local sources (loose paths and bundle files), as on
     /// SIGHUP, and replaces the engine if they compile and verify.
-    pub async fn reload_local(&self) -> Result<(), String> {
+    pub async fn reload_local(&self) -> Result<(), ReloadError> {
         let _guard = self.reloading.lock().await;
         let mut active = lock(&self.active).clone();
         let result = (|| -> Result<PolicyEngine, LoadError> {
@@ -238,7 +271,7 @@ impl PolicySet {
 
     /// Asks remote bundle `index` for a new revision once; a new one that
     /// reads, verifies and compiles replaces the engine.
-    pub async fn poll(&self, index: usize) -> Result<(), String> {
+    pub async fn poll(&self, index: usize) -> Result<(), ReloadError> {
         let Some(BundleSource::Url(url)) = self.bundles.get(index) else {
             return Ok(());
         };
@@ -247,10 +280,10 @@ impl PolicySet {
         let (bytes, etag) = match fetched {
             Ok(Fetched::NotModified) => return Ok(()),
             Ok(Fetched::New { bytes, etag }) => (bytes, etag),
-            Err(message) => {
+            Err(e) => {
                 // Unreachable is not a new revision: the running one stays, said once per poll.
-                tracing::warn!(bundle = %display_url(url), error = %message, "bundle poll failed");
-                return Err(message);
+                tracing::warn!(bundle = %display_url(url), error = %e, "bundle poll failed");
+                return Err(ReloadError(format!("bundle {}: {e}", display_url(url))));
             }
         };
         let _guard = self.reloading.lock().await;
@@ -284,8 +317,19 @@ impl PolicySet {
         }
     }
 
-    fn settle(&self, what: &str, result: Result<(PolicyEngine, Vec<Option<Bundle>>), LoadError>) -> Result<(), String> {
+    fn settle(
+        &self,
+        what: &str,
+        result: Result<(PolicyEngine, Vec<Option<Bundle>>), LoadError>,
+    ) -> Result<(), ReloadError> {
         match result {
+            // Another bundle has not loaded yet: this one waits beside it,
+            // and nothing is evaluated with half the policies.
+            Ok((_, active)) if active.iter().any(Option::is_none) => {
+                *lock(&self.active) = active;
+                tracing::info!(from = %what, "bundle loaded; waiting for the other configured bundles");
+                Ok(())
+            }
             Ok((engine, active)) => {
                 let revision = engine.revision().to_owned();
                 let previous = self.engine().map(|e| e.revision().to_owned());
@@ -301,17 +345,14 @@ impl PolicySet {
                 self.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(from = %what, error = %message, "policy reload refused; the running revision stays");
                 *lock(&self.last_error) = Some(message.clone());
-                Err(message)
+                Err(ReloadError(message))
             }
         }
     }
 
     fn read_file_bundle(&self, path: &std::path::Path) -> Result<Bundle, BundleError> {
         let display = path.display().to_string();
-        let bytes = read_limited(path).map_err(|message| BundleError::Read {
-            bundle: display.clone(),
-            message,
-        })?;
+        let bytes = read_limited(path)?;
         read_bundle(&display, &bytes, self.key.as_ref())
     }
 
@@ -324,6 +365,7 @@ impl PolicySet {
         bundles: &[Option<Bundle>],
         with_tests: bool,
     ) -> Result<PolicyEngine, LoadError> {
+        let partial = bundles.iter().any(Option::is_none);
         let bundles: Vec<&Bundle> = bundles.iter().flatten().collect();
         super::bundle::check_overlap(&bundles)?;
         let mut files: Vec<SourceFile> = loose.to_vec();
@@ -338,12 +380,20 @@ impl PolicySet {
                     .collect::<Vec<_>>()
                     .join(",")
             });
-        Ok(PolicyEngine::from_sources(
-            &files,
-            &self.approvers,
-            with_tests,
-            revision,
-        )?)
+        let engine = PolicyEngine::from_sources(&files, &self.approvers, with_tests, revision)?;
+        // A partial set (another bundle still loading) is only compiled, not checked.
+        if partial {
+            return Ok(engine);
+        }
+        for (environment, query) in &self.queries {
+            if !engine.rules().contains(query) {
+                return Err(LoadError::Query {
+                    environment: environment.clone(),
+                    query: query.clone(),
+                });
+            }
+        }
+        Ok(engine)
     }
 
     fn remote_state<T>(&self, index: usize, f: impl FnOnce(&mut RemoteState) -> T) -> T {
@@ -377,10 +427,7 @@ pub fn compile_paths(
     let mut bundles = Vec::new();
     for path in paths.iter().filter(|p| is_bundle(p)) {
         let display = path.display().to_string();
-        let bytes = read_limited(path).map_err(|message| BundleError::Read {
-            bundle: display.clone(),
-            message,
-        })?;
+        let bytes = read_limited(path)?;
         bundles.push(Some(super::bundle::read_bundle_unverified(&display, &bytes)?));
     }
     let mut set = PolicySet::empty(OpaClient::new(reqwest::Client::new()));
@@ -406,12 +453,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn read_limited(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+/// A bundle file's bytes, or why not (as the message of a [`BundleError::Read`]).
+fn read_limited(path: &std::path::Path) -> Result<Vec<u8>, BundleError> {
+    let err = |message: String| BundleError::Read {
+        bundle: path.display().to_string(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
     if meta.len() > MAX_BUNDLE_BYTES as u64 {
-        return Err(format!("is larger than {} MiB", MAX_BUNDLE_BYTES >> 20));
+        return Err(err(format!("is larger than {} MiB", MAX_BUNDLE_BYTES >> 20)));
     }
-    std::fs::read(path).map_err(|e| e.to_string())
+    std::fs::read(path).map_err(|e| err(e.to_string()))
 }
 
 /// A URL as messages name it: without its query (which may carry a token).
@@ -427,22 +479,22 @@ enum Fetched {
     New { bytes: Vec<u8>, etag: Option<String> },
 }
 
-async fn fetch(http: &reqwest::Client, url: &url::Url, etag: Option<&str>) -> Result<Fetched, String> {
+async fn fetch(http: &reqwest::Client, url: &url::Url, etag: Option<&str>) -> Result<Fetched, FetchError> {
     let mut request = http.get(url.clone()).timeout(FETCH_TIMEOUT);
     if let Some(etag) = etag {
         request = request.header(reqwest::header::IF_NONE_MATCH, etag);
     }
     let mut response = request.send().await.map_err(|e| {
         if e.is_timeout() {
-            "no answer in time".to_owned()
+            FetchError::Timeout
         } else {
-            "unreachable".to_owned()
+            FetchError::Unreachable
         }
     })?;
     match response.status() {
         reqwest::StatusCode::NOT_MODIFIED => return Ok(Fetched::NotModified),
         reqwest::StatusCode::OK => {}
-        other => return Err(format!("answered HTTP {}", other.as_u16())),
+        other => return Err(FetchError::Status(other.as_u16())),
     }
     let etag = response
         .headers()
@@ -450,13 +502,9 @@ async fn fetch(http: &reqwest::Client, url: &url::Url, etag: Option<&str>) -> Re
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let mut bytes = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|_| "the download broke off".to_owned())?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|_| FetchError::BrokenOff)? {
         if bytes.len() + chunk.len() > MAX_BUNDLE_BYTES {
-            return Err(format!("larger than {} MiB", MAX_BUNDLE_BYTES >> 20));
+            return Err(FetchError::TooLarge);
         }
         bytes.extend_from_slice(&chunk);
     }

@@ -116,7 +116,7 @@ pub(crate) fn verify(
                 entry.algorithm
             )));
         }
-        let actual = file_hash(name, bytes).map_err(|m| err(format!("{name}: {m}")))?;
+        let actual = file_hash(name, bytes)?;
         if !actual.eq_ignore_ascii_case(&entry.hash) {
             return Err(err(format!("{name}: digest mismatch")));
         }
@@ -132,11 +132,11 @@ pub(crate) fn verify(
 /// The hex SHA-256 OPA signs for a file: over the canonical JSON of a
 /// structured file (`data.json`, `data.yaml`, `.manifest`), over the bytes
 /// of any other.
-pub fn file_hash(name: &str, bytes: &[u8]) -> Result<String, String> {
+pub fn file_hash(name: &str, bytes: &[u8]) -> Result<String, SignatureError> {
     let base = name.rsplit('/').next().unwrap_or(name);
     if matches!(base, "data.json" | ".manifest") {
-        let text = std::str::from_utf8(bytes).map_err(|_| "is not UTF-8".to_owned())?;
-        let canonical = super::canonical_json::canonical(text)?;
+        let text = std::str::from_utf8(bytes).map_err(|_| SignatureError(format!("{name}: is not UTF-8")))?;
+        let canonical = super::canonical_json::canonical(text).map_err(|e| SignatureError(format!("{name}: {e}")))?;
         Ok(crate::crypto::sha256_hex(canonical.as_bytes()))
     } else {
         Ok(crate::crypto::sha256_hex(bytes))

@@ -7,6 +7,8 @@
 //! with its own crypto.sha256, and the manifest's revision is the one both
 //! report. The bindings cannot load a bundle archive themselves, so the
 //! archive is unpacked by Python the way OPA's bundle reader places files.
+//! And a bundle signed by Python alone (tests/opa/sign.py) verifies in
+//! portcullis, so the signature format is not only checked against itself.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -246,4 +248,73 @@ fn a_tampered_bundle_fails_go_opas_hashes_and_portcullis_refuses_it() {
     let go = opa(&path, &pem, &[]);
     assert_eq!(go["signature"]["mismatched"], json!([]));
     read_bundle("release.tar.gz", &reformatted.build(), Some(&key)).unwrap();
+}
+
+/// A bundle signed by Python alone (tarfile and `cryptography`, as
+/// `opa sign` would: none of portcullis's bundle code) verifies and loads in
+/// portcullis with both algorithms, and one changed file is refused.
+#[test]
+fn a_bundle_signed_outside_portcullis_verifies_and_a_changed_one_does_not() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bundles");
+    for (alg, private, public) in [
+        ("ES256", "test-only-bundle-es256-private.pem", es256_public_pem_path()),
+        ("RS256", "test-only-bundle-rs256-private.pem", rs256_public_pem_path()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let files: BTreeMap<String, String> = bundle()
+            .files
+            .iter()
+            .map(|(n, b)| (n.clone(), String::from_utf8(b.clone()).unwrap()))
+            .collect();
+        let spec = dir.path().join("spec.json");
+        std::fs::write(
+            &spec,
+            json!({"files": files, "alg": alg, "private_key": format!("{fixtures}/{private}")}).to_string(),
+        )
+        .unwrap();
+        let out_path = dir.path().join("python.tar.gz");
+        let out = Command::new(python())
+            .arg(script("sign.py"))
+            .arg(&spec)
+            .arg(&out_path)
+            .current_dir(script(""))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let key = VerificationKey::from_pem(&std::fs::read_to_string(&public).unwrap()).unwrap();
+        let bytes = std::fs::read(&out_path).unwrap();
+        let read = read_bundle("python.tar.gz", &bytes, Some(&key)).unwrap_or_else(|e| panic!("{alg}: {e}"));
+        assert_eq!(read.revision, "acme-release-2026.03.1");
+        compile_bundles(vec![read], &approvers()).unwrap();
+
+        // The same archive with one byte of the policy changed.
+        let gz = flate2::read::GzDecoder::new(bytes.as_slice());
+        let mut archive = tar::Archive::new(gz);
+        let mut changed = BundleBuilder::default();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_start_matches('/')
+                .to_owned();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            if name == "acme/release/policy.rego" {
+                data = String::from_utf8(data)
+                    .unwrap()
+                    .replace("open_allowed", "open_alowed")
+                    .into_bytes();
+            }
+            changed = changed.file(&name, data);
+        }
+        assert_eq!(
+            read_bundle("python.tar.gz", &changed.build(), Some(&key))
+                .unwrap_err()
+                .to_string(),
+            "bundle python.tar.gz: signature refused: acme/release/policy.rego: digest mismatch",
+            "{alg}"
+        );
+    }
 }

@@ -329,3 +329,20 @@ producers = [{{ ci_config_ref_uri = "x" }}]
         json!({"code": "verdict_denied", "message": "data.acme.release.allow denied: trufflehog: 4 open"})
     );
 }
+
+#[test]
+fn check_config_points_at_the_key_of_every_validation_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = check_config(
+        dir.path(),
+        "[server]\nlog_format = \"xml\"\n[environments.production]\napprovers = []\n[environments.production.verdict]\nrequired = false\nmode = \"asserted\"\nevidence_schema = \"s.json\"\n",
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr,
+        "portcullis: invalid configuration c.toml:\n  \
+         server.log_format (line 2, column 14): `xml` is not one of \"text\", \"json\"\n  \
+         environments.production.approvers (line 4, column 13): at least one approver is required (nobody could deploy)\n  \
+         environments.production.verdict.evidence_schema (line 8, column 19): applies to posted evidence, so only to modes \"evaluated\" and \"opa\"\n"
+    );
+}
