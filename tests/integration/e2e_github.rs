@@ -199,22 +199,8 @@ impl World {
         }
     }
 
-    /// The audit records of `event`, once there is at least one (10 s at
-    /// most; the records are appended in the background).
     async fn audited(&self, event: &str) -> Vec<Value> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let found: Vec<Value> = self
-                .app
-                .audit_records()
-                .into_iter()
-                .filter(|r| r["event"] == event)
-                .collect();
-            if !found.is_empty() || std::time::Instant::now() > deadline {
-                return found;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.app.audited(event).await
     }
 
     fn reviews_for(&self, run: u64) -> Vec<Value> {

@@ -292,12 +292,7 @@ async fn attest_evidence_and_verdict_from_a_github_job_get_the_request_decided()
         endpoint.queries.lock().unwrap().as_slice(),
         ["api-version=2.0&audience=portcullis"]
     );
-    let accepted: Vec<Value> = w
-        .app
-        .audit_records()
-        .into_iter()
-        .filter(|r| r["event"] == "attestation_accepted")
-        .collect();
+    let accepted = w.app.audited("attestation_accepted").await;
     assert_eq!(accepted.len(), 1);
     assert_eq!(accepted[0]["run"], "9501");
 

@@ -181,20 +181,7 @@ async fn a_signed_bundle_is_loaded_and_its_revision_recorded_on_the_verdict() {
         (json!(false), json!(["snyk: 1 open findings"]), json!("acme-2026.03.1")),
         "{v}"
     );
-    // The record is appended without waiting for durability: give it time.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let recorded: Vec<Value> = loop {
-        let found: Vec<Value> = w
-            .app
-            .audit_records()
-            .into_iter()
-            .filter(|r| r["event"] == "verdict_recorded")
-            .collect();
-        if !found.is_empty() || std::time::Instant::now() > deadline {
-            break found;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let recorded = w.app.audited("verdict_recorded").await;
     assert_eq!(recorded.len(), 1);
     assert_eq!(recorded[0]["verdict"]["policy_revision"], "acme-2026.03.1");
     let (_, ready) = w.app.get("/readyz").await;

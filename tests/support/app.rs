@@ -235,6 +235,24 @@ impl App {
     pub fn audit_records(&self) -> Vec<Value> {
         read_audit(&self.audit_path())
     }
+
+    /// The audit records of `event`, once there is at least one (10 s at
+    /// most): records nobody waits on are written by the group-commit
+    /// writer in the background.
+    pub async fn audited(&self, event: &str) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found: Vec<Value> = self
+                .audit_records()
+                .into_iter()
+                .filter(|r| r["event"] == event)
+                .collect();
+            if !found.is_empty() || Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for App {
