@@ -70,7 +70,7 @@ pub fn evaluate(inputs: &Inputs<'_>) -> Decision {
         violations: request.intake_problems.clone(),
         ..Findings::default()
     };
-    let attempt = rules::run_attempt_known(request, &mut f);
+    let attempt = rules::run_attempt_known(request, inputs.attestation.is_some(), &mut f);
     if let Some(att) = rules::attestation_present(request, inputs.attestation, &mut f) {
         rules::attestation_matches(request, att, &mut f);
         rules::claims_satisfied(policy, att, &mut f);

@@ -111,21 +111,28 @@ pub(crate) fn claims_satisfied(policy: &EnvironmentPolicy, att: &Attestation, f:
 /// run has been read (a re-run keeps the first attempt's token actor, so the
 /// attempt's own starter must be known); GitLab retries are new deployments
 /// and need nothing more. `None` while unknown.
+///
+/// The gate reads a run only once the run has an attestation (until then
+/// the request can only wait, and a read would spend API quota on nothing),
+/// so an unread run is named as missing only when the attestation is not.
 pub(crate) fn run_attempt_known<'r>(
     request: &'r DeploymentRequest,
+    attested: bool,
     f: &mut Findings,
 ) -> Option<Option<&'r RunAttempt>> {
     match (request.platform, &request.run_attempt) {
         (Platform::Gitlab, attempt) => Some(attempt.as_ref()),
         (Platform::Github, Some(attempt)) => Some(Some(attempt)),
         (Platform::Github, None) => {
-            f.missing.push(Reason::new(
-                ReasonCode::RunAttemptUnknown,
-                format!(
-                    "the attempt of run {} and who started it have not been read from GitHub yet",
-                    request.run
-                ),
-            ));
+            if attested {
+                f.missing.push(Reason::new(
+                    ReasonCode::RunAttemptUnknown,
+                    format!(
+                        "the attempt of run {} and who started it have not been read from GitHub yet",
+                        request.run
+                    ),
+                ));
+            }
             None
         }
     }

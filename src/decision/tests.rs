@@ -494,6 +494,19 @@ fn the_identity_checked_is_whoever_started_this_attempt() {
     // GitHub, not read yet: waits.
     req.run_attempt = None;
     assert_eq!(decide(&req).codes(), vec![ReasonCode::RunAttemptUnknown]);
+    // Not read, and no attestation either: the run is read only once one
+    // arrives, so only the attestation is named as missing.
+    let unattested = evaluate(&Inputs {
+        policy: policy.as_ref(),
+        request: &req,
+        attestation: None,
+        verdict: None,
+        reviews: &[],
+        break_glass: &[],
+        now: NOW,
+    });
+    assert_eq!(unattested.outcome, Outcome::Pending);
+    assert_eq!(unattested.codes(), vec![ReasonCode::AttestationMissing]);
     // GitLab: the deployment's user.
     let mut gl = request("production");
     gl.platform = Platform::Gitlab;

@@ -144,6 +144,13 @@ impl Gate {
         if req.run_attempt.is_some() || !req.intake_problems.is_empty() {
             return Ok(Some(req));
         }
+        // Not needed yet: without an attestation the request can only wait
+        // (or time out), whatever the run says. The run is read once an
+        // attestation arrives, so no API quota goes on requests that may
+        // never be deployed.
+        if !self.store.has_attestation(&req.run_ref().key()).await? {
+            return Ok(Some(req));
+        }
         let attempt = match &self.platforms.github_api {
             // Nothing to read with: `decide` treats the run as unread.
             None => return Ok(Some(req)),
@@ -189,7 +196,7 @@ impl Gate {
     }
 
     /// [`Gate::decide`], with the attestation and verdict it weighed.
-    async fn decide_with_inputs(
+    pub(super) async fn decide_with_inputs(
         &self,
         req: &DeploymentRequest,
         now: OffsetDateTime,

@@ -30,14 +30,31 @@ pub enum ReviewOutcome {
 impl Gate {
     /// Stores a new deployment request (idempotent on its id) and schedules
     /// its evaluation. Returns the request id and whether it was new.
-    pub async fn receive_request(self: &Arc<Self>, req: DeploymentRequest) -> Result<(String, bool), GateError> {
+    ///
+    /// A request whose run has no attestation yet can only wait: its pending
+    /// decision is worked out here and stored with it, and no evaluation is
+    /// scheduled (the attestation, when it comes, schedules one). The
+    /// attestation is looked for again after the insert, so one that arrives
+    /// in between is never missed: either its poster finds the stored
+    /// request, or the second look finds the attestation.
+    pub async fn receive_request(self: &Arc<Self>, mut req: DeploymentRequest) -> Result<(String, bool), GateError> {
+        let now = OffsetDateTime::now_utc();
+        let (decision, decided_on) = self.decide_with_inputs(&req, now).await?;
+        let waits_for_attestation = decision.outcome == decision::Outcome::Pending && decided_on.attestation.is_none();
+        if waits_for_attestation {
+            req.decision = Some(decision);
+        }
         let created = self.store.insert_request(&req).await?;
         if created {
             self.audit_queued(events::request_received(&req)).await?;
             info!(request = %req.id, environment = %req.environment, repository = %req.repository, run = %req.run, "deployment request received");
             self.notify(&req.id);
         }
-        self.spawn_evaluate(req.id.clone());
+        if created && waits_for_attestation && !self.store.has_attestation(&req.run_ref().key()).await? {
+            self.report_status(None, &req);
+        } else {
+            self.spawn_evaluate(req.id.clone());
+        }
         Ok((req.id, created))
     }
 

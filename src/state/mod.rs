@@ -68,6 +68,10 @@ pub trait Store: Send + Sync + 'static {
     /// Stores the attestation as the latest for its run.
     async fn put_attestation(&self, run_key: &str, att: &Attestation, ttl: Duration) -> StateResult<()>;
     async fn get_attestation(&self, run_key: &str) -> StateResult<Option<Attestation>>;
+    /// Whether the run has an attestation now, without reading it.
+    async fn has_attestation(&self, run_key: &str) -> StateResult<bool> {
+        Ok(self.get_attestation(run_key).await?.is_some())
+    }
 
     /// Stores the verdict as the latest for (repository, sha, environment).
     async fn put_verdict(&self, key: &str, verdict: &Verdict, ttl: Duration) -> StateResult<()>;

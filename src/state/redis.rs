@@ -278,6 +278,11 @@ impl Store for RedisStore {
         s.as_deref().map(decode).transpose()
     }
 
+    async fn has_attestation(&self, run_key: &str) -> StateResult<bool> {
+        let mut c = self.conn.clone();
+        c.exists(self.key("a", run_key)).await.map_err(err)
+    }
+
     async fn put_verdict(&self, key: &str, verdict: &Verdict, ttl: Duration) -> StateResult<()> {
         let mut c = self.conn.clone();
         let _: () = c

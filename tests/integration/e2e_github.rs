@@ -688,6 +688,39 @@ async fn the_run_is_read_before_any_answer_and_a_failed_read_waits() {
     assert_eq!(done["run_attempt"]["number"], 1);
 }
 
+/// A request whose run has no attestation yet can only wait: it is stored
+/// pending at once, naming the attestation, and the run is not read from
+/// GitHub until an attestation arrives (no API quota for a request that may
+/// never be deployed); then it is read once and the request decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_is_read_only_once_its_attestation_has_arrived() {
+    let w = world().await;
+    let (run, s) = (7605, sha(7605));
+    w.verdict(&s, "production", true, &[]).await;
+    let run_path = format!("/repos/{REPO}/actions/runs/{run}");
+    let id = w.webhook("d-7605", run, "production", &s).await;
+    let (code, req) = w.app.get(&format!("/v1/requests/{id}")).await;
+    assert_eq!(code, 200);
+    assert_eq!(req["status"], "pending", "{req}");
+    assert_eq!(req["decision"]["outcome"], "pending", "{req}");
+    assert_eq!(codes(&req), ["attestation_missing"]);
+    // Give a background evaluation, were there one, time to read the run.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reads = |w: &World| {
+        w.gh.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == run_path)
+            .count()
+    };
+    assert_eq!(reads(&w), 0, "the run is not read before its attestation");
+    w.attest(ci_claims(run, &s)).await;
+    let done = w.app.wait_request(&id, "done", WAIT).await;
+    assert_eq!(done["decision"]["outcome"], "approved", "{done}");
+    assert_eq!(done["run_attempt"]["number"], 1);
+    assert_eq!(reads(&w), 1, "read once, after the attestation");
+    assert_eq!(w.reviews_for(run).len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verdict_for_another_commit_than_the_posting_jobs_is_refused() {
     let w = world().await;
