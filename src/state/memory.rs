@@ -4,8 +4,8 @@
 //! A std `Mutex` (not tokio's): no lock is held across an `.await`, and
 //! every critical section is a few map operations.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -14,17 +14,36 @@ use time::OffsetDateTime;
 use super::{Cas, Lease, StateError, StateResult, Store};
 use crate::domain::{Attestation, DeploymentRequest, Grant, RequestStatus, Verdict};
 
+/// foldhash, seeded per process: several times faster than SipHash on these
+/// short keys. Every key here comes from a signed webhook or a verified
+/// token, so the weaker flooding resistance is not exposed to strangers.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Set<T> = HashSet<T, foldhash::fast::RandomState>;
+
+/// A request id, held once and shared by the map and every index.
+type Id = Arc<str>;
+
+/// Memory per stored request is what bounds this store (100 000 pending
+/// requests are the benchmark), so requests are boxed (a map bucket is two
+/// pointers, not a whole request, and growing the map moves no requests),
+/// ids are shared, and the counts `/metrics` asks for are kept, not counted.
 #[derive(Default)]
 struct Inner {
-    deliveries: HashMap<String, Instant>,
-    attestations: HashMap<String, (Attestation, Instant)>,
-    verdicts: HashMap<String, (Verdict, Instant)>,
-    requests: HashMap<String, DeploymentRequest>,
-    by_run: HashMap<String, HashSet<String>>,
-    by_verdict: HashMap<String, HashSet<String>>,
+    deliveries: Map<Box<str>, Instant>,
+    attestations: Map<Box<str>, (Attestation, Instant)>,
+    verdicts: Map<Box<str>, (Verdict, Instant)>,
+    requests: Map<Id, Box<DeploymentRequest>>,
+    /// Pending requests of a run: almost always one, so a vector.
+    by_run: Map<Box<str>, Vec<Id>>,
+    /// Pending requests of a verdict key: every run of one commit, so a set.
+    by_verdict: Map<Box<str>, Set<Id>>,
     /// (deadline unix seconds, request id), pending requests only.
-    deadlines: BTreeSet<(i64, String)>,
-    leases: HashMap<String, (Lease, Instant)>,
+    deadlines: BTreeSet<(i64, Id)>,
+    /// Requests in `Deciding`, for the sweeper (never a walk of every request).
+    deciding: Set<Id>,
+    /// Pending requests by environment.
+    pending_by_env: BTreeMap<String, u64>,
+    leases: Map<Box<str>, (Lease, Instant)>,
     fence: u64,
     sweeps: u64,
 }
@@ -63,22 +82,59 @@ impl Inner {
         self.leases.retain(|_, (_, exp)| *exp > now);
     }
 
-    fn unindex(&mut self, req: &DeploymentRequest) {
-        let run_key = req.run_ref().key();
-        if let Some(set) = self.by_run.get_mut(&run_key) {
-            set.remove(&req.id);
-            if set.is_empty() {
-                self.by_run.remove(&run_key);
+    /// Enters a request with `status` into the indexes of that status.
+    fn index(&mut self, id: &Id, req: &DeploymentRequest, status: RequestStatus) {
+        match status {
+            RequestStatus::Pending => {
+                self.by_run
+                    .entry(req.run_ref().key().into())
+                    .or_default()
+                    .push(id.clone());
+                self.by_verdict
+                    .entry(req.verdict_key().into())
+                    .or_default()
+                    .insert(id.clone());
+                self.deadlines.insert((req.deadline.unix_timestamp(), id.clone()));
+                *self.pending_by_env.entry(req.environment.clone()).or_insert(0) += 1;
             }
-        }
-        let vkey = req.verdict_key();
-        if let Some(set) = self.by_verdict.get_mut(&vkey) {
-            set.remove(&req.id);
-            if set.is_empty() {
-                self.by_verdict.remove(&vkey);
+            RequestStatus::Deciding => {
+                self.deciding.insert(id.clone());
             }
+            RequestStatus::Done | RequestStatus::Superseded => {}
         }
-        self.deadlines.remove(&(req.deadline.unix_timestamp(), req.id.clone()));
+    }
+
+    /// Takes a request with `status` out of the indexes of that status.
+    fn unindex(&mut self, id: &Id, req: &DeploymentRequest, status: RequestStatus) {
+        match status {
+            RequestStatus::Pending => {
+                let run_key = req.run_ref().key();
+                if let Some(ids) = self.by_run.get_mut(run_key.as_str()) {
+                    ids.retain(|i| i != id);
+                    if ids.is_empty() {
+                        self.by_run.remove(run_key.as_str());
+                    }
+                }
+                let vkey = req.verdict_key();
+                if let Some(set) = self.by_verdict.get_mut(vkey.as_str()) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        self.by_verdict.remove(vkey.as_str());
+                    }
+                }
+                self.deadlines.remove(&(req.deadline.unix_timestamp(), id.clone()));
+                if let Some(n) = self.pending_by_env.get_mut(&req.environment) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.pending_by_env.remove(&req.environment);
+                    }
+                }
+            }
+            RequestStatus::Deciding => {
+                self.deciding.remove(id);
+            }
+            RequestStatus::Done | RequestStatus::Superseded => {}
+        }
     }
 }
 
@@ -91,7 +147,7 @@ impl Store for MemoryStore {
         match g.deliveries.get(id) {
             Some(exp) if *exp > now => Ok(false),
             _ => {
-                g.deliveries.insert(id.to_string(), now + ttl);
+                g.deliveries.insert(id.into(), now + ttl);
                 Ok(true)
             }
         }
@@ -106,7 +162,7 @@ impl Store for MemoryStore {
         let mut g = self.lock()?;
         g.maybe_sweep();
         g.attestations
-            .insert(run_key.to_string(), (att.clone(), Instant::now() + ttl));
+            .insert(run_key.into(), (att.clone(), Instant::now() + ttl));
         Ok(())
     }
 
@@ -118,11 +174,17 @@ impl Store for MemoryStore {
             .map(|(a, _)| a.clone()))
     }
 
+    async fn has_attestation(&self, run_key: &str) -> StateResult<bool> {
+        let g = self.lock()?;
+        Ok(g.attestations
+            .get(run_key)
+            .is_some_and(|(_, exp)| *exp > Instant::now()))
+    }
+
     async fn put_verdict(&self, key: &str, verdict: &Verdict, ttl: Duration) -> StateResult<()> {
         let mut g = self.lock()?;
         g.maybe_sweep();
-        g.verdicts
-            .insert(key.to_string(), (verdict.clone(), Instant::now() + ttl));
+        g.verdicts.insert(key.into(), (verdict.clone(), Instant::now() + ttl));
         Ok(())
     }
 
@@ -141,45 +203,43 @@ impl Store for MemoryStore {
 
     async fn insert_request(&self, req: &DeploymentRequest) -> StateResult<bool> {
         let mut g = self.lock()?;
-        if g.requests.contains_key(&req.id) {
+        if g.requests.contains_key(req.id.as_str()) {
             return Ok(false);
         }
-        if req.status == RequestStatus::Pending {
-            g.by_run.entry(req.run_ref().key()).or_default().insert(req.id.clone());
-            g.by_verdict
-                .entry(req.verdict_key())
-                .or_default()
-                .insert(req.id.clone());
-            g.deadlines.insert((req.deadline.unix_timestamp(), req.id.clone()));
-        }
-        g.requests.insert(req.id.clone(), req.clone());
+        let id: Id = req.id.as_str().into();
+        g.index(&id, req, req.status);
+        g.requests.insert(id, Box::new(req.clone()));
         Ok(true)
     }
 
     async fn get_request(&self, id: &str) -> StateResult<Option<DeploymentRequest>> {
-        Ok(self.lock()?.requests.get(id).cloned())
+        Ok(self.lock()?.requests.get(id).map(|r| (**r).clone()))
     }
 
     async fn update_request(&self, req: &DeploymentRequest) -> StateResult<Cas> {
         let mut g = self.lock()?;
-        let Some(stored) = g.requests.get(&req.id) else {
+        let Some((id, stored)) = g.requests.get_key_value(req.id.as_str()) else {
             return Ok(Cas::Conflict(None));
         };
         let mut next = req.clone();
         next.version = req.version + 1;
-        if *stored == next {
+        if **stored == next {
             // The same write, sent again: it is stored.
             return Ok(Cas::Written(next.version));
         }
         if stored.version != req.version {
-            return Ok(Cas::Conflict(Some(Box::new(stored.clone()))));
+            return Ok(Cas::Conflict(Some(stored.clone())));
         }
-        let was_pending = stored.status == RequestStatus::Pending;
-        if was_pending && next.status != RequestStatus::Pending {
-            g.unindex(&next);
+        let id = id.clone();
+        let was = stored.status;
+        if was != next.status {
+            g.unindex(&id, &next, was);
+            g.index(&id, &next, next.status);
         }
         let v = next.version;
-        g.requests.insert(next.id.clone(), next);
+        if let Some(slot) = g.requests.get_mut(id.as_ref()) {
+            **slot = next;
+        }
         Ok(Cas::Written(v))
     }
 
@@ -188,7 +248,7 @@ impl Store for MemoryStore {
             .lock()?
             .by_run
             .get(run_key)
-            .map(|s| s.iter().cloned().collect())
+            .map(|ids| ids.iter().map(|i| i.to_string()).collect())
             .unwrap_or_default())
     }
 
@@ -197,7 +257,7 @@ impl Store for MemoryStore {
             .lock()?
             .by_verdict
             .get(verdict_key)
-            .map(|s| s.iter().cloned().collect())
+            .map(|s| s.iter().map(|i| i.to_string()).collect())
             .unwrap_or_default())
     }
 
@@ -209,15 +269,15 @@ impl Store for MemoryStore {
             .iter()
             .take_while(|(d, _)| *d <= cutoff)
             .take(limit)
-            .map(|(_, id)| id.clone())
+            .map(|(_, id)| id.to_string())
             .collect();
         let live = Instant::now();
-        for (id, req) in &g.requests {
+        for id in &g.deciding {
             if out.len() >= limit {
                 break;
             }
-            if req.status == RequestStatus::Deciding && g.leases.get(id).is_none_or(|(_, exp)| *exp <= live) {
-                out.push(id.clone());
+            if g.leases.get(id.as_ref()).is_none_or(|(_, exp)| *exp <= live) {
+                out.push(id.to_string());
             }
         }
         Ok(out)
@@ -225,19 +285,11 @@ impl Store for MemoryStore {
 
     async fn open_requests(&self) -> StateResult<u64> {
         let g = self.lock()?;
-        Ok(g.requests
-            .values()
-            .filter(|r| matches!(r.status, RequestStatus::Pending | RequestStatus::Deciding))
-            .count() as u64)
+        Ok(g.pending_by_env.values().sum::<u64>() + g.deciding.len() as u64)
     }
 
-    async fn pending_by_environment(&self) -> StateResult<std::collections::BTreeMap<String, u64>> {
-        let g = self.lock()?;
-        let mut out = std::collections::BTreeMap::new();
-        for r in g.requests.values().filter(|r| r.status == RequestStatus::Pending) {
-            *out.entry(r.environment.clone()).or_insert(0) += 1;
-        }
-        Ok(out)
+    async fn pending_by_environment(&self) -> StateResult<BTreeMap<String, u64>> {
+        Ok(self.lock()?.pending_by_env.clone())
     }
 
     async fn acquire_lease(&self, request: &str, holder: &str, ttl: Duration) -> StateResult<Option<Lease>> {
@@ -254,21 +306,21 @@ impl Store for MemoryStore {
             holder: holder.to_string(),
             fence: g.fence,
         };
-        g.leases.insert(request.to_string(), (lease.clone(), now + ttl));
+        g.leases.insert(request.into(), (lease.clone(), now + ttl));
         Ok(Some(lease))
     }
 
     async fn lease_valid(&self, lease: &Lease) -> StateResult<bool> {
         let g = self.lock()?;
         Ok(g.leases
-            .get(&lease.request)
+            .get(lease.request.as_str())
             .is_some_and(|(l, exp)| l == lease && *exp > Instant::now()))
     }
 
     async fn release_lease(&self, lease: &Lease) -> StateResult<()> {
         let mut g = self.lock()?;
-        if g.leases.get(&lease.request).is_some_and(|(l, _)| l == lease) {
-            g.leases.remove(&lease.request);
+        if g.leases.get(lease.request.as_str()).is_some_and(|(l, _)| l == lease) {
+            g.leases.remove(lease.request.as_str());
         }
         Ok(())
     }
