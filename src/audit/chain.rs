@@ -47,6 +47,13 @@ pub(crate) struct Sealed {
 }
 
 /// Seals `event` as record `seq` after `prev_hash`.
+///
+/// The record is written straight in its canonical form (the keys of the
+/// flattened record in sorted order, values as `serde_json` writes them),
+/// which is byte for byte what serializing it through a
+/// [`serde_json::Value`] gives ([`seal_via_value`], the definition; the
+/// tests hold the two equal) without building and freeing that tree for
+/// every record.
 pub(crate) fn seal(
     seq: u64,
     id: String,
@@ -62,19 +69,144 @@ pub(crate) fn seal(
         prev_hash: prev_hash.to_string(),
         hash: String::new(),
     };
-    let mut value = serde_json::to_value(&record)?;
+    // The keys before "hash", and those after it.
+    let (mut before, mut after) = (Vec::with_capacity(512), Vec::with_capacity(512));
+    canonical_fields(&record, &mut before, &mut after)?;
+    let mut hashed = Vec::with_capacity(prev_hash.len() + before.len() + after.len() + 3);
+    hashed.extend_from_slice(prev_hash.as_bytes());
+    hashed.push(b'{');
+    hashed.extend_from_slice(&before);
+    hashed.push(b',');
+    hashed.extend_from_slice(&after);
+    hashed.push(b'}');
+    let hash = sha256_hex(&hashed);
+    let mut line = Vec::with_capacity(hashed.len() + hash.len() + 12);
+    line.push(b'{');
+    line.extend_from_slice(&before);
+    line.extend_from_slice(b",\"hash\":\"");
+    line.extend_from_slice(hash.as_bytes());
+    line.extend_from_slice(b"\",");
+    line.extend_from_slice(&after);
+    line.extend_from_slice(b"}\n");
+    record.hash = hash;
+    Ok(Sealed { record, line })
+}
+
+/// Writes the record's fields (all but `hash`) as `"key":value` pairs in
+/// sorted key order, comma-separated: those sorting before `hash` into
+/// `before`, the rest into `after`. Neither is empty (`at` and `event`;
+/// `id`, `prev_hash` and `seq` are always there).
+fn canonical_fields(record: &AuditRecord, before: &mut Vec<u8>, after: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    // Destructured whole, so that a field added to either type fails to
+    // compile here until it is written in its place.
+    let AuditRecord {
+        seq,
+        id,
+        at,
+        event,
+        prev_hash,
+        hash: _,
+    } = record;
+    let AuditEvent {
+        event,
+        request,
+        platform,
+        repository,
+        environment,
+        sha,
+        run,
+        actor,
+        claims,
+        token_sha256,
+        decision,
+        reasons,
+        verdict,
+        reviews,
+        slack,
+        detail,
+    } = event;
+    let mut out = Pairs {
+        buf: before,
+        first: true,
+    };
+    out.opt("actor", actor)?;
+    out.put("at", at)?;
+    out.opt("claims", claims)?;
+    out.opt("decision", decision)?;
+    out.opt("detail", detail)?;
+    out.opt("environment", environment)?;
+    out.put("event", event)?;
+    let mut out = Pairs {
+        buf: after,
+        first: true,
+    };
+    out.put("id", id)?;
+    out.opt("platform", platform)?;
+    out.put("prev_hash", prev_hash)?;
+    // Structs whose own field order is not sorted go through a `Value`.
+    out.opt_value("reasons", reasons)?;
+    out.opt("repository", repository)?;
+    out.opt("request", request)?;
+    out.opt("reviews", reviews)?;
+    out.opt("run", run)?;
+    out.put("seq", seq)?;
+    out.opt("sha", sha)?;
+    out.opt_value("slack", slack)?;
+    out.opt("token_sha256", token_sha256)?;
+    out.opt("verdict", verdict)
+}
+
+/// `"key":value` pairs written in the order given.
+struct Pairs<'a> {
+    buf: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl Pairs<'_> {
+    /// A value whose serialization is already canonical: strings, numbers,
+    /// unit enums, `Value`s and `BTreeMap`s of them.
+    fn put<T: serde::Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), serde_json::Error> {
+        if !self.first {
+            self.buf.push(b',');
+        }
+        self.first = false;
+        serde_json::to_writer(&mut *self.buf, key)?;
+        self.buf.push(b':');
+        serde_json::to_writer(&mut *self.buf, value)
+    }
+
+    fn opt<T: serde::Serialize>(&mut self, key: &str, value: &Option<T>) -> Result<(), serde_json::Error> {
+        match value {
+            Some(v) => self.put(key, v),
+            None => Ok(()),
+        }
+    }
+
+    /// A value serialized through a `Value`, whose maps sort their keys.
+    fn opt_value<T: serde::Serialize>(&mut self, key: &str, value: &Option<T>) -> Result<(), serde_json::Error> {
+        match value {
+            Some(v) => self.put(key, &serde_json::to_value(v)?),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The definition of a sealed record: the record as a `Value` (sorted
+/// keys), without `hash`, hashed after `prev_hash`; then with `hash`.
+#[cfg(test)]
+fn seal_via_value(record: &AuditRecord) -> Result<(String, Vec<u8>), serde_json::Error> {
+    let mut value = serde_json::to_value(record)?;
     let Some(object) = value.as_object_mut() else {
         return Err(serde::ser::Error::custom("an audit record must serialize to an object"));
     };
     object.remove("hash");
-    let hash = record_hash(prev_hash, &value);
+    let hash = record_hash(&record.prev_hash, &value);
     if let Some(object) = value.as_object_mut() {
         object.insert("hash".to_string(), Value::String(hash.clone()));
     }
-    record.hash = hash;
     let mut line = serde_json::to_vec(&value)?;
     line.push(b'\n');
-    Ok(Sealed { record, line })
+    Ok((hash, line))
 }
 
 /// What a successful walk of the chain found.
@@ -368,6 +500,58 @@ mod tests {
         tampered.push(b'\n');
         let err = verify_lines(&tampered[..]).unwrap_err();
         assert!(matches!(err, ChainError::BadHash { seq: 1, .. }), "{err}");
+    }
+
+    /// The direct writer and the definition agree on every field, set and
+    /// unset, with text that needs escaping.
+    #[test]
+    fn the_direct_writer_seals_as_the_value_definition_does() {
+        use crate::domain::{Platform, Reason, ReasonCode, SlackRef};
+        let full = AuditEvent::new(EventKind::Decision)
+            .request("gh-1")
+            .platform(Platform::Gitlab)
+            .repository("octo-org/\u{e9}t\u{e9}")
+            .environment("prod \"eu\"")
+            .sha("0123456789abcdef0123456789abcdef01234567")
+            .run("42")
+            .actor("octo\\cat")
+            .claims(std::collections::BTreeMap::from([
+                ("z".to_string(), serde_json::json!({"b": 1, "a": [true, null, 1.5]})),
+                ("a".to_string(), serde_json::json!("\u{1}\n")),
+            ]))
+            .decision("approved")
+            .reasons(vec![Reason::new(ReasonCode::ActorApproved, "ok </script>")])
+            .detail(serde_json::json!({"status": 204, "delivery": "d"}));
+        let mut full = full;
+        full.token_sha256 = Some("ab".repeat(32));
+        full.verdict = Some(serde_json::json!({"allow": true}));
+        full.reviews = Some(serde_json::json!([{"by": "hubot"}]));
+        full.slack = Some(SlackRef {
+            channel: "C1".into(),
+            ts: "1.2".into(),
+            permalink: Some("https://x.slack.com/p".into()),
+        });
+        let events = [
+            AuditEvent::new(EventKind::RequestReceived),
+            AuditEvent::new(EventKind::Decision).environment("production"),
+            full,
+        ];
+        for (i, event) in events.into_iter().enumerate() {
+            let sealed = seal(
+                i as u64 + 1,
+                format!("aud_{i}"),
+                "2026-01-01T00:00:00.000000Z".into(),
+                event,
+                GENESIS,
+            )
+            .expect("seal");
+            let (hash, line) = seal_via_value(&sealed.record).expect("definition");
+            assert_eq!(sealed.record.hash, hash);
+            assert_eq!(
+                String::from_utf8(sealed.line).unwrap(),
+                String::from_utf8(line).unwrap()
+            );
+        }
     }
 
     /// Every record of the committed fixtures (the file trail and the lines
