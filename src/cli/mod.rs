@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{AuditBackend, Config, LogFormat};
 use crate::server::Application;
 
+mod audit_bench;
 mod audit_cmds;
 mod decide;
 mod evidence;
@@ -147,6 +148,10 @@ enum PolicyCommand {
         environment: Option<String>,
         #[arg(long, env = "PORTCULLIS_CONFIG")]
         config: Option<PathBuf>,
+        /// Also time the evaluation: run it this many times in process and
+        /// add `timing` (median, p99 and fastest, in µs) to the output.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+        repeat: Option<u32>,
     },
 }
 
@@ -178,6 +183,22 @@ enum AuditCommand {
         /// in write-once storage (`[audit.anchor]`).
         #[arg(long)]
         anchor: bool,
+    },
+    /// Measures how many records a second a trail takes in DIR (its disk,
+    /// its fsync), with the Merkle tree and signed checkpoints as the
+    /// service keeps them; prints one JSON object. The trail is thrown away.
+    Bench {
+        /// A directory on the disk to measure.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+        records: u64,
+        /// Appends in flight at once (the service's concurrent decisions).
+        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        concurrency: u32,
+        /// How often a checkpoint is signed, as `[audit] checkpoint_every`.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        checkpoint_every: std::time::Duration,
     },
     /// Prints matching records as JSON lines.
     Query {
@@ -267,6 +288,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     query,
                     environment,
                     config,
+                    repeat,
                 },
         } => policy::eval(
             config.as_deref(),
@@ -274,6 +296,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             &input,
             query.as_deref(),
             environment.as_deref(),
+            repeat,
         ),
         Command::Decide {
             config,
@@ -297,6 +320,20 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 },
             ))
         }
+        Command::Audit {
+            command:
+                AuditCommand::Bench {
+                    dir,
+                    records,
+                    concurrency,
+                    checkpoint_every,
+                },
+        } => audit_bench::bench(audit_bench::BenchArgs {
+            dir: &dir,
+            records,
+            concurrency,
+            checkpoint_every,
+        }),
         Command::Audit {
             command: AuditCommand::Verify { config, key, anchor },
         } => audit_cmds::verify(&config.config, key.as_deref(), anchor),

@@ -164,14 +164,15 @@ pub(super) fn test(config: Option<&Path>, paths: &[PathBuf], verbose: bool) -> R
 
 /// `policy eval`: evaluates a query (or an environment's) over an input
 /// file (`{"evidence", "context"}`, as the service builds it) and prints
-/// `{"query", "allow", "reasons", "revision"}`. Exit 0 when it allows, 2
-/// when it denies.
+/// `{"query", "allow", "reasons", "revision"}`, with `--repeat N` also
+/// `timing` over N evaluations. Exit 0 when it allows, 2 when it denies.
 pub(super) fn eval(
     config: Option<&Path>,
     paths: &[PathBuf],
     input: &Path,
     query: Option<&str>,
     environment: Option<&str>,
+    repeat: Option<u32>,
 ) -> Result<ExitCode, String> {
     let (engine, config) = engine_for(config, paths, false)?;
     let query = match (query, environment) {
@@ -196,16 +197,44 @@ pub(super) fn eval(
     let evaluation = engine
         .evaluate(&query, &input, OffsetDateTime::now_utc())
         .map_err(|e| e.to_string())?;
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "query": query,
         "allow": evaluation.allow,
         "reasons": evaluation.reasons,
         "revision": engine.revision(),
     });
+    if let Some(n) = repeat {
+        out["timing"] = time_evaluations(n, || {
+            engine
+                .evaluate(&query, &input, OffsetDateTime::now_utc())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })?;
+    }
     println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
     Ok(if evaluation.allow {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
     })
+}
+
+/// Runs `evaluate` `n` times and summarises the wall time of each run, as
+/// the service pays it per verdict: `{"evaluations", "median_us", "p99_us",
+/// "min_us"}`.
+fn time_evaluations(n: u32, mut evaluate: impl FnMut() -> Result<(), String>) -> Result<Value, String> {
+    let mut times = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        evaluate()?;
+        times.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    Ok(serde_json::json!({
+        "evaluations": n,
+        "median_us": at(0.5),
+        "p99_us": at(0.99),
+        "min_us": at(0.0),
+    }))
 }

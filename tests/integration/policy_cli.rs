@@ -213,6 +213,97 @@ fn policy_eval_prints_the_decision_and_its_reasons() {
     assert!(printed["revision"].as_str().unwrap().starts_with("sha256:"));
 }
 
+/// `policy eval --repeat N` times N evaluations in process (as `opa bench`
+/// does): the same decision, and the median, p99 and fastest of N runs.
+#[test]
+fn policy_eval_repeat_times_the_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("release.rego"),
+        "package acme.release\n\nimport rego.v1\n\ndefault allow := false\n\nallow if count(deny) == 0\n\ndeny contains sprintf(\"%s: %d open\", [s.tool, s.open]) if {\n\tsome s in input.evidence.scanners\n\ts.open > 0\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("input.json"),
+        json!({"evidence": {"scanners": [{"tool": "snyk", "open": 0}]}, "context": {}}).to_string(),
+    )
+    .unwrap();
+    let args = [
+        "policy",
+        "eval",
+        "release.rego",
+        "--input",
+        "input.json",
+        "--query",
+        "data.acme.release.allow",
+        "--repeat",
+        "50",
+    ];
+    let out = portcullis(dir.path(), &args);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["allow"], true);
+    let timing = &printed["timing"];
+    assert_eq!(timing["evaluations"], 50);
+    let (min, median, p99) = (
+        timing["min_us"].as_f64().unwrap(),
+        timing["median_us"].as_f64().unwrap(),
+        timing["p99_us"].as_f64().unwrap(),
+    );
+    assert!(0.0 < min && min <= median && median <= p99, "{timing}");
+    // Zero evaluations is refused before anything runs.
+    let mut zero = args;
+    zero[8] = "0";
+    let out = portcullis(dir.path(), &zero);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--repeat"));
+}
+
+/// `audit bench` appends to a throwaway trail with the Merkle tree and
+/// checkpoints on, reports what it measured, and leaves nothing behind.
+#[test]
+fn audit_bench_measures_a_trail_with_checkpoints_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "audit",
+        "bench",
+        "--dir",
+        ".",
+        "--records",
+        "600",
+        "--concurrency",
+        "16",
+        "--checkpoint-every",
+        "5ms",
+    ];
+    let out = portcullis(dir.path(), &args);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["records"], 600);
+    assert_eq!(printed["tree_size"], 600);
+    assert_eq!(printed["concurrency"], 16);
+    assert_eq!(printed["checkpoint_every"], "5ms");
+    assert!(printed["checkpoints"].as_u64().unwrap() >= 1, "{printed}");
+    assert!(printed["fsyncs"].as_u64().unwrap() >= 1, "{printed}");
+    assert!(printed["records_per_s"].as_f64().unwrap() > 0.0, "{printed}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "the trail is removed"
+    );
+    // A zero interval and a missing directory are clear errors.
+    let mut zero = args;
+    zero[9] = "0s";
+    let out = portcullis(dir.path(), &zero);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--checkpoint-every must be longer than zero"));
+    let mut missing = args;
+    missing[3] = "no/such/dir";
+    let out = portcullis(dir.path(), &missing);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create no/such/dir/portcullis-audit-bench-"));
+}
+
 /// `decide` on a GitLab `blocked` Deployment Hook, with the CI token and an
 /// evidence file evaluated by Go OPA (verdict mode "opa").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
