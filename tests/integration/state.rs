@@ -163,6 +163,7 @@ async fn contract(store: Arc<dyn Store>) {
         store.get_attestation("github:octo-org/payments:11").await.unwrap(),
         None
     );
+    assert!(!store.has_attestation("github:octo-org/payments:11").await.unwrap());
     let verdict = portcullis::domain::Verdict {
         platform: portcullis::domain::Platform::Github,
         repository: "octo-org/payments".into(),
