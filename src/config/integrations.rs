@@ -10,6 +10,13 @@ use super::types::*;
 use super::validate::Validator;
 use crate::domain::Platform;
 
+/// A GitHub App's installation may make 5 000 API calls an hour at least:
+/// 60 status reports a minute take at most 3 600 of them, and only while that
+/// many deployments wait at once.
+pub const DEFAULT_STATUS_REPORTS_PER_MINUTE: u32 = 60;
+/// GitHub Enterprise Cloud's installations get 15 000 calls an hour.
+const MAX_STATUS_REPORTS_PER_MINUTE: u32 = 250;
+
 impl Validator<'_> {
     pub(super) fn github(&mut self, raw: raw::RawGithub, dry_run: bool) -> GithubConfig {
         let private_key = raw
@@ -78,6 +85,17 @@ impl Validator<'_> {
             ),
             redeliver,
             issuer: raw.issuer.unwrap_or_default(),
+            status_reports_per_minute: match raw.status_reports_per_minute {
+                None => DEFAULT_STATUS_REPORTS_PER_MINUTE,
+                Some(n) if n > MAX_STATUS_REPORTS_PER_MINUTE => {
+                    self.err(
+                        "github.status_reports_per_minute",
+                        format!("must be at most {MAX_STATUS_REPORTS_PER_MINUTE}"),
+                    );
+                    DEFAULT_STATUS_REPORTS_PER_MINUTE
+                }
+                Some(n) => n,
+            },
         }
     }
 

@@ -108,6 +108,7 @@ pub(super) struct RawGithub {
     pub issuer: Option<String>,
     pub request_timeout: Option<String>,
     pub redeliver: Option<RawRedeliver>,
+    pub status_reports_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

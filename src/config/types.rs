@@ -190,6 +190,10 @@ pub struct GithubConfig {
     /// The configured name of the issuer whose tokens attest this GitHub's
     /// runs (`[github] issuer`; by default the only issuer of kind github).
     pub issuer: String,
+    /// Status reports on waiting deployments this replica may post a minute
+    /// (averaged; up to this many at once); 0 posts none. They share the
+    /// App's API rate limit with the reviews, which they must never starve.
+    pub status_reports_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]

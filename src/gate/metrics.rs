@@ -123,6 +123,7 @@ pub struct Metrics {
     /// GitHub status reports posted while a request waits, by result.
     pub status_reports_ok: Counter,
     pub status_reports_failed: Counter,
+    pub status_reports_skipped: Counter,
     reasons: Family<ReasonLabel, Counter>,
     webhook_to_decision: HistogramFamily<PlatformOutcome>,
     decision_to_call: HistogramFamily<PlatformOutcome>,
@@ -222,6 +223,7 @@ impl Default for Metrics {
             platform_calls_failed: with(&platform_calls, "failed"),
             status_reports_ok: with(&status_reports, "ok"),
             status_reports_failed: with(&status_reports, "failed"),
+            status_reports_skipped: with(&status_reports, "skipped"),
             internal_errors: internal.get_or_create_owned(&KindLabel { kind: "evaluate" }),
             tokens_refused_unverified,
             reasons,

@@ -130,6 +130,8 @@ pub struct Gate {
     policies: Arc<crate::verdict::PolicySet>,
     /// The trail's Merkle tree, checkpoints and anchoring (set once at start).
     tlog: std::sync::OnceLock<Arc<crate::audit::tlog::Tlog>>,
+    /// GitHub status reports this replica may still post.
+    status_budget: status::Budget,
 }
 
 impl Gate {
@@ -166,7 +168,6 @@ impl Gate {
         policies: Arc<crate::verdict::PolicySet>,
     ) -> Arc<Gate> {
         Arc::new(Gate {
-            config,
             store,
             audit,
             verifier,
@@ -178,6 +179,10 @@ impl Gate {
             notifier: std::sync::OnceLock::new(),
             policies,
             tlog: std::sync::OnceLock::new(),
+            status_budget: status::Budget::new(
+                config.github.as_ref().map_or(0, |g| g.status_reports_per_minute),
+            ),
+            config,
         })
     }
 

@@ -4,13 +4,17 @@
 //! [`MAX_STATUS_REPORTS`] per deployment (GitHub's own limit).
 //!
 //! Reports go out in the background: a slow or failing GitHub never delays
-//! or changes a decision. Each report first claims one of the request's ten
+//! or changes a decision. They share the App's API rate limit with the
+//! reviews, so each replica posts at most `[github]
+//! status_reports_per_minute` of them ([`Budget`]); one over the budget is
+//! skipped (and counted), never queued: the next change is reported again. Each report first claims one of the request's ten
 //! slots in the store (insert-if-absent), so replicas together never post
 //! more than ten; the gate calls [`Gate::report_status`] only after its
 //! compare-and-set recorded a changed pending decision, so each change is
 //! reported once.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tracing::{debug, warn};
 
@@ -19,6 +23,42 @@ use crate::decision::{Decision, Outcome};
 use crate::domain::{DeploymentRequest, Platform};
 use crate::platform::github::MAX_STATUS_REPORTS;
 use crate::state::{StateError, Store};
+
+/// A token bucket: up to `per_minute` at once, refilled at `per_minute` a
+/// minute. Zero takes nothing.
+pub(super) struct Budget {
+    per_minute: u32,
+    /// Tokens left, and when they were counted.
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Budget {
+    pub(super) fn new(per_minute: u32) -> Self {
+        Budget {
+            per_minute,
+            state: Mutex::new((f64::from(per_minute), Instant::now())),
+        }
+    }
+
+    /// Takes a token if one is left.
+    pub(super) fn take(&self) -> bool {
+        if self.per_minute == 0 {
+            return false;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, at) = &mut *state;
+        let now = Instant::now();
+        let cap = f64::from(self.per_minute);
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * cap / 60.0).min(cap);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// Claims the next of a request's [`MAX_STATUS_REPORTS`] status report
 /// slots (insert-if-absent, so replicas never share one): `Some(1..=10)`,
@@ -49,6 +89,11 @@ impl Gate {
         }
         let codes = |d: &Decision| d.reasons.iter().map(|r| r.code).collect::<Vec<_>>();
         if before.is_some_and(|b| b.outcome == Outcome::Pending && codes(b) == codes(decision)) {
+            return;
+        }
+        if !self.status_budget.take() {
+            self.metrics.status_reports_skipped.inc();
+            debug!(request = %req.id, "status report skipped: github.status_reports_per_minute is spent");
             return;
         }
         let gate = Arc::clone(self);

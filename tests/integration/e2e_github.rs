@@ -51,6 +51,18 @@ pub(crate) async fn world_in(
     audit_extra: &str,
     extra: &str,
 ) -> World {
+    world_in_with_github(dir, run, server_extra, audit_extra, "", extra).await
+}
+
+/// [`world_in`], with `github_extra` added to `[github]`.
+pub(crate) async fn world_in_with_github(
+    dir: tempfile::TempDir,
+    run: Run,
+    server_extra: &str,
+    audit_extra: &str,
+    github_extra: &str,
+    extra: &str,
+) -> World {
     let oidc = OidcProvider::start().await;
     let gh = GithubMock::start().await;
     std::fs::write(dir.path().join("app.pem"), test_app_private_key()).unwrap();
@@ -73,6 +85,7 @@ private_key = {{ file = "{{dir}}/app.pem" }}
 webhook_secrets = [{{ env = "OLD_SECRET" }}, {{ env = "GH_WEBHOOK_SECRET" }}]
 api_url = "{api}"
 request_timeout = "2s"
+{github_extra}
 
 [[issuers]]
 name = "ci"

@@ -7,7 +7,7 @@ use std::time::Duration;
 use portcullis::state::MemoryStore;
 use serde_json::Value;
 
-use crate::e2e_github::{World, ci_claims, sha, world_full};
+use crate::e2e_github::{World, ci_claims, sha, world_full, world_in_with_github};
 use crate::support::app::Run;
 use crate::support::github_mock::review_path;
 
@@ -110,6 +110,56 @@ async fn a_request_that_does_not_change_is_reported_once_and_dry_run_reports_not
     dry.webhook("d-9703", 9703, "production", &sha(9703)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(dry.gh.status_reports().is_empty());
+}
+
+/// Status reports share the App's API rate limit with the reviews: past
+/// `status_reports_per_minute` (here 2, so 2 at once) a report is skipped and
+/// counted, and 0 posts none; the requests themselves are decided as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_past_the_budget_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world_in_with_github(dir, Run::InProcess, "", "", "status_reports_per_minute = 2", "").await;
+    let mut ids = Vec::new();
+    for run in 9711..9714 {
+        ids.push(w.webhook(&format!("d-{run}"), run, "production", &sha(run)).await);
+    }
+    let got = reports(&w, 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.gh.status_reports().len(), 2, "{got:?}");
+    let text = w
+        .app
+        .http
+        .get(w.app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "portcullis_status_reports_total{result=\"ok\"} 2",
+        "portcullis_status_reports_total{result=\"skipped\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
+    // Every request is pending all the same, reported or not.
+    for id in &ids {
+        let (_, req) = w.app.get(&format!("/v1/requests/{id}")).await;
+        assert_eq!(req["decision"]["outcome"], "pending", "{req}");
+    }
+
+    let none = world_in_with_github(
+        tempfile::tempdir().unwrap(),
+        Run::InProcess,
+        "",
+        "",
+        "status_reports_per_minute = 0",
+        "",
+    )
+    .await;
+    none.webhook("d-9714", 9714, "production", &sha(9714)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(none.gh.status_reports().is_empty());
 }
 
 #[tokio::test]

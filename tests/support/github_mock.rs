@@ -260,6 +260,7 @@ impl GithubMock {
     pub fn github_config(&self) -> GithubConfig {
         GithubConfig {
             issuer: String::new(),
+            status_reports_per_minute: 60,
             app_id: Some(TEST_APP_ID),
             private_key: Some(Secret::new(test_app_private_key())),
             webhook_secrets: vec![Secret::new("test-only-webhook-secret")],

@@ -22,6 +22,7 @@ L08ifT/2zIiA5HbueffZjVMpi/uFukBXscwKR+cQJWqYsqbfi8JC5GpJ
 fn config(key: Option<&str>, app_id: Option<u64>, api_url: &str) -> GithubConfig {
     GithubConfig {
         issuer: String::new(),
+        status_reports_per_minute: 60,
         app_id,
         private_key: key.map(Secret::new),
         webhook_secrets: vec![Secret::new("s")],
