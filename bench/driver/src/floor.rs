@@ -4,9 +4,13 @@
 //! answers 202. No state, no logging, no decision: the upper bound that
 //! portcullis's webhook throughput is compared with.
 //!
-//! `floor <port>` (0 for any); prints `READY <port>` once listening. The
-//! secret comes from `FLOOR_WEBHOOK_SECRET`; `FLOOR_WORKERS` sets actix's
-//! worker count (default: one per core, as portcullis).
+//! A mode of the `load-driver` binary, not a binary of its own: the driver
+//! re-executes itself as `load-driver floor <port>` (0 for any), so the
+//! floor runs in its own process (its own CPU time and resident memory,
+//! read from `/proc` like the other servers') and a fresh clone needs to
+//! build nothing else. It prints `READY <port>` once listening. The secret
+//! comes from `FLOOR_WEBHOOK_SECRET`; `FLOOR_WORKERS` sets actix's worker
+//! count (default: one per core, as portcullis).
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -118,8 +122,11 @@ async fn webhook(req: HttpRequest, body: web::Bytes, key: web::Data<hmac::Key>) 
     }
 }
 
-fn main() -> std::io::Result<()> {
-    let port: u16 = std::env::args().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+/// The first argument that makes the driver run as the floor server.
+pub const MODE: &str = "floor";
+
+/// Runs the floor server on `port` until the process is killed.
+pub fn run(port: u16) -> std::io::Result<()> {
     let secret = std::env::var("FLOOR_WEBHOOK_SECRET").unwrap_or_else(|_| "bench-webhook-secret".into());
     let workers = std::env::var("FLOOR_WORKERS").ok().and_then(|w| w.parse().ok());
     let listener = TcpListener::bind(("127.0.0.1", port))?;
