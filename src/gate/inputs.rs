@@ -38,19 +38,26 @@ impl Gate {
     /// in between is never missed: either its poster finds the stored
     /// request, or the second look finds the attestation.
     pub async fn receive_request(self: &Arc<Self>, mut req: DeploymentRequest) -> Result<(String, bool), GateError> {
-        let now = OffsetDateTime::now_utc();
-        let (decision, decided_on) = self.decide_with_inputs(&req, now).await?;
-        let waits_for_attestation = decision.outcome == decision::Outcome::Pending && decided_on.attestation.is_none();
-        if waits_for_attestation {
-            req.decision = Some(decision);
-        }
+        let run_key = req.run_ref().key();
+        // Only a request whose run has no attestation is worked out here; one
+        // that has its attestation is evaluated in the background as ever.
+        let waits_for_attestation = if self.store.has_attestation(&run_key).await? {
+            false
+        } else {
+            let (decision, _) = self.decide_with_inputs(&req, OffsetDateTime::now_utc()).await?;
+            let pending = decision.outcome == decision::Outcome::Pending;
+            if pending {
+                req.decision = Some(decision);
+            }
+            pending
+        };
         let created = self.store.insert_request(&req).await?;
         if created {
             self.audit_queued(events::request_received(&req)).await?;
             info!(request = %req.id, environment = %req.environment, repository = %req.repository, run = %req.run, "deployment request received");
             self.notify(&req.id);
         }
-        if created && waits_for_attestation && !self.store.has_attestation(&req.run_ref().key()).await? {
+        if created && waits_for_attestation && !self.store.has_attestation(&run_key).await? {
             self.report_status(None, &req);
         } else {
             self.spawn_evaluate(req.id.clone());
