@@ -52,6 +52,10 @@ pub use status::claim_status_slot;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How soon an evaluation that failed on the store or the audit trail runs again.
 const EVALUATE_RETRY: Duration = Duration::from_secs(2);
+/// Evaluations running at once. A burst waits as tasks holding an id, not as
+/// evaluations holding clones of their requests, attestations and verdicts
+/// while they wait for the audit fsync and the platform.
+const EVALUATIONS_IN_FLIGHT: usize = 256;
 /// How long delivery ids are remembered for dedup.
 pub const DELIVERY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -132,6 +136,8 @@ pub struct Gate {
     tlog: std::sync::OnceLock<Arc<crate::audit::tlog::Tlog>>,
     /// GitHub status reports this replica may still post.
     status_budget: status::Budget,
+    /// Permits for background evaluations ([`EVALUATIONS_IN_FLIGHT`]).
+    evaluations: tokio::sync::Semaphore,
 }
 
 impl Gate {
@@ -183,6 +189,7 @@ impl Gate {
                 config.github.as_ref().map_or(0, |g| g.status_reports_per_minute),
             ),
             config,
+            evaluations: tokio::sync::Semaphore::new(EVALUATIONS_IN_FLIGHT),
         })
     }
 
@@ -245,6 +252,10 @@ impl Gate {
         let gate = Arc::clone(self);
         self.tasks.spawn_on(
             async move {
+                // Never closed: waiting only ever ends with a permit.
+                let Ok(_permit) = gate.evaluations.acquire().await else {
+                    return;
+                };
                 if let Err(e) = gate.evaluate(&id, OffsetDateTime::now_utc()).await {
                     gate.metrics.internal_errors.inc();
                     warn!(request = %id, error = %e, "could not decide; the request stays open and is retried");
