@@ -185,9 +185,7 @@ impl Gate {
             notifier: std::sync::OnceLock::new(),
             policies,
             tlog: std::sync::OnceLock::new(),
-            status_budget: status::Budget::new(
-                config.github.as_ref().map_or(0, |g| g.status_reports_per_minute),
-            ),
+            status_budget: status::Budget::new(config.github.as_ref().map_or(0, |g| g.status_reports_per_minute)),
             config,
             evaluations: tokio::sync::Semaphore::new(EVALUATIONS_IN_FLIGHT),
         })

@@ -419,16 +419,7 @@ impl World {
     }
 
     pub(crate) async fn metric(&self, line: &str) -> String {
-        let text = self
-            .app
-            .http
-            .get(self.app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = self.app.metrics_text().await;
         text.lines()
             .find(|l| l.starts_with(line))
             .unwrap_or_else(|| panic!("no `{line}` in the metrics:\n{text}"))

@@ -273,7 +273,8 @@ async fn a_primary_killed_under_load_loses_no_decision_record_and_calls_nobody_t
             "every delivery is accepted with the primary up"
         );
     }
-    w.wait_reviewed(before.iter().copied(), "before the kill", PATIENCE).await;
+    w.wait_reviewed(before.iter().copied(), "before the kill", PATIENCE)
+        .await;
 
     // During: a wave in flight when the primary is killed, and after the
     // kill, new deployments at once (they meet the failover and retry).
@@ -319,7 +320,8 @@ async fn a_primary_killed_under_load_loses_no_decision_record_and_calls_nobody_t
 
     // The service kept deciding: every deployment sent after the kill is
     // approved, through the promoted replica.
-    w.wait_reviewed(after.iter().copied(), "after the kill", AFTER_KILL).await;
+    w.wait_reviewed(after.iter().copied(), "after the kill", AFTER_KILL)
+        .await;
     let all_after = killed_at.elapsed();
     for run in &after {
         let req = w.app.wait_request(&request_id(*run), "done", AFTER_KILL).await;

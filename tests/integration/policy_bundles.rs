@@ -337,16 +337,7 @@ async fn a_served_bundle_is_polled_and_a_new_revision_replaces_it_and_a_broken_o
     );
     let (code, v) = w.post_evidence(&s, own_evidence(2)).await;
     assert_eq!((code, v["policy_revision"].as_str()), (201, Some("r2")), "{v}");
-    let metrics = w
-        .app
-        .http
-        .get(w.app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = w.app.metrics_text().await;
     assert!(
         metrics.contains("portcullis_policy_reloads_total{result=\"failed\"} 1\n"),
         "{metrics}"

@@ -182,17 +182,7 @@ fn policy_test_passes_on_the_shipped_tests_and_names_a_broken_one() {
 
 #[test]
 fn policy_eval_prints_the_decision_and_its_reasons() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("release.rego"),
-        "package acme.release\n\nimport rego.v1\n\ndefault allow := false\n\nallow if count(deny) == 0\n\ndeny contains sprintf(\"%s: %d open\", [s.tool, s.open]) if {\n\tsome s in input.evidence.scanners\n\ts.open > 0\n}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("input.json"),
-        json!({"evidence": {"scanners": [{"tool": "snyk", "open": 2}]}, "context": {}}).to_string(),
-    )
-    .unwrap();
+    let dir = release_policy_and_input(2);
     let out = portcullis(
         dir.path(),
         &[
@@ -217,17 +207,7 @@ fn policy_eval_prints_the_decision_and_its_reasons() {
 /// does): the same decision, and the median, p99 and fastest of N runs.
 #[test]
 fn policy_eval_repeat_times_the_evaluation() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("release.rego"),
-        "package acme.release\n\nimport rego.v1\n\ndefault allow := false\n\nallow if count(deny) == 0\n\ndeny contains sprintf(\"%s: %d open\", [s.tool, s.open]) if {\n\tsome s in input.evidence.scanners\n\ts.open > 0\n}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("input.json"),
-        json!({"evidence": {"scanners": [{"tool": "snyk", "open": 0}]}, "context": {}}).to_string(),
-    )
-    .unwrap();
+    let dir = release_policy_and_input(0);
     let args = [
         "policy",
         "eval",
@@ -302,6 +282,23 @@ fn audit_bench_measures_a_trail_with_checkpoints_and_cleans_up() {
     let out = portcullis(dir.path(), &missing);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create no/such/dir/portcullis-audit-bench-"));
+}
+
+/// A directory holding `release.rego` (allow unless a scanner has open
+/// findings, each a reason) and `input.json` with one scanner with `open`.
+fn release_policy_and_input(open: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("release.rego"),
+        "package acme.release\n\nimport rego.v1\n\ndefault allow := false\n\nallow if count(deny) == 0\n\ndeny contains sprintf(\"%s: %d open\", [s.tool, s.open]) if {\n\tsome s in input.evidence.scanners\n\ts.open > 0\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("input.json"),
+        json!({"evidence": {"scanners": [{"tool": "snyk", "open": open}]}, "context": {}}).to_string(),
+    )
+    .unwrap();
+    dir
 }
 
 /// `decide` on a GitLab `blocked` Deployment Hook, with the CI token and an

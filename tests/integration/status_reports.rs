@@ -78,16 +78,7 @@ async fn a_waiting_request_reports_what_is_missing_and_again_when_that_changes()
         );
     }
     // /metrics counts them.
-    let text = w
-        .app
-        .http
-        .get(w.app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = w.app.metrics_text().await;
     assert!(
         text.lines()
             .any(|l| l == "portcullis_status_reports_total{result=\"ok\"} 2"),
@@ -126,16 +117,7 @@ async fn status_reports_past_the_budget_are_skipped_and_counted() {
     let got = reports(&w, 2).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(w.gh.status_reports().len(), 2, "{got:?}");
-    let text = w
-        .app
-        .http
-        .get(w.app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = w.app.metrics_text().await;
     for line in [
         "portcullis_status_reports_total{result=\"ok\"} 2",
         "portcullis_status_reports_total{result=\"skipped\"} 1",

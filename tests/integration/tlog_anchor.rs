@@ -140,16 +140,7 @@ print(json.dumps(out))
     let (_, req) = w.app.get(&format!("/v1/requests/{third}")).await;
     assert_eq!(req["status"], "pending", "{req}");
     assert_eq!(reviews(&w, 9103), 0, "approved while its record could not be anchored");
-    let metrics = w
-        .app
-        .http
-        .get(w.app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = w.app.metrics_text().await;
     let lag: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("portcullis_audit_anchor_lag_seconds "))

@@ -123,6 +123,18 @@ impl App {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The text of `GET /metrics` (no read token).
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn audit_path(&self) -> PathBuf {
         self.dir.path().join("audit.jsonl")
     }

@@ -663,18 +663,9 @@ fn report(b: &Bench, res: &Results, took: Duration) -> Result<(), String> {
     };
     if let Some(Ok(a)) = &res.portcullis_full_work {
         println!(
-            "  portcullis ({} attested deliveries: decision, durable audit, review call): {:.0} accepted/s \
-             (p50 {:.2} ms, p99 {:.2} ms), {:.0} reviews/s completed, full path p50 {:.1} ms, p99 {:.1} ms, \
-             {:.1} µs CPU per delivery, peak RSS {:.1} MB, audit {}",
+            "  portcullis ({} attested deliveries: decision, durable audit, review call): {}, audit {}",
             a["webhooks"],
-            a["accepted_per_s"].as_f64().unwrap_or(0.0),
-            a["response_p50_ms"].as_f64().unwrap_or(0.0),
-            a["response_p99_ms"].as_f64().unwrap_or(0.0),
-            a["reviews_per_s"].as_f64().unwrap_or(0.0),
-            a["full_path_p50_ms"].as_f64().unwrap_or(0.0),
-            a["full_path_p99_ms"].as_f64().unwrap_or(0.0),
-            a["cpu_us_per_req"].as_f64().unwrap_or(0.0),
-            a["peak_rss_mb"].as_f64().unwrap_or(0.0),
+            full_work_figures(a),
             a["audit"]
         );
     }
@@ -682,18 +673,9 @@ fn report(b: &Bench, res: &Results, took: Duration) -> Result<(), String> {
         None => Value::Null,
         Some(Ok(a)) => {
             println!(
-                "  probot     ({} deliveries, PEER_MODE=review: check, review call, then the answer): {:.0} accepted/s \
-                 (p50 {:.2} ms, p99 {:.2} ms), {:.0} reviews/s completed, full path p50 {:.1} ms, p99 {:.1} ms, \
-                 {:.1} µs CPU per delivery, peak RSS {:.1} MB",
+                "  probot     ({} deliveries, PEER_MODE=review: check, review call, then the answer): {}",
                 a["webhooks"],
-                a["accepted_per_s"].as_f64().unwrap_or(0.0),
-                a["response_p50_ms"].as_f64().unwrap_or(0.0),
-                a["response_p99_ms"].as_f64().unwrap_or(0.0),
-                a["reviews_per_s"].as_f64().unwrap_or(0.0),
-                a["full_path_p50_ms"].as_f64().unwrap_or(0.0),
-                a["full_path_p99_ms"].as_f64().unwrap_or(0.0),
-                a["cpu_us_per_req"].as_f64().unwrap_or(0.0),
-                a["peak_rss_mb"].as_f64().unwrap_or(0.0),
+                full_work_figures(a)
             );
             a.clone()
         }
@@ -838,4 +820,21 @@ impl Drop for RemoveDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The figures of a full-work phase, as one line reads them.
+fn full_work_figures(a: &Value) -> String {
+    let f = |k: &str| a[k].as_f64().unwrap_or(0.0);
+    format!(
+        "{:.0} accepted/s (p50 {:.2} ms, p99 {:.2} ms), {:.0} reviews/s completed, full path p50 {:.1} ms, \
+         p99 {:.1} ms, {:.1} µs CPU per delivery, peak RSS {:.1} MB",
+        f("accepted_per_s"),
+        f("response_p50_ms"),
+        f("response_p99_ms"),
+        f("reviews_per_s"),
+        f("full_path_p50_ms"),
+        f("full_path_p99_ms"),
+        f("cpu_us_per_req"),
+        f("peak_rss_mb"),
+    )
 }
