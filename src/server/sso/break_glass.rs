@@ -116,43 +116,10 @@ pub(super) fn signed_in(gate: &Gate, key: &[u8], flow: &Value, verified: &Verifi
 
 /// Starts a sign-in that comes back to `path`.
 async fn sign_in(gate: &Gate, state: &Sso, path: String) -> HttpResponse {
-    let Some(sso) = gate.config.sso.as_ref() else {
-        return not_configured();
-    };
-    let sign_in = match state.begin_sign_in(gate, sso).await {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "sso: the provider is unavailable");
-            return refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "provider_unavailable",
-                "Sign-in unavailable",
-                "The sign-in provider could not be reached; try again.",
-            );
-        }
-    };
-    let now = OffsetDateTime::now_utc().unix_timestamp();
-    let flow = seal(
-        &seal_key(sso),
-        "flow",
-        json!({ "k": "bg", "p": path, "s": sign_in.state, "n": sign_in.nonce, "v": sign_in.verifier }),
-        now + FLOW_TTL,
-    );
-    HttpResponse::Found()
-        .insert_header(("location", sign_in.url.to_string()))
-        .insert_header(("cache-control", "no-store"))
-        .insert_header(("referrer-policy", "no-referrer"))
-        .insert_header(("set-cookie", set_cookie(gate, FLOW_COOKIE, &flow, FLOW_TTL, "Lax")))
-        .finish()
-}
-
-fn not_configured() -> HttpResponse {
-    refused(
-        StatusCode::NOT_FOUND,
-        "sso_not_configured",
-        "Sign-in is not configured",
-        "This portcullis has no [sso] provider.",
-    )
+    match super::sso_config(gate) {
+        Ok(sso) => super::redirect_to_provider(gate, state, sso, [("k", json!("bg")), ("p", json!(path))]).await,
+        Err(page) => page,
+    }
 }
 
 fn gate_refusal(e: &GateError) -> HttpResponse {

@@ -109,7 +109,7 @@ fn not_a_reviewer(refusal: &ReviewRefusal) -> HttpResponse {
     )
 }
 
-fn sso_config(gate: &Gate) -> Result<&SsoConfig, HttpResponse> {
+pub(super) fn sso_config(gate: &Gate) -> Result<&SsoConfig, HttpResponse> {
     gate.config.sso.as_ref().ok_or_else(|| {
         refused(
             StatusCode::NOT_FOUND,
@@ -131,7 +131,19 @@ pub(super) async fn start(path: web::Path<String>, gate: web::Data<Gate>, state:
     if let Err(page) = reviewable(&gate, &id).await {
         return page;
     }
-    let sign_in = match state.begin_sign_in(&gate, sso).await {
+    redirect_to_provider(&gate, &state, sso, [("r", json!(id))]).await
+}
+
+/// Starts a sign-in at the provider and redirects the browser there. `flow`
+/// is what the callback needs to finish; the sign-in's state, nonce and PKCE
+/// verifier are added to it, and it all goes sealed in the flow cookie.
+pub(super) async fn redirect_to_provider<const N: usize>(
+    gate: &Gate,
+    state: &Sso,
+    sso: &SsoConfig,
+    flow: [(&str, Value); N],
+) -> HttpResponse {
+    let sign_in = match state.begin_sign_in(gate, sso).await {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "sso: the provider is unavailable");
@@ -143,18 +155,17 @@ pub(super) async fn start(path: web::Path<String>, gate: web::Data<Gate>, state:
             );
         }
     };
+    let mut sealed: serde_json::Map<String, Value> = flow.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    sealed.insert("s".into(), json!(sign_in.state));
+    sealed.insert("n".into(), json!(sign_in.nonce));
+    sealed.insert("v".into(), json!(sign_in.verifier));
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let flow = seal(
-        &seal_key(sso),
-        "flow",
-        json!({ "r": id, "s": sign_in.state, "n": sign_in.nonce, "v": sign_in.verifier }),
-        now + FLOW_TTL,
-    );
+    let flow = seal(&seal_key(sso), "flow", Value::Object(sealed), now + FLOW_TTL);
     HttpResponse::Found()
         .insert_header(("location", sign_in.url.to_string()))
         .insert_header(("cache-control", "no-store"))
         .insert_header(("referrer-policy", "no-referrer"))
-        .insert_header(("set-cookie", set_cookie(&gate, FLOW_COOKIE, &flow, FLOW_TTL, "Lax")))
+        .insert_header(("set-cookie", set_cookie(gate, FLOW_COOKIE, &flow, FLOW_TTL, "Lax")))
         .finish()
 }
 
