@@ -196,7 +196,10 @@ impl GithubClient {
         }
     }
 
-    async fn answer_github(&self, request: &DeploymentRequest, approve: bool, comment: &str) -> CallResult {
+    /// Where a request's protection-rule calls (its review, its status
+    /// reports) go: the run's `deployment_protection_rule` endpoint and the
+    /// installation to call it as. A refusal is the call's result.
+    async fn rule_endpoint<'r>(&self, request: &'r DeploymentRequest) -> Result<RuleEndpoint<'r>, CallResult> {
         let Target::Github {
             owner,
             repo,
@@ -205,16 +208,13 @@ impl GithubClient {
             ..
         } = &request.target
         else {
-            return CallFailure::refused("not a GitHub request").into();
+            return Err(CallFailure::refused("not a GitHub request").into());
         };
-        let (run_id, installation_id) = (*run_id, *installation_id);
-        if let Err(f) = check_name(owner).and_then(|()| check_name(repo)) {
-            return f.into();
-        }
-        let (installation, looked_up) = match self.installation(owner, repo, installation_id).await {
-            Ok(found) => found,
-            Err(f) => return f.in_step("installation lookup").into(),
-        };
+        check_name(owner).and_then(|()| check_name(repo))?;
+        let (installation, looked_up) = self
+            .installation(owner, repo, *installation_id)
+            .await
+            .map_err(|f| f.in_step("installation lookup"))?;
         let url = self.endpoint(&[
             "repos",
             owner,
@@ -224,6 +224,26 @@ impl GithubClient {
             &run_id.to_string(),
             "deployment_protection_rule",
         ]);
+        Ok(RuleEndpoint {
+            owner,
+            repo,
+            url,
+            installation,
+            looked_up,
+        })
+    }
+
+    async fn answer_github(&self, request: &DeploymentRequest, approve: bool, comment: &str) -> CallResult {
+        let RuleEndpoint {
+            owner,
+            repo,
+            url,
+            installation,
+            looked_up,
+        } = match self.rule_endpoint(request).await {
+            Ok(endpoint) => endpoint,
+            Err(refused) => return refused,
+        };
         let state = if approve { "approved" } else { "rejected" };
         let body = json!({
             "environment_name": request.environment,
@@ -261,6 +281,16 @@ impl GithubClient {
     pub(crate) async fn app_call(&self, method: Method, url: Url, max_body: usize) -> Result<Answer, CallFailure> {
         self.call(method, url, Auth::AppJwt, None, max_body).await
     }
+}
+
+/// A run's protection-rule endpoint and the installation to call it as
+/// (`looked_up`: found through the API, not given by the webhook).
+struct RuleEndpoint<'r> {
+    owner: &'r str,
+    repo: &'r str,
+    url: Url,
+    installation: u64,
+    looked_up: bool,
 }
 
 const STEP_TOKEN: &str = "installation token";

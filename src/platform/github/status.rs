@@ -7,9 +7,9 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use super::{GithubClient, STEP_REVIEW, STEP_TOKEN, check_name};
-use crate::domain::{DeploymentRequest, Platform, Target};
-use crate::platform::{CallFailure, CallResult, comment};
+use super::{GithubClient, STEP_REVIEW, STEP_TOKEN};
+use crate::domain::{DeploymentRequest, Platform};
+use crate::platform::{CallResult, comment};
 
 /// GitHub keeps at most this many status reports per deployment.
 pub const MAX_STATUS_REPORTS: u32 = 10;
@@ -20,32 +20,10 @@ impl GithubClient {
     /// it never errs: a failure is a [`CallResult`]. GitHub's 422 (the run
     /// no longer waits) is reported as done.
     pub async fn status_report(&self, request: &DeploymentRequest, comment: &str) -> CallResult {
-        let Target::Github {
-            owner,
-            repo,
-            run_id,
-            installation_id,
-            ..
-        } = &request.target
-        else {
-            return CallFailure::refused("not a GitHub request").into();
+        let (url, installation) = match self.rule_endpoint(request).await {
+            Ok(endpoint) => (endpoint.url, endpoint.installation),
+            Err(refused) => return refused,
         };
-        if let Err(f) = check_name(owner).and_then(|()| check_name(repo)) {
-            return f.into();
-        }
-        let (installation, _) = match self.installation(owner, repo, *installation_id).await {
-            Ok(found) => found,
-            Err(f) => return f.in_step("installation lookup").into(),
-        };
-        let url = self.endpoint(&[
-            "repos",
-            owner,
-            repo,
-            "actions",
-            "runs",
-            &run_id.to_string(),
-            "deployment_protection_rule",
-        ]);
         let body = json!({
             "environment_name": request.environment,
             "comment": comment::cap(Platform::Github, comment),
