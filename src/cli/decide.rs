@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use super::read_file;
 use crate::config::Config;
 use crate::decision::{self, Inputs, Outcome};
-use crate::domain::{Attestation, DeploymentRequest, Producer, Verdict, VerdictBody, VerdictSource};
+use crate::domain::{Attestation, DeploymentRequest, Producer, Verdict, VerdictBody};
 
 /// The files and overrides `decide` was given.
 pub(super) struct DecideFiles<'a> {
@@ -68,27 +68,21 @@ pub(super) async fn decide(config: Config, files: DecideFiles<'_>) -> Result<Exi
             if let Some(p) = policy.as_mut() {
                 p.verdict.producers = vec![Default::default()];
             }
-            let mut v = Verdict {
-                platform: request.platform,
-                repository: request.repository.clone(),
-                sha: body.sha.to_ascii_lowercase(),
-                environment: body.environment.clone(),
-                allow: body.allow.unwrap_or(false),
-                source: VerdictSource::Asserted,
-                policy: body.policy.clone(),
-                evidence_digest: body.evidence_digest.clone(),
-                policy_revision: None,
-                reasons: body.reasons.clone(),
-                producer: Producer {
-                    issuer_name: request.issuer.clone(),
-                    issuer: "file".into(),
-                    subject: source,
-                    actor: String::new(),
-                    claims: Default::default(),
-                    token_sha256: String::new(),
-                },
-                recorded_at: now,
+            let producer = Producer {
+                issuer_name: request.issuer.clone(),
+                issuer: "file".into(),
+                subject: source,
+                actor: String::new(),
+                claims: Default::default(),
+                token_sha256: String::new(),
             };
+            let mut v = body.verdict(
+                request.platform,
+                request.repository.clone(),
+                body.sha.to_ascii_lowercase(),
+                producer,
+                now,
+            );
             match (&body.evidence, body.allow) {
                 (Some(bundle), None) => {
                     evaluate_offline(&config, policy.as_ref(), &mut v, bundle, attestation.as_ref(), now).await?

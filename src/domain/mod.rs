@@ -436,6 +436,35 @@ pub struct VerdictBody {
     pub reasons: Vec<String>,
 }
 
+impl VerdictBody {
+    /// The verdict this post asserts, for `repository` at `sha` (as the
+    /// caller checked it), by `producer`. A post of evidence starts as a
+    /// denial until its evaluation fills in `allow` and the reasons.
+    pub fn verdict(
+        &self,
+        platform: Platform,
+        repository: String,
+        sha: String,
+        producer: Producer,
+        recorded_at: OffsetDateTime,
+    ) -> Verdict {
+        Verdict {
+            platform,
+            repository,
+            sha,
+            environment: self.environment.clone(),
+            allow: self.allow.unwrap_or(false),
+            source: VerdictSource::Asserted,
+            policy: self.policy.clone(),
+            evidence_digest: self.evidence_digest.clone(),
+            policy_revision: None,
+            reasons: self.reasons.clone(),
+            producer,
+            recorded_at,
+        }
+    }
+}
+
 /// When a request received at `now` times out: `now + pending_timeout`,
 /// saturating at the end of the representable time rather than overflowing.
 pub fn deadline(now: OffsetDateTime, pending_timeout: std::time::Duration) -> OffsetDateTime {

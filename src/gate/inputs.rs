@@ -11,7 +11,7 @@ use super::{Gate, GateError, events};
 use crate::decision;
 use crate::domain::{
     Attestation, CommitSha, DeploymentRequest, ErrorCode, Producer, RequestStatus, Review, Verdict, VerdictBody,
-    VerdictSource, verdict_key,
+    verdict_key,
 };
 use crate::identity::{Refusal, VerifiedToken};
 use crate::state::{Cas, StateError};
@@ -179,20 +179,13 @@ impl Gate {
                 ),
             ));
         }
-        let mut verdict = Verdict {
-            platform: verified.platform,
-            repository: verified.repository.clone(),
-            sha: sha.to_string(),
-            environment: body.environment.clone(),
-            allow: body.allow.unwrap_or(false),
-            source: VerdictSource::Asserted,
-            policy: body.policy.clone(),
-            evidence_digest: body.evidence_digest.clone(),
-            policy_revision: None,
-            reasons: body.reasons.clone(),
-            producer: producer_of(&verified),
-            recorded_at: now,
-        };
+        let mut verdict = body.verdict(
+            verified.platform,
+            verified.repository.clone(),
+            sha.to_string(),
+            producer_of(&verified),
+            now,
+        );
         if let Some(evidence) = &body.evidence {
             let poster = Poster {
                 repository: &verified.repository,
